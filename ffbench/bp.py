@@ -1,0 +1,32 @@
+"""Backpropagation baseline: the same layer stack plus a linear output layer, trained end to
+end with cross-entropy. Same activation, normalisation, width, depth and optimizer as FF."""
+
+import torch
+import torch.nn.functional as F
+
+from ffbench.data import minibatches
+from ffbench.models import Classifier, LayerStack
+
+
+class Backprop:
+    def __init__(self, stack: LayerStack, num_classes: int):
+        self.model = Classifier(stack, num_classes).to(next(stack.parameters()).device)
+        self.optimizer = None  # set by the caller, over self.model.parameters()
+
+    def train_epoch(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
+        self.model.train()
+        total_loss, batches = 0.0, 0
+        for idx in minibatches(len(x), batch_size, x.device):
+            logits = self.model(x[idx])
+            loss = F.cross_entropy(logits, y[idx])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total_loss = total_loss + loss.detach()
+            batches += 1
+        return {"train_loss": (total_loss / batches).item()}
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, chunk: int = 10000) -> torch.Tensor:
+        self.model.eval()
+        return torch.cat([self.model(part).argmax(1) for part in x.split(chunk)])

@@ -1,0 +1,80 @@
+"""The `ffbench` command: Hydra composes the config, this file wires one job together.
+
+ffbench                                   FF on the bundled digits, a few seconds
+ffbench algo=bp dataset=mnist dataset.root=../shared/data/mnist
+ffbench -m algo=ff,bp activation=relu,gelu
+"""
+
+import time
+
+import hydra
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ffbench import experiment, tracking
+from ffbench.config import register_schemas, validate
+from ffbench.measure import PeakMemory
+
+register_schemas()
+console = Console()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  val acc {task.fields[val]:.4f}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _summary(title: str, final: dict) -> Table:
+    table = Table(title=title, show_header=True)
+    for column in (
+        "test acc",
+        "val acc",
+        "train acc",
+        "peak RSS MB",
+        "train s",
+        "wall s",
+        "samples/s",
+    ):
+        table.add_column(column, justify="right")
+    table.add_row(
+        *(f"{final[k]:.4f}" for k in ("test_accuracy", "val_accuracy", "train_accuracy")),
+        *(f"{final[k]:.1f}" for k in ("peak_rss_mb", "train_time_s", "wall_time_s")),
+        f"{final['samples_per_s']:.0f}",
+    )
+    return table
+
+
+@hydra.main(version_base="1.3", config_path="pkg://ffbench.conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    start = time.perf_counter()
+    validate(cfg)  # bad input stops here or in prepare(), before MLflow hears of the run
+    device = experiment.resolve_device(cfg.trainer.device)
+    with PeakMemory(device) as memory:
+        job = experiment.prepare(cfg, device)
+        with tracking.job_run(cfg) as run, _progress() as progress:
+            bar = progress.add_task(run.info.run_name, total=cfg.trainer.epochs, loss=0.0, val=0.0)
+
+            def on_epoch(epoch: int, metrics: dict) -> None:
+                tracking.log_metrics(metrics, step=epoch)
+                progress.update(
+                    bar, completed=epoch, loss=metrics["train_loss"], val=metrics["val_accuracy"]
+                )
+
+            final = experiment.train(job, on_epoch)
+            memory.read()
+            final["peak_rss_mb"] = memory.peak_rss_mb
+            if memory.peak_cuda_allocated_mb is not None:
+                final["peak_cuda_allocated_mb"] = memory.peak_cuda_allocated_mb
+            final["wall_time_s"] = time.perf_counter() - start
+            tracking.log_metrics(final, step=cfg.trainer.epochs)
+            tracking.set_tag("ffbench.peak_rss_method", memory.method)
+    console.print(_summary(run.info.run_name, final))
+    return final["test_accuracy"]

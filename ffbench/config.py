@@ -1,0 +1,164 @@
+"""Typed schemas for every config group, and the checks Hydra cannot express.
+
+The YAML files in conf/ pick values; these dataclasses say which keys exist and what type
+each one has, so that a misspelt key or a wrong type is rejected by Hydra before any work.
+"""
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from hydra.errors import CompactHydraException
+from omegaconf import MISSING
+
+
+class FFBenchError(CompactHydraException):
+    """A problem the user can fix. Hydra prints only its message (one line) and exits 1."""
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    """Which loader: `digits` (bundled 8x8 digits, no download) or `mnist` (local IDX files)."""
+    root: str | None = None
+    """Folder holding the data files (MNIST); unset means the FFBENCH_DATA environment variable."""
+    val_size: int = 0
+    """Examples held out from the training data for validation (model selection, never test)."""
+    test_size: int | None = None
+    """Examples held out for testing, for data sets without an official test split (digits)."""
+    split_seed: int = 0
+    """Seed of the train/validation(/test) split, fixed so every run sees the same split."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    """Architecture; `mlp` is a stack of fully connected hidden layers."""
+    depth: int = 2
+    """Number of hidden layers."""
+    width: int = 256
+    """Units per hidden layer."""
+    norm: str = "mean_square"
+    """Normalisation before each layer: `mean_square` (reference code), `unit_length`, `none`."""
+
+
+@dataclass
+class AlgoConfig:
+    name: str = MISSING
+    """`ff` (Forward-Forward, layer-local losses) or `bp` (backpropagation, cross-entropy)."""
+    loss: str = "threshold"
+    """FF only: the per-layer loss; `threshold` is softplus(theta - G_pos) + softplus(G_neg - theta)."""
+    theta: float | None = None
+    """FF only: goodness threshold; unset picks the one that fits goodness and normalisation."""
+    negatives: str = "random_label"
+    """FF only: how negative data is made; `random_label` writes a uniformly drawn wrong label."""
+    evaluation: str = "goodness"
+    """FF only: how labels are predicted; `goodness` picks the label with the largest goodness."""
+    eval_skip_first: bool = True
+    """FF only: leave the first hidden layer out of the goodness sum (paper), if depth > 1."""
+    label_strength: float = 1.0
+    """FF only: value written into the true label's pixel (the other label pixels get 0)."""
+
+
+@dataclass
+class GoodnessConfig:
+    name: str = MISSING
+    """How a layer's activity vector becomes one number: `sumsq` (sum of squares, paper)."""
+
+
+@dataclass
+class ActivationConfig:
+    name: str = MISSING
+    """Non-linearity of every hidden layer, for FF and BP alike."""
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    """`adam` or `sgd` (with momentum)."""
+    lr: float = 1e-3
+    """Learning rate of the hidden layers (and BP's output layer)."""
+    momentum: float = 0.0
+    """SGD momentum (ignored by Adam)."""
+    weight_decay: float = 0.0
+    """L2 weight cost."""
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 50
+    """Passes over the training data."""
+    batch_size: int = 32
+    """Examples per minibatch (FF adds as many negatives)."""
+    seed: int = 0
+    """Seed of initialisation, shuffling and negative labels; reset at the start of every job."""
+    device: str = "auto"
+    """`auto` (cuda, then mps, then cpu), `cpu`, `cuda` or `mps`."""
+    num_threads: int | None = None
+    """CPU threads for torch; unset keeps torch's default (one per core)."""
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None
+    """MLflow tracking URI; unset means $MLFLOW_TRACKING_URI, else SQLite in outputs/mlflow.db."""
+    experiment: str = "ffbench"
+    """MLflow experiment; $MLFLOW_EXPERIMENT_NAME overrides it."""
+    log_artifacts: bool = True
+    """Store the resolved config and the job's .hydra/ folder with the run."""
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    goodness: GoodnessConfig = field(default_factory=GoodnessConfig)
+    activation: ActivationConfig = field(default_factory=ActivationConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def register_schemas() -> None:
+    """Make the schema available to conf/config.yaml as `schema` in its defaults list."""
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+CHOICES = {
+    "dataset.name": ("digits", "mnist"),
+    "model.name": ("mlp",),
+    "model.norm": ("mean_square", "unit_length", "none"),
+    "algo.name": ("ff", "bp"),
+    "algo.loss": ("threshold",),
+    "algo.negatives": ("random_label",),
+    "algo.evaluation": ("goodness",),
+    "optimizer.name": ("adam", "sgd"),
+    "trainer.device": ("auto", "cpu", "cuda", "mps"),
+}
+
+
+def validate(cfg) -> None:
+    """Reject values that would waste a run or crash it later, with a message saying what to set."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = cfg[section][name]
+        if value not in allowed:
+            raise FFBenchError(
+                f"{key}={value} is not supported: choose one of {', '.join(allowed)}"
+            )
+    positive = {
+        "trainer.epochs": cfg.trainer.epochs,
+        "trainer.batch_size": cfg.trainer.batch_size,
+        "model.depth": cfg.model.depth,
+        "model.width": cfg.model.width,
+        "optimizer.lr": cfg.optimizer.lr,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise FFBenchError(f"{key} must be positive (got {value}): set {key}=<a value above 0>")
+    for key in ("optimizer.momentum", "optimizer.weight_decay", "dataset.val_size"):
+        section, name = key.split(".")
+        if cfg[section][name] < 0:
+            raise FFBenchError(f"{key} must not be negative (got {cfg[section][name]})")
+    if cfg.algo.theta is not None and cfg.algo.theta < 0:
+        raise FFBenchError(f"algo.theta must not be negative (got {cfg.algo.theta})")

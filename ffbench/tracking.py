@@ -1,0 +1,154 @@
+"""MLflow bookkeeping: where runs go, what each run records, and the parent run of a sweep.
+
+By default every run lands in a SQLite store under the launch directory's outputs/, with
+artifacts beside it; MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME override both.
+"""
+
+import atexit
+import os
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+# The config groups a researcher compares runs by; each becomes a param and a tag.
+GROUPS = ("algo", "dataset", "model", "goodness", "activation", "optimizer")
+# A multirun's parent run id, handed to its jobs (also to jobs in other processes).
+PARENT_ENV = "FFBENCH_PARENT_RUN_ID"
+
+
+def tracking_uri(cfg, launch_dir: str) -> str:
+    """cfg.uri, else $MLFLOW_TRACKING_URI, else SQLite in <launch dir>/outputs/mlflow.db."""
+    uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path(launch_dir, 'outputs', 'mlflow.db').resolve()}"
+
+
+def experiment_id(client: MlflowClient, cfg, launch_dir: str) -> str:
+    """Id of the configured experiment, created on first use."""
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or cfg.experiment
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    artifacts = None
+    if client.tracking_uri.startswith("sqlite:"):
+        # Keep artifacts beside the local store rather than in ./mlruns of whatever directory.
+        artifacts = Path(launch_dir, "outputs", "mlartifacts").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifacts)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _client(cfg, launch_dir: str) -> MlflowClient:
+    uri = tracking_uri(cfg, launch_dir)
+    if uri.startswith("sqlite:"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}: MLflow params are flat."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_name(choices: dict) -> str:
+    """Readable name such as ff-sumsq-relu-mnist (goodness is meaningless for bp)."""
+    parts = [choices["algo"]]
+    if choices["algo"] == "ff":
+        parts.append(choices["goodness"])
+    return "-".join([*parts, choices["activation"], choices["dataset"]])
+
+
+@contextmanager
+def job_run(cfg):
+    """One MLflow run for the current Hydra job, ended FINISHED, FAILED or KILLED, never left RUNNING."""
+    hydra = HydraConfig.get()
+    client = _client(cfg.tracking, hydra.runtime.cwd)
+    choices = {group: hydra.runtime.choices[group] for group in GROUPS}
+    tags = {f"ffbench.{k}": v for k, v in choices.items()} | {
+        "ffbench.output_dir": hydra.runtime.output_dir,
+        "ffbench.overrides": " ".join(hydra.overrides.task),
+    }
+    parent = None
+    if hydra.mode == RunMode.MULTIRUN:
+        parent = os.environ.get(PARENT_ENV)
+        tags["ffbench.job_num"] = str(hydra.job.num)
+    run = mlflow.start_run(
+        experiment_id=experiment_id(client, cfg.tracking, hydra.runtime.cwd),
+        run_name=run_name(choices),
+        parent_run_id=parent,
+        tags=tags,
+    )
+    try:
+        mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)) | choices)
+        yield run
+    except BaseException as err:
+        interrupted = isinstance(err, KeyboardInterrupt)
+        mlflow.set_tag("ffbench.error", (str(err) or type(err).__name__)[:5000])
+        mlflow.log_text(traceback.format_exc(), "error.txt")
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FAILED))
+        raise
+    if cfg.tracking.log_artifacts:
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        mlflow.log_artifacts(str(Path(hydra.runtime.output_dir, hydra.output_subdir)), "hydra")
+    mlflow.end_run()
+
+
+def log_metrics(metrics: dict, step: int) -> None:
+    mlflow.log_metrics(metrics, step=step)
+
+
+def set_tag(key: str, value: str) -> None:
+    mlflow.set_tag(key, value)
+
+
+class SweepRun(Callback):
+    """Hydra callback: a parent MLflow run around a multirun, FINISHED only if every job was."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        launch_dir = config.hydra.runtime.cwd
+        self.client = _client(config.tracking, launch_dir)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        run = self.client.create_run(
+            experiment_id(self.client, config.tracking, launch_dir),
+            run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
+            tags={
+                "ffbench.sweep_dir": str(sweep_dir.resolve()),
+                "ffbench.overrides": " ".join(config.hydra.overrides.task),
+            },
+        )
+        self.run_id = run.info.run_id
+        os.environ[PARENT_ENV] = self.run_id
+        # A failing job makes Hydra raise before on_multirun_end: close the parent at exit.
+        atexit.register(self._close)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.client.get_run(self.run_id).info.status != "RUNNING":
+            return
+        children = self.client.search_runs(
+            [self.client.get_run(self.run_id).info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'",
+        )
+        statuses = [child.info.status for child in children]
+        for status in ("FINISHED", "FAILED", "KILLED"):
+            self.client.log_metric(self.run_id, f"jobs_{status.lower()}", statuses.count(status))
+        ok = bool(statuses) and all(s == "FINISHED" for s in statuses)
+        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+        os.environ.pop(PARENT_ENV, None)
