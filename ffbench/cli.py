@@ -5,16 +5,19 @@ ffbench algo=bp dataset=mnist dataset.root=../shared/data/mnist
 ffbench -m algo=ff,bp activation=relu,gelu
 """
 
+import sys
 import time
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ffbench import experiment, tracking
-from ffbench.config import register_schemas, validate
+from ffbench.config import FFBenchError, register_schemas, validate
 from ffbench.measure import PeakMemory
 
 register_schemas()
@@ -54,6 +57,17 @@ def _summary(title: str, final: dict) -> Table:
 
 @hydra.main(version_base="1.3", config_path="pkg://ffbench.conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    try:
+        return run(cfg)
+    except FFBenchError as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records the job as failed, runs the others, then exits non-zero
+        print(f"ffbench: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run(cfg: DictConfig) -> float:
+    """One job: train, evaluate, record; returns the test accuracy (handy for sweepers)."""
     start = time.perf_counter()
     validate(cfg)  # bad input stops here or in prepare(), before MLflow hears of the run
     device = experiment.resolve_device(cfg.trainer.device)
@@ -62,7 +76,10 @@ def main(cfg: DictConfig) -> float:
         with tracking.job_run(cfg) as run, _progress() as progress:
             bar = progress.add_task(run.info.run_name, total=cfg.trainer.epochs, loss=0.0, val=0.0)
 
+            last = {}
+
             def on_epoch(epoch: int, metrics: dict) -> None:
+                last.update(metrics)
                 tracking.log_metrics(metrics, step=epoch)
                 progress.update(
                     bar, completed=epoch, loss=metrics["train_loss"], val=metrics["val_accuracy"]
@@ -76,5 +93,5 @@ def main(cfg: DictConfig) -> float:
             final["wall_time_s"] = time.perf_counter() - start
             tracking.log_metrics(final, step=cfg.trainer.epochs)
             tracking.set_tag("ffbench.peak_rss_method", memory.method)
-    console.print(_summary(run.info.run_name, final))
+    console.print(_summary(run.info.run_name, final | {"val_accuracy": last["val_accuracy"]}))
     return final["test_accuracy"]

@@ -4,7 +4,8 @@ The YAML files in conf/ pick values; these dataclasses say which keys exist and 
 each one has, so that a misspelt key or a wrong type is rejected by Hydra before any work.
 """
 
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass, field, fields
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import CompactHydraException
@@ -139,6 +140,12 @@ CHOICES = {
 
 def validate(cfg) -> None:
     """Reject values that would waste a run or crash it later, with a message saying what to set."""
+    for section in fields(Config):
+        known = {f.name for f in fields(section.type)}
+        for key in set(cfg[section.name]) - known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f": did you mean {section.name}.{close[0]}?" if close else ""
+            raise FFBenchError(f"{section.name}.{key} is not a setting of {section.name}{hint}")
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = cfg[section][name]

@@ -117,7 +117,7 @@ def read_idx(path: Path) -> np.ndarray:
             f"{path} is truncated: its header promises {expected} bytes of data, "
             f"found {len(raw) - offset}; replace it with an intact copy"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape).copy()
 
 
 def _find(folder: Path, stem: str) -> Path:

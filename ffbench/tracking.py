@@ -5,6 +5,7 @@ artifacts beside it; MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME override bot
 """
 
 import atexit
+import logging
 import os
 import traceback
 from contextlib import contextmanager
@@ -17,6 +18,9 @@ from hydra.types import RunMode
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
+
+# Creating the SQLite store announces its table migrations at INFO level: noise for a user.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 # The config groups a researcher compares runs by; each becomes a param and a tag.
 GROUPS = ("algo", "dataset", "model", "goodness", "activation", "optimizer")
@@ -79,7 +83,7 @@ def job_run(cfg):
     hydra = HydraConfig.get()
     client = _client(cfg.tracking, hydra.runtime.cwd)
     choices = {group: hydra.runtime.choices[group] for group in GROUPS}
-    tags = {f"ffbench.{k}": v for k, v in choices.items()} | {
+    tags = dict(choices) | {
         "ffbench.output_dir": hydra.runtime.output_dir,
         "ffbench.overrides": " ".join(hydra.overrides.task),
     }

@@ -1,0 +1,88 @@
+"""Shared helpers: run the installed `ffbench` command in a scratch directory, read the
+MLflow store it wrote, and write tiny MNIST files in the real IDX format."""
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+FFBENCH = shutil.which("ffbench", path=str(Path(sys.executable).parent)) or "ffbench"
+# Small budgets keep the suite fast; the accuracy tests use the real defaults.
+QUICK = ["trainer.epochs=2", "model.width=32"]
+
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FFBENCH_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env | extra
+
+
+def run_ffbench(cwd: Path, *args: str, env: dict | None = None, timeout: float = 300, exe=FFBENCH):
+    """Run the installed command; returns the CompletedProcess (stdout and stderr as text)."""
+    return subprocess.run(
+        [exe, *args],
+        cwd=cwd,
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def store(cwd: Path) -> MlflowClient:
+    """Client on the default store that a run launched in `cwd` writes."""
+    return MlflowClient(f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}")
+
+
+def all_runs(cwd: Path):
+    db = cwd / "outputs" / "mlflow.db"
+    if not db.exists():
+        return []
+    client = store(cwd)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids) if ids else []
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    """An empty launch directory, far from the repository."""
+    path = tmp_path / "launch"
+    path.mkdir()
+    return path
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape
+    )
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path.with_name(path.name + ".gz"), "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def make_mnist(folder: Path, n_train=300, n_test=100, compress=True, seed=0) -> Path:
+    """Tiny MNIST-format files whose digit is drawn as a bright horizontal bar at row 4 + 2*label."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 60, (n, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 4 + 2 * label, 4:24] = 255
+        write_idx(folder / f"{stem}-images-idx3-ubyte", images, compress)
+        write_idx(folder / f"{stem}-labels-idx1-ubyte", labels, compress)
+    return folder
+
+
+@pytest.fixture
+def mnist_dir(tmp_path) -> Path:
+    return make_mnist(tmp_path / "mnist")

@@ -1,0 +1,63 @@
+"""Every option of every config group composes against the typed schema and passes checks."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
+
+from ffbench.config import FFBenchError, register_schemas, validate
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUP_OPTIONS = sorted(
+    (group.name, option.stem)
+    for group in CONF.iterdir()
+    if group.is_dir() and not group.name.startswith("__")
+    for option in group.glob("*.yaml")
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hydra_context():
+    register_schemas()
+    with initialize_config_module(config_module="ffbench.conf", version_base="1.3"):
+        yield
+
+
+def test_every_group_has_options():
+    groups = {g for g, _ in GROUP_OPTIONS}
+    assert {"dataset", "model", "algo", "goodness", "activation", "optimizer"} <= groups
+
+
+@pytest.mark.parametrize("group, option", GROUP_OPTIONS)
+def test_option_composes_and_validates(group, option):
+    cfg = compose("config", overrides=[f"{group}={option}"])
+    assert cfg[group].name == option
+    validate(cfg)
+
+
+def test_defaults_are_ff_on_digits():
+    cfg = compose("config")
+    assert (cfg.algo.name, cfg.dataset.name, cfg.goodness.name) == ("ff", "digits", "sumsq")
+    assert cfg.trainer.device == "auto"
+
+
+def test_misspelt_key_is_rejected():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose("config", overrides=["trainer.epoch=3"])
+    assert "Key 'epoch' not in 'TrainerConfig'" in str(err.value.__cause__)
+
+
+def test_appended_unknown_key_is_caught_by_validate():
+    """Hydra lets `+key=value` add keys to a typed config; ffbench would silently ignore them."""
+    cfg = compose("config", overrides=["+trainer.epoch=3"])
+    with pytest.raises(
+        FFBenchError, match="trainer.epoch is not a setting of trainer: did you mean trainer.epochs"
+    ):
+        validate(cfg)
+
+
+def test_negative_momentum_is_rejected():
+    cfg = compose("config", overrides=["optimizer=sgd", "optimizer.momentum=-1"])
+    with pytest.raises(FFBenchError, match="optimizer.momentum must not be negative"):
+        validate(cfg)
