@@ -8,6 +8,8 @@ TORCH_VERSION := 2.13.0
 # on a machine whose pip would otherwise fetch the (multi-GB) CUDA build.
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
+STORE ?= $(CURDIR)/outputs/mlflow.db  # the store `make ui` opens
+UI_PORT ?= 5000
 
 .PHONY: install run test test-slow lint format ui clean
 
@@ -38,7 +40,7 @@ format: install
 	$(BIN)/ruff format .
 
 ui: install  ## the MLflow UI on the local store, http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE) --host 127.0.0.1 --port $(UI_PORT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

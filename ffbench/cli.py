@@ -5,6 +5,7 @@ ffbench algo=bp dataset=mnist dataset.root=../shared/data/mnist
 ffbench -m algo=ff,bp activation=relu,gelu
 """
 
+import logging
 import sys
 import time
 
@@ -22,6 +23,7 @@ from ffbench.measure import PeakMemory
 
 register_schemas()
 console = Console()
+log = logging.getLogger("ffbench")
 
 
 def _progress() -> Progress:
@@ -81,6 +83,7 @@ def run(cfg: DictConfig) -> float:
             def on_epoch(epoch: int, metrics: dict) -> None:
                 last.update(metrics)
                 tracking.log_metrics(metrics, step=epoch)
+                log.info("epoch %d %s", epoch, " ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
                 progress.update(
                     bar, completed=epoch, loss=metrics["train_loss"], val=metrics["val_accuracy"]
                 )
@@ -93,5 +96,7 @@ def run(cfg: DictConfig) -> float:
             final["wall_time_s"] = time.perf_counter() - start
             tracking.log_metrics(final, step=cfg.trainer.epochs)
             tracking.set_tag("ffbench.peak_rss_method", memory.method)
-    console.print(_summary(run.info.run_name, final | {"val_accuracy": last["val_accuracy"]}))
+    final["val_accuracy"] = last["val_accuracy"]
+    log.info("final %s", " ".join(f"{k}={v:.5g}" for k, v in final.items()))
+    console.print(_summary(run.info.run_name, final))
     return final["test_accuracy"]

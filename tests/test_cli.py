@@ -1,8 +1,14 @@
 """End to end through the installed `ffbench` command: runs, sweeps, and what MLflow holds."""
 
+import json
+import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -130,3 +136,43 @@ def test_non_editable_install_finds_its_configs(workdir, tmp_path):
     assert result.returncode == 0, result.stderr
     [run] = all_runs(workdir)
     assert run.info.status == "FINISHED"
+
+
+def test_make_ui_serves_the_recorded_runs(workdir):
+    """`make ui` starts a real MLflow server on 127.0.0.1 that shows what ffbench recorded."""
+    assert run_ffbench(workdir, *QUICK).returncode == 0
+    repo = Path(__file__).resolve().parents[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    db = workdir / "outputs" / "mlflow.db"
+    server = subprocess.Popen(
+        ["make", "-s", "-C", str(repo), "ui", f"STORE={db}", f"UI_PORT={port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # so the whole process group can be stopped
+    )
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"{base}/experiments/get-by-name?experiment_name=ffbench"
+                ) as r:
+                    experiment = json.load(r)["experiment"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow ui did not answer within 90 s"
+                time.sleep(1)
+        query = json.dumps({"experiment_ids": [experiment["experiment_id"]]}).encode()
+        request = urllib.request.Request(
+            f"{base}/runs/search", data=query, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request) as r:
+            runs = json.load(r)["runs"]
+        assert [run["info"]["status"] for run in runs] == ["FINISHED"]
+        assert runs[0]["info"]["run_name"] == "ff-sumsq-relu-digits"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
