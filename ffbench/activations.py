@@ -4,18 +4,43 @@ Both FF and BP build their layers from these, so a sweep over `activation=` or
 `model.norm=` changes the two algorithms in exactly the same way.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
+
+def relu_fullgrad(x: torch.Tensor) -> torch.Tensor:
+    """ReLU forward, identity backward: the gradient also reaches units that are off, so a
+    unit pushed below zero by a negative example can still be pulled back up."""
+    return x + (F.relu(x) - x).detach()
+
+
+def tdist(x: torch.Tensor, nu: float) -> torch.Tensor:
+    """Negative log density of a Student-t with `nu` degrees of freedom, up to a constant:
+    (nu + 1) / 2 * log(1 + x^2 / nu). The paper's open question 3; heavy-tailed, even."""
+    return (nu + 1) / 2 * torch.log1p(x.pow(2) / nu)
+
+
 ACTIVATIONS = {
     "relu": F.relu,
+    "relu_fullgrad": relu_fullgrad,
     "gelu": F.gelu,
-    "leaky_relu": lambda x: F.leaky_relu(x, 0.01),
+    "leaky_relu": functools.partial(F.leaky_relu, negative_slope=0.01),
     "silu": F.silu,
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
     "softplus": F.softplus,
+    "tdist": tdist,
 }
+
+
+def make_activation(cfg):
+    """The function named by an ActivationConfig, with its parameters bound."""
+    if cfg.name == "tdist":
+        return functools.partial(tdist, nu=cfg.nu)
+    return ACTIVATIONS[cfg.name]
+
 
 _EPS = 1e-8
 

@@ -11,9 +11,14 @@ from ffbench.models import Classifier, LayerStack
 class Backprop:
     def __init__(self, stack: LayerStack, num_classes: int):
         self.model = Classifier(stack, num_classes).to(next(stack.parameters()).device)
-        self.optimizer = None  # set by the caller, over self.model.parameters()
+        self.evaluation = "output"
+        self.optimizer = None  # set by the caller, over param_groups()
 
-    def train_epoch(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
+    def param_groups(self, readout_lr: float) -> list[dict]:
+        return [{"params": list(self.model.parameters())}]
+
+    def train_epoch(self, x, y, batch_size: int, layer: int | None = None) -> dict[str, float]:
+        """One pass over (x, y); BP always trains every layer, so `layer` must be None."""
         self.model.train()
         total_loss, batches = 0.0, 0
         for idx in minibatches(len(x), batch_size, x.device):
@@ -27,6 +32,6 @@ class Backprop:
         return {"train_loss": (total_loss / batches).item()}
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, chunk: int = 10000) -> torch.Tensor:
+    def predict_all(self, x: torch.Tensor, chunk: int = 10000) -> dict[str, torch.Tensor]:
         self.model.eval()
-        return torch.cat([self.model(part).argmax(1) for part in x.split(chunk)])
+        return {"output": torch.cat([self.model(part).argmax(1) for part in x.split(chunk)])}

@@ -76,7 +76,8 @@ def run(cfg: DictConfig) -> float:
     with PeakMemory(device) as memory:
         job = experiment.prepare(cfg, device)
         with tracking.job_run(cfg) as run, _progress() as progress:
-            bar = progress.add_task(run.info.run_name, total=cfg.trainer.epochs, loss=0.0, val=0.0)
+            passes = len(experiment.training_plan(cfg))
+            bar = progress.add_task(run.info.run_name, total=passes, loss=0.0, val=0.0)
 
             last = {}
 
@@ -94,7 +95,7 @@ def run(cfg: DictConfig) -> float:
             if memory.peak_cuda_allocated_mb is not None:
                 final["peak_cuda_allocated_mb"] = memory.peak_cuda_allocated_mb
             final["wall_time_s"] = time.perf_counter() - start
-            tracking.log_metrics(final, step=cfg.trainer.epochs)
+            tracking.log_metrics(final, step=passes)
             tracking.set_tag("ffbench.peak_rss_method", memory.method)
     final["val_accuracy"] = last["val_accuracy"]
     log.info("final %s", " ".join(f"{k}={v:.5g}" for k, v in final.items()))

@@ -47,29 +47,49 @@ class AlgoConfig:
     name: str = MISSING
     """`ff` (Forward-Forward, layer-local losses) or `bp` (backpropagation, cross-entropy)."""
     loss: str = "threshold"
-    """FF only: the per-layer loss; `threshold` is softplus(theta - G_pos) + softplus(G_neg - theta)."""
+    """FF: per-layer loss, `threshold` (softplus(theta - G_pos) + softplus(G_neg - theta)) or `symba`."""
     theta: float | None = None
-    """FF only: goodness threshold; unset picks the one that fits goodness and normalisation."""
+    """FF: goodness threshold; unset picks the one that fits goodness and normalisation."""
+    alpha: float = 4.0
+    """FF: SymBa's sharpness, softplus(-alpha * (G_pos - G_neg))."""
     negatives: str = "random_label"
-    """FF only: how negative data is made; `random_label` writes a uniformly drawn wrong label."""
+    """FF: `random_label` (uniform wrong label), `hard_label` (drawn from the read-out's
+    prediction, true label excluded) or `hybrid` (unsupervised: two images mixed by a mask)."""
+    hybrid_blur_steps: int = 6
+    """FF with hybrid negatives: blur passes that make the random mask smooth."""
     evaluation: str = "goodness"
-    """FF only: how labels are predicted; `goodness` picks the label with the largest goodness."""
+    """FF: the headline prediction, `goodness` (label with the largest goodness) or `readout`
+    (linear softmax classifier on the normalised activities). Both are always logged."""
     eval_skip_first: bool = True
-    """FF only: leave the first hidden layer out of the goodness sum (paper), if depth > 1."""
+    """FF: leave the first hidden layer out of the evaluation (paper), if depth > 1."""
     label_strength: float = 1.0
-    """FF only: value written into the true label's pixel (the other label pixels get 0)."""
+    """FF: value written into the true label's pixel (the other label pixels get 0)."""
+    peer_norm: float = 0.0
+    """FF: coefficient of peer normalisation (each unit's mean activity pulled towards the
+    layer's mean); 0 turns it off, the reference code uses 0.03."""
+    readout_lr: float = 0.01
+    """FF: learning rate of the linear read-out (trained alongside, no gradient into FF)."""
+    schedule: str = "simultaneous"
+    """FF: `simultaneous` (every layer on every minibatch) or `sequential` (layer 1 for
+    trainer.epochs epochs, then layer 2, ...): either way each layer trains trainer.epochs epochs."""
 
 
 @dataclass
 class GoodnessConfig:
     name: str = MISSING
-    """How a layer's activity vector becomes one number: `sumsq` (sum of squares, paper)."""
+    """How a layer's activities become one number: `sumsq`, `meansq`, `sumabs` or `split`."""
+    inverted: bool = False
+    """Positive data minimises the goodness and negative data maximises it ("min ssq")."""
+    feature_fraction: float = 0.5
+    """`split` only: share of units that are feature detectors (the rest detect violations)."""
 
 
 @dataclass
 class ActivationConfig:
     name: str = MISSING
     """Non-linearity of every hidden layer, for FF and BP alike."""
+    nu: float = 1.0
+    """`tdist` only: degrees of freedom of the Student-t."""
 
 
 @dataclass
@@ -96,6 +116,9 @@ class TrainerConfig:
     """`auto` (cuda, then mps, then cpu), `cpu`, `cuda` or `mps`."""
     num_threads: int | None = None
     """CPU threads for torch; unset keeps torch's default (one per core)."""
+    lr_schedule: str = "constant"
+    """`constant`, or `linear_decay` (reference code: constant for the first half of the
+    epochs, then linearly down towards zero)."""
 
 
 @dataclass
@@ -130,11 +153,25 @@ CHOICES = {
     "model.name": ("mlp",),
     "model.norm": ("mean_square", "unit_length", "none"),
     "algo.name": ("ff", "bp"),
-    "algo.loss": ("threshold",),
-    "algo.negatives": ("random_label",),
-    "algo.evaluation": ("goodness",),
+    "algo.loss": ("threshold", "symba"),
+    "algo.negatives": ("random_label", "hard_label", "hybrid"),
+    "algo.evaluation": ("goodness", "readout"),
+    "algo.schedule": ("simultaneous", "sequential"),
+    "goodness.name": ("sumsq", "meansq", "sumabs", "split"),
+    "activation.name": (
+        "relu",
+        "relu_fullgrad",
+        "gelu",
+        "leaky_relu",
+        "silu",
+        "tanh",
+        "sigmoid",
+        "softplus",
+        "tdist",
+    ),
     "optimizer.name": ("adam", "sgd"),
     "trainer.device": ("auto", "cpu", "cuda", "mps"),
+    "trainer.lr_schedule": ("constant", "linear_decay"),
 }
 
 
@@ -163,9 +200,25 @@ def validate(cfg) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise FFBenchError(f"{key} must be positive (got {value}): set {key}=<a value above 0>")
-    for key in ("optimizer.momentum", "optimizer.weight_decay", "dataset.val_size"):
+    for key in (
+        "optimizer.momentum",
+        "optimizer.weight_decay",
+        "dataset.val_size",
+        "algo.peer_norm",
+        "algo.hybrid_blur_steps",
+    ):
         section, name = key.split(".")
         if cfg[section][name] < 0:
             raise FFBenchError(f"{key} must not be negative (got {cfg[section][name]})")
-    if cfg.algo.theta is not None and cfg.algo.theta < 0:
-        raise FFBenchError(f"algo.theta must not be negative (got {cfg.algo.theta})")
+    for key in ("algo.alpha", "algo.readout_lr", "activation.nu"):
+        section, name = key.split(".")
+        if not cfg[section][name] > 0:
+            raise FFBenchError(f"{key} must be positive (got {cfg[section][name]})")
+    if not 0 < cfg.goodness.feature_fraction < 1:
+        raise FFBenchError(
+            f"goodness.feature_fraction must be between 0 and 1 (got {cfg.goodness.feature_fraction})"
+        )
+    if cfg.algo.negatives == "hybrid" and cfg.algo.evaluation != "readout":
+        raise FFBenchError(
+            "algo.negatives=hybrid is unsupervised: set algo.evaluation=readout (goodness evaluation needs labels in the input)"
+        )

@@ -25,6 +25,7 @@ class Splits:
     y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    image_shape: tuple = ()
     num_classes: int = 10
 
     @property
@@ -73,7 +74,7 @@ def load_digits(val_size: int, test_size: int | None, seed: int) -> Splits:
         raise FFBenchError(f"dataset.test_size={test_size} must be between 1 and {len(x) - 1}")
     _check_val_size(val_size, len(x) - test_size, "digits")
     (xt, yt), (xv, yv), (xs, ys) = _split(x, y, [val_size, test_size], seed)
-    return Splits("digits", xt, yt, xv, yv, xs, ys)
+    return Splits("digits", xt, yt, xv, yv, xs, ys, image_shape=(8, 8))
 
 
 MNIST_FILES = {
@@ -144,7 +145,7 @@ def load_mnist(folder: Path, val_size: int, seed: int) -> Splits:
     _check_val_size(val_size, len(x), "MNIST")
     (xt, yt), (xv, yv) = _split(x, y, [val_size], seed)
     xs, ys = tensors("test")
-    return Splits("mnist", xt, yt, xv, yv, xs, ys)
+    return Splits("mnist", xt, yt, xv, yv, xs, ys, image_shape=(28, 28))
 
 
 def minibatches(n: int, batch_size: int, device: torch.device):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ffbench import data as datasets
+from ffbench.activations import make_activation
 from ffbench.bp import Backprop
 from ffbench.config import FFBenchError
 from ffbench.ff import ForwardForward
@@ -44,10 +45,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+def make_optimizer(param_groups: list[dict], cfg) -> torch.optim.Optimizer:
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
 
 
 def prepare(cfg, device: torch.device) -> Job:
@@ -64,45 +67,76 @@ def prepare(cfg, device: torch.device) -> Job:
         torch.set_num_threads(cfg.trainer.num_threads)
     torch.manual_seed(cfg.trainer.seed)  # every job starts from the same random state
     m = cfg.model
-    stack = LayerStack(splits.num_features, m.width, m.depth, cfg.activation.name, m.norm).to(
-        device
-    )
+    activation = make_activation(cfg.activation)
+    stack = LayerStack(splits.num_features, m.width, m.depth, activation, m.norm).to(device)
     if cfg.algo.name == "ff":
         theta = cfg.algo.theta
         if theta is None:
             theta = default_theta(cfg.goodness.name, m.width, m.norm)
-        algorithm = ForwardForward(stack, splits.num_classes, cfg.algo, cfg.goodness.name, theta)
+        algorithm = ForwardForward(
+            stack, splits.num_classes, splits.image_shape, cfg.algo, cfg.goodness, theta
+        )
     else:
         algorithm = Backprop(stack, splits.num_classes)
-    algorithm.optimizer = make_optimizer(algorithm.model.parameters(), cfg.optimizer)
+    groups = algorithm.param_groups(readout_lr=cfg.algo.readout_lr)
+    algorithm.optimizer = make_optimizer(groups, cfg.optimizer)
     return Job(cfg, device, splits.to(device), algorithm)
 
 
-def accuracy(algorithm, x: torch.Tensor, y: torch.Tensor) -> float:
-    return (algorithm.predict(x) == y).float().mean().item()
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """Multiplier of the base learning rate in `epoch` (1-based) of `epochs`. linear_decay:
+    1 for the first half, then down in equal steps to 1/epochs of it in the last epoch."""
+    if schedule == "constant":
+        return 1.0
+    return min(1.0, 2.0 * (epochs - epoch + 1) / epochs)
+
+
+def accuracies(algorithm, x: torch.Tensor, y: torch.Tensor, split: str) -> dict[str, float]:
+    """`{split}_accuracy` from the headline evaluation and, for FF, `{split}_accuracy_{name}`
+    for each of its evaluations (goodness, readout) beside it."""
+    predictions = algorithm.predict_all(x)
+    found = {name: (p == y).float().mean().item() for name, p in predictions.items()}
+    metrics = {f"{split}_accuracy": found[algorithm.evaluation]}
+    if isinstance(algorithm, ForwardForward):
+        metrics |= {f"{split}_accuracy_{name}": value for name, value in found.items()}
+    return metrics
+
+
+def training_plan(cfg) -> list[tuple[int | None, int]]:
+    """(layer to train or None for all, epoch) for each pass over the training data."""
+    sequential = cfg.algo.name == "ff" and cfg.algo.schedule == "sequential"
+    layers = range(cfg.model.depth) if sequential else [None]
+    return [(layer, epoch) for layer in layers for epoch in range(1, cfg.trainer.epochs + 1)]
 
 
 def train(job: Job, on_epoch: Callable[[int, dict], None]) -> dict[str, float]:
-    """Train for the configured epochs; return the final metrics. Raises if the loss diverges.
+    """Train, then return the final metrics. Raises if the loss diverges.
 
-    Validation accuracy is measured every epoch and passed to `on_epoch`; its last value is
-    the run's final `val_accuracy`, so it is not repeated in the returned metrics."""
+    Every layer is trained for trainer.epochs passes over the data: at once (simultaneous,
+    and BP), or one layer after the other (FF's sequential schedule, depth x epochs passes,
+    `step` counting passes). Validation accuracy is measured after each pass and handed to
+    `on_epoch`; its last value is the run's final one, so it is not repeated here."""
     cfg, d, algorithm = job.cfg.trainer, job.data, job.algorithm
+    plan = training_plan(job.cfg)
     stopwatch = Stopwatch(job.device)  # times training only, never evaluation
-    for epoch in range(1, cfg.epochs + 1):
+    for step, (layer, epoch) in enumerate(plan, start=1):
+        factor = lr_factor(cfg.lr_schedule, epoch, cfg.epochs)
+        for group in algorithm.optimizer.param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
         with stopwatch:
-            metrics = algorithm.train_epoch(d.x_train, d.y_train, cfg.batch_size)
+            metrics = algorithm.train_epoch(d.x_train, d.y_train, cfg.batch_size, layer)
         if not math.isfinite(metrics["train_loss"]):
             raise FFBenchError(
-                f"training diverged: train_loss is {metrics['train_loss']} at epoch {epoch}; "
+                f"training diverged: train_loss is {metrics['train_loss']} at epoch {step}; "
                 f"lower optimizer.lr (now {job.cfg.optimizer.lr})"
             )
         metrics["epoch_time_s"] = stopwatch.last
-        metrics["val_accuracy"] = accuracy(algorithm, d.x_val, d.y_val)
-        on_epoch(epoch, metrics)
-    return {
-        "train_accuracy": accuracy(algorithm, d.x_train, d.y_train),
-        "test_accuracy": accuracy(algorithm, d.x_test, d.y_test),
+        metrics["lr_factor"] = factor
+        metrics |= accuracies(algorithm, d.x_val, d.y_val, "val")
+        on_epoch(step, metrics)
+    final = accuracies(algorithm, d.x_test, d.y_test, "test")
+    final |= accuracies(algorithm, d.x_train, d.y_train, "train")
+    return final | {
         "train_time_s": stopwatch.seconds,
-        "samples_per_s": cfg.epochs * len(d.x_train) / stopwatch.seconds,
+        "samples_per_s": len(plan) * len(d.x_train) / stopwatch.seconds,
     }

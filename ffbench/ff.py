@@ -1,17 +1,25 @@
-"""Forward-Forward, the supervised recipe of Hinton (2022).
+"""Forward-Forward (Hinton, 2022).
 
-Positive data is an image with its true label written into its first pixels; negative data
-is the same image with a wrong label. Each layer pushes its goodness above `theta` for
-positives and below it for negatives. A layer's input is detached and normalised, so no
-gradient and no goodness crosses layers, and only the current layer's activations are kept
-for its backward pass. All layers are updated on every minibatch ("simultaneous").
+Supervised recipe: positive data is an image with its true label written into its first
+pixels; negative data is the same image with a wrong label. Unsupervised recipe (`hybrid`):
+positive data is a real image, negative data a hybrid of two images mixed through a smooth
+random mask, and a linear read-out is the classifier.
+
+Each layer pushes its score (signed goodness, see goodness.py) above theta for positives and
+below it for negatives. A layer's input is detached and normalised, so no gradient and no
+goodness crosses layers, and each layer's loss is back-propagated right after its forward
+pass: only the current layer's activations are ever held for a backward pass.
 """
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ffbench.data import minibatches
-from ffbench.goodness import GOODNESS, LOSSES
+from ffbench.goodness import make_goodness, make_loss
 from ffbench.models import LayerStack
+
+PEER_MOMENTUM = 0.9  # smoothing of the per-unit mean activity in peer normalisation
 
 
 def embed_labels(x: torch.Tensor, labels: torch.Tensor, num_classes: int, strength: float):
@@ -22,73 +30,177 @@ def embed_labels(x: torch.Tensor, labels: torch.Tensor, num_classes: int, streng
     return x
 
 
+def embed_neutral(x: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Copy of x with every label pixel at 1 / classes: no label, for the read-out."""
+    x = x.clone()
+    x[:, :num_classes] = 1.0 / num_classes
+    return x
+
+
 def random_wrong_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """A label drawn uniformly from the wrong ones: it never equals the true label."""
     shift = torch.randint(1, num_classes, labels.shape, device=labels.device)
     return (labels + shift) % num_classes
 
 
-NEGATIVES = {"random_label": random_wrong_labels}
+def sample_wrong_labels(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A wrong label drawn with probability softmax(scores), the true label excluded: the
+    labels the model itself finds most plausible are the hardest negatives."""
+    scores = scores.masked_fill(F.one_hot(labels, scores.shape[1]).bool(), float("-inf"))
+    return torch.multinomial(torch.softmax(scores, dim=1), 1).squeeze(1)
+
+
+_BLUR = torch.tensor([0.25, 0.5, 0.25])
+
+
+def hybrid_masks(n: int, image_shape: tuple, blur_steps: int, device) -> torch.Tensor:
+    """Smooth random 0/1 masks (n, pixels): random bits blurred `blur_steps` times with
+    [1/4, 1/2, 1/4] in both directions, then thresholded at 0.5."""
+    mask = (torch.rand(n, 1, *image_shape, device=device) < 0.5).float()
+    across = _BLUR.to(device).view(1, 1, 1, 3)
+    for _ in range(blur_steps):
+        mask = F.conv2d(F.pad(mask, (1, 1, 0, 0), mode="replicate"), across)
+        mask = F.conv2d(F.pad(mask, (0, 0, 1, 1), mode="replicate"), across.transpose(2, 3))
+    return (mask > 0.5).float().view(n, -1)
+
+
+def hybrid_images(x: torch.Tensor, image_shape: tuple, blur_steps: int) -> torch.Tensor:
+    """Each image mixed with the next one of the (shuffled) batch through a smooth mask:
+    realistic short-range statistics, wrong long-range shape."""
+    mask = hybrid_masks(len(x), image_shape, blur_steps, x.device)
+    return mask * x + (1 - mask) * x.roll(1, dims=0)
 
 
 class ForwardForward:
-    def __init__(self, stack: LayerStack, num_classes: int, cfg, goodness: str, theta: float):
-        """`cfg` is the AlgoConfig; `theta` is already resolved (see goodness.default_theta)."""
+    def __init__(
+        self,
+        stack: LayerStack,
+        num_classes: int,
+        image_shape: tuple,
+        cfg,
+        goodness_cfg,
+        theta: float,
+    ):
+        """`cfg` is the AlgoConfig, `goodness_cfg` the GoodnessConfig; `theta` is resolved."""
         self.model = stack
         self.num_classes = num_classes
-        self.goodness = GOODNESS[goodness]
-        self.loss = LOSSES[cfg.loss]
-        self.negatives = NEGATIVES[cfg.negatives]
-        self.theta = theta
-        self.strength = cfg.label_strength
+        self.image_shape = image_shape
+        self.cfg = cfg
+        self.supervised = cfg.negatives != "hybrid"
+        width = stack.layers[0].out_features
         depth = len(stack.layers)
+        self.goodness = make_goodness(goodness_cfg, width)
+        self.sign = -1.0 if goodness_cfg.inverted else 1.0
+        self.theta = self.sign * theta  # in score units
+        self.loss = make_loss(cfg, self.theta)
+        self.running_mean = [None] * depth  # peer normalisation state
         # The first hidden layer mostly sees the label pixels themselves, so the paper leaves
-        # it out of the evaluation sum when there are layers above it.
+        # it out of the evaluation (goodness sum and read-out) when there are layers above it.
         self.eval_from = 1 if cfg.eval_skip_first and depth > 1 else 0
-        self.optimizer = None  # set by the caller, over self.model.parameters()
+        device = stack.layers[0].weight.device
+        self.readout = nn.Linear(width * (depth - self.eval_from), num_classes).to(device)
+        self.evaluation = cfg.evaluation
+        self.optimizer = None  # set by the caller, over param_groups()
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One minibatch through every layer; returns per-layer statistics (layers, 4)."""
+    def param_groups(self, readout_lr: float) -> list[dict]:
+        return [
+            {"params": list(self.model.parameters())},
+            {"params": list(self.readout.parameters()), "lr": readout_lr},
+        ]
+
+    def score(self, a: torch.Tensor) -> torch.Tensor:
+        return self.sign * self.goodness(a)
+
+    def _negative_data(self, x: torch.Tensor, y: torch.Tensor, features: torch.Tensor) -> tuple:
+        if not self.supervised:
+            return x, hybrid_images(x, self.image_shape, self.cfg.hybrid_blur_steps)
+        c, strength = self.num_classes, self.cfg.label_strength
+        if self.cfg.negatives == "hard_label":
+            with torch.no_grad():
+                scores = (
+                    self.readout(features) if self.evaluation == "readout" else self.label_scores(x)
+                )
+                wrong = sample_wrong_labels(scores, y)
+        else:
+            wrong = random_wrong_labels(y, c)
+        return embed_labels(x, y, c, strength), embed_labels(x, wrong, c, strength)
+
+    def _peer_loss(self, index: int, a_pos: torch.Tensor) -> torch.Tensor:
+        """Push each unit's running mean activity towards the layer's mean: no dead units."""
+        mean = a_pos.mean(dim=0)
+        previous = self.running_mean[index]
+        if previous is not None:
+            mean = PEER_MOMENTUM * previous.detach() + (1 - PEER_MOMENTUM) * mean
+        self.running_mean[index] = mean
+        return self.cfg.peer_norm * (mean.mean() - mean).pow(2).mean()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, layers: range) -> torch.Tensor:
+        """One minibatch; trains the `layers` given (all, or one in the sequential schedule).
+
+        Returns statistics: one row (loss, mean positive goodness, mean negative goodness,
+        separation) per trained layer, then the read-out's loss.
+        """
         n = len(x)
-        pos = embed_labels(x, y, self.num_classes, self.strength)
-        neg = embed_labels(x, self.negatives(y, self.num_classes), self.num_classes, self.strength)
+        features = self.features(x)  # before any update: the read-out's input for this step
+        pos, neg = self._negative_data(x, y, features)
         h = torch.cat([pos, neg])  # one pass for positives and negatives together
         self.optimizer.zero_grad(set_to_none=True)
-        stats = []
-        for index in range(len(self.model.layers)):
+        rows = []
+        for index in range(layers[-1] + 1):
+            if index not in layers:  # a frozen lower layer (sequential schedule)
+                with torch.no_grad():
+                    h = self.model.layer(index, h)
+                continue
             a = self.model.layer(index, h)
-            g = self.goodness(a)
-            loss = self.loss(g[:n], g[n:], self.theta)
+            s = self.score(a)
+            loss = self.loss(s[:n], s[n:])
+            if self.cfg.peer_norm > 0:
+                loss = loss + self._peer_loss(index, a[:n])
             # Backward now frees this layer's graph before the next layer is computed.
             loss.backward()
             h = a.detach()
             with torch.no_grad():
-                g_pos, g_neg = g[:n], g[n:]
+                g = self.goodness(a)
                 separation = (
-                    (g_pos > self.theta).float().mean() + (g_neg < self.theta).float().mean()
+                    (s[:n] > self.theta).float().mean() + (s[n:] < self.theta).float().mean()
                 ) / 2
-                stats.append(torch.stack([loss.detach(), g_pos.mean(), g_neg.mean(), separation]))
+                rows.append(torch.stack([loss, g[:n].mean(), g[n:].mean(), separation]).detach())
+        readout_loss = F.cross_entropy(self.readout(features), y)
+        readout_loss.backward()
         # Gradients of different layers never mix, so one step after all layers equals a
         # step per layer, and lets the optimizer update every tensor in one fused call.
         self.optimizer.step()
-        return torch.stack(stats)
+        return torch.cat([torch.stack(rows).flatten(), readout_loss.detach().view(1)])
 
-    def train_epoch(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
+    def train_epoch(self, x, y, batch_size: int, layer: int | None = None) -> dict[str, float]:
+        """One pass over (x, y); `layer` trains only that layer (sequential schedule)."""
         self.model.train()
+        layers = range(len(self.model.layers)) if layer is None else range(layer, layer + 1)
         total, batches = 0.0, 0
         for idx in minibatches(len(x), batch_size, x.device):
-            total = total + self.train_step(x[idx], y[idx])
+            total = total + self.train_step(x[idx], y[idx], layers)
             batches += 1
-        per_layer = (total / batches).tolist()  # the epoch's only host synchronisation
-        metrics = {"train_loss": sum(row[0] for row in per_layer)}
-        for i, (loss, g_pos, g_neg, sep) in enumerate(per_layer):
+        values = (total / batches).tolist()  # the epoch's only host synchronisation
+        metrics = {"readout_loss": values.pop()}
+        for i, index in enumerate(layers):
+            loss, g_pos, g_neg, separation = values[4 * i : 4 * i + 4]
             metrics |= {
-                f"layer{i}_loss": loss,
-                f"layer{i}_goodness_pos": g_pos,
-                f"layer{i}_goodness_neg": g_neg,
-                f"layer{i}_separation": sep,
+                f"layer{index}_loss": loss,
+                f"layer{index}_goodness_pos": g_pos,
+                f"layer{index}_goodness_neg": g_neg,
+                f"layer{index}_separation": separation,
             }
+        metrics["train_loss"] = sum(metrics[f"layer{i}_loss"] for i in layers)
         return metrics
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The read-out's input: normalised activities of the evaluated layers, computed
+        without a graph, so no read-out gradient reaches the FF layers."""
+        if self.supervised:
+            x = embed_neutral(x, self.num_classes)
+        activities = self.model(x)[self.eval_from :]
+        return torch.cat([self.model.norm(a) for a in activities], dim=1)
 
     @torch.no_grad()
     def label_goodness(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +210,7 @@ class ForwardForward:
         """
         n, c = len(x), self.num_classes
         labels = torch.arange(c, device=x.device).repeat(n)
-        h = embed_labels(x.repeat_interleave(c, dim=0), labels, c, self.strength)
+        h = embed_labels(x.repeat_interleave(c, dim=0), labels, c, self.cfg.label_strength)
         total = torch.zeros(n * c, device=x.device)
         for index, a in enumerate(self.model(h)):
             if index >= self.eval_from:
@@ -106,6 +218,15 @@ class ForwardForward:
         return total.view(n, c)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    def predict_all(self, x: torch.Tensor, chunk: int = 1000) -> dict[str, torch.Tensor]:
+        """Predicted labels by every evaluation that applies (goodness needs labels)."""
         self.model.eval()
-        return torch.cat([self.label_goodness(part).argmax(1) for part in x.split(chunk)])
+        parts = x.split(chunk)
+        predictions = {
+            "readout": torch.cat([self.readout(self.features(p)).argmax(1) for p in parts])
+        }
+        if self.supervised:
+            predictions["goodness"] = torch.cat(
+                [(self.sign * self.label_goodness(p)).argmax(1) for p in parts]
+            )
+        return predictions

@@ -5,21 +5,23 @@ own; BP adds a linear output layer and trains everything end to end. Because bot
 `LayerStack`, a comparison changes the learning rule and nothing else.
 """
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from ffbench.activations import ACTIVATIONS, NORMALISATIONS
+from ffbench.activations import NORMALISATIONS
 
 
 class LayerStack(nn.Module):
-    def __init__(self, in_features: int, width: int, depth: int, activation: str, norm: str):
+    def __init__(self, in_features: int, width: int, depth: int, activation: Callable, norm: str):
         super().__init__()
         sizes = [in_features] + [width] * depth
         # nn.ModuleList, not a Python list, so state_dict() holds every layer.
         self.layers = nn.ModuleList(
             nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
         )
-        self.activation = ACTIVATIONS[activation]
+        self.activation = activation
         self.norm = NORMALISATIONS[norm]
 
     def layer(self, index: int, x: torch.Tensor) -> torch.Tensor:

@@ -3,33 +3,18 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_ff
 
 from ffbench.activations import ACTIVATIONS, NORMALISATIONS
 from ffbench.bp import Backprop
-from ffbench.ff import ForwardForward, embed_labels, random_wrong_labels
+from ffbench.ff import embed_labels, random_wrong_labels
 from ffbench.goodness import GOODNESS, default_theta, threshold_loss
 from ffbench.measure import PeakMemory
 from ffbench.models import LayerStack
 
 
-class AlgoCfg:  # the FF keys of config.AlgoConfig
-    loss, negatives, evaluation, eval_skip_first, label_strength = (
-        "threshold",
-        "random_label",
-        "goodness",
-        True,
-        1.0,
-    )
-
-
 def ff_net(depth=3, width=16, features=20, skip_first=True):
-    torch.manual_seed(0)
-    stack = LayerStack(features, width, depth, "relu", "mean_square")
-    cfg = AlgoCfg()
-    cfg.eval_skip_first = skip_first
-    ff = ForwardForward(stack, 10, cfg, "sumsq", theta=float(width))
-    ff.optimizer = torch.optim.SGD(stack.parameters(), lr=0.01)
-    return ff
+    return make_ff(depth, width, features, overrides=[f"algo.eval_skip_first={skip_first}"])
 
 
 def test_wrong_labels_are_never_the_true_label_and_cover_all_others():
@@ -68,7 +53,7 @@ def test_goodness_loss_and_normalisation_values():
 def test_no_gradient_crosses_layers_in_ff_but_does_in_bp():
     ff = ff_net()
     x, y = torch.rand(8, 20), torch.randint(0, 10, (8,))
-    ff.train_step(x, y)
+    ff.train_step(x, y, range(3))
     # each layer's gradient comes from its own loss alone: recompute layer 2's loss on the
     # detached output of layer 1 and compare it with what a full-graph loss would give
     stack = ff.model
@@ -78,7 +63,7 @@ def test_no_gradient_crosses_layers_in_ff_but_does_in_bp():
     loss1 = threshold_loss(GOODNESS["sumsq"](a1)[:8], GOODNESS["sumsq"](a1)[8:], 16.0)
     grads = torch.autograd.grad(loss1, list(stack.layers[0].parameters()), allow_unused=True)
     assert all(g is None for g in grads)
-    bp = Backprop(LayerStack(20, 16, 3, "relu", "mean_square"), 10)
+    bp = Backprop(LayerStack(20, 16, 3, ACTIVATIONS["relu"], "mean_square"), 10)
     loss = F.cross_entropy(bp.model(x), y)
     grads = torch.autograd.grad(loss, list(bp.model.stack.layers[0].parameters()))
     assert all(g.abs().sum() > 0 for g in grads)
@@ -90,7 +75,7 @@ def test_train_step_only_updates_through_local_losses():
     before = [p.detach().clone() for p in ff.model.parameters()]
     torch.manual_seed(1)
     x, y = torch.rand(8, 20), torch.randint(0, 10, (8,))
-    ff.train_step(x, y)
+    ff.train_step(x, y, range(2))
     assert all(not torch.equal(b, p) for b, p in zip(before, ff.model.parameters(), strict=True))
 
 
@@ -105,7 +90,7 @@ def test_batched_label_goodness_matches_the_naive_loop(skip_first):
         activities = ff.model(h)
         naive = sum(GOODNESS["sumsq"](a) for a in activities[first:])
         assert torch.allclose(batched[:, label], naive, rtol=1e-5)
-    assert torch.equal(ff.predict(x), batched.argmax(1))
+    assert torch.equal(ff.predict_all(x)["goodness"], batched.argmax(1))
 
 
 def test_state_dict_holds_every_layer_and_reloads_to_the_same_predictions(tmp_path):
@@ -117,19 +102,21 @@ def test_state_dict_holds_every_layer_and_reloads_to_the_same_predictions(tmp_pa
     torch.nn.init.zeros_(other.model.layers[0].weight)
     other.model.load_state_dict(torch.load(tmp_path / "ff.pt"))
     x = torch.rand(30, 20)
-    assert torch.equal(other.predict(x), ff.predict(x))
+    other.readout.load_state_dict(ff.readout.state_dict())
+    for name, labels in ff.predict_all(x).items():
+        assert torch.equal(other.predict_all(x)[name], labels), name
 
 
 def test_ff_learns_a_separable_toy_problem():
     torch.manual_seed(0)
-    ff = ff_net(depth=2, width=64, features=40)
-    ff.optimizer = torch.optim.Adam(ff.model.parameters(), lr=0.01)
+    ff = make_ff(depth=2, width=64, features=40, overrides=["optimizer.lr=0.01"])
     y = torch.randint(0, 10, (512,))
     x = torch.rand(512, 40) * 0.1
     x[torch.arange(512), 10 + y] += 1.0  # class shows as one bright feature
     for _ in range(20):
         ff.train_epoch(x, y, 64)
-    assert (ff.predict(x) == y).float().mean() > 0.9
+    for labels in ff.predict_all(x).values():
+        assert (labels == y).float().mean() > 0.9
 
 
 def test_peak_memory_is_reset_for_each_job():

@@ -81,6 +81,21 @@ def test_multirun_gives_one_parent_and_two_children(workdir):
     assert list((workdir / "outputs" / "multirun").glob("*/*/1/.hydra"))
 
 
+def test_ff_options_sweep_and_are_logged_as_params(workdir):
+    sweep = ["goodness=split,meansq", "goodness.inverted=true", "algo.loss=symba"]
+    result = run_ffbench(workdir, "-m", *sweep, "algo.evaluation=readout", *QUICK)
+    assert result.returncode == 0, result.stderr
+    children = [r for r in all_runs(workdir) if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.params["goodness"] for r in children) == ["meansq", "split"]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["goodness.inverted"] == "True"
+        assert run.data.params["algo.loss"] == "symba"
+        metrics = run.data.metrics
+        assert metrics["test_accuracy"] == metrics["test_accuracy_readout"]
+        assert "test_accuracy_goodness" in metrics and "val_accuracy_goodness" in metrics
+
+
 def test_environment_overrides_store_and_experiment(workdir, tmp_path):
     db = tmp_path / "elsewhere.db"
     env = clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}", MLFLOW_EXPERIMENT_NAME="mine")

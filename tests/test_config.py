@@ -12,7 +12,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUP_OPTIONS = sorted(
     (group.name, option.stem)
     for group in CONF.iterdir()
-    if group.is_dir() and not group.name.startswith("__")
+    if group.is_dir() and group.name not in ("__pycache__", "experiment")
     for option in group.glob("*.yaml")
 )
 
@@ -34,6 +34,30 @@ def test_option_composes_and_validates(group, option):
     cfg = compose("config", overrides=[f"{group}={option}"])
     assert cfg[group].name == option
     validate(cfg)
+
+
+PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def test_the_presets_of_the_issue_exist():
+    assert {"hinton_mnist", "hinton_mnist_bp", "quick_mnist", "unsupervised_mnist"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_composes_and_validates(preset):
+    cfg = compose("config", overrides=[f"+experiment={preset}"])
+    validate(cfg)
+    assert cfg.dataset.name == "mnist"
+
+
+def test_hinton_preset_follows_the_reference_recipe():
+    cfg = compose("config", overrides=["+experiment=hinton_mnist"])
+    assert (cfg.model.depth, cfg.model.width, cfg.trainer.epochs) == (4, 2000, 60)
+    assert (cfg.algo.name, cfg.goodness.name, cfg.activation.name) == ("ff", "sumsq", "relu")
+    assert cfg.model.norm == "mean_square" and cfg.algo.theta is None  # theta = width
+    assert cfg.algo.peer_norm == 0.03 and cfg.trainer.lr_schedule == "linear_decay"
+    bp = compose("config", overrides=["+experiment=hinton_mnist_bp"])
+    assert bp.algo.name == "bp" and (bp.model.depth, bp.model.width) == (4, 2000)
 
 
 def test_defaults_are_ff_on_digits():

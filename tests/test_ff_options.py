@@ -1,0 +1,213 @@
+"""Every FF option does what it says: goodness functions, losses, activations, negatives,
+evaluations, peer normalisation, schedules and learning-rate schedules."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_ff
+from hydra import compose, initialize_config_module
+
+from ffbench import experiment
+from ffbench.activations import ACTIVATIONS, tdist
+from ffbench.config import register_schemas, validate
+from ffbench.ff import (
+    embed_neutral,
+    hybrid_images,
+    hybrid_masks,
+    random_wrong_labels,
+    sample_wrong_labels,
+)
+from ffbench.goodness import default_theta, make_goodness, symba_loss, threshold_loss
+
+
+class Goodness:  # a GoodnessConfig
+    def __init__(self, name, inverted=False, feature_fraction=0.5):
+        self.name, self.inverted, self.feature_fraction = name, inverted, feature_fraction
+
+
+A = torch.tensor([[1.0, -2.0, 3.0, 0.5]])
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("sumsq", 14.25), ("meansq", 14.25 / 4), ("sumabs", 6.5), ("split", 1 + 4 - 9 - 0.25)],
+)
+def test_goodness_known_values(name, expected):
+    assert make_goodness(Goodness(name), width=4)(A).item() == pytest.approx(expected)
+
+
+def test_split_goodness_respects_the_feature_fraction():
+    g = make_goodness(Goodness("split", feature_fraction=0.75), width=4)
+    assert g(A).item() == pytest.approx(1 + 4 + 9 - 0.25)
+
+
+def test_default_thetas_fit_goodness_and_normalisation():
+    assert default_theta("sumsq", 2000, "mean_square") == 2000
+    assert default_theta("meansq", 2000, "mean_square") == 1
+    assert default_theta("meansq", 2000, "unit_length") == 2  # the popular scripts' pairing
+    assert default_theta("sumabs", 100, "mean_square") == 100
+    assert default_theta("split", 100, "mean_square") == 0
+
+
+def test_losses_known_values():
+    s_pos, s_neg = torch.tensor([5.0, 1.0]), torch.tensor([0.0, 4.0])
+    expected = (
+        F.softplus(torch.tensor([-2.0, 2.0])).sum() + F.softplus(torch.tensor([-3.0, 1.0])).sum()
+    ) / 4
+    assert threshold_loss(s_pos, s_neg, theta=3.0).item() == pytest.approx(expected.item())
+    expected = (math.log1p(math.exp(-4 * 5)) + math.log1p(math.exp(-4 * -3))) / 2
+    assert symba_loss(s_pos, s_neg, alpha=4.0).item() == pytest.approx(expected)
+
+
+def test_inverted_objective_rewards_low_goodness_for_positives():
+    """With inverted=true the score is -goodness: a quiet positive and a loud negative give a
+    small loss, the opposite a large one."""
+    net = make_ff(goodness=Goodness("sumsq", inverted=True))
+    quiet, loud = torch.zeros(1, 4), torch.full((1, 4), 3.0)
+    good = net.loss(net.score(quiet), net.score(loud))
+    bad = net.loss(net.score(loud), net.score(quiet))
+    assert net.theta == -16.0 and good < 0.01 < 5 < bad
+
+
+def test_activations_known_values():
+    x = torch.tensor([-2.0, 0.0, 3.0])
+    assert ACTIVATIONS["relu"](x).tolist() == [0.0, 0.0, 3.0]
+    assert ACTIVATIONS["leaky_relu"](x).tolist() == pytest.approx([-0.02, 0.0, 3.0])
+    assert ACTIVATIONS["softplus"](x)[1].item() == pytest.approx(math.log(2))
+    assert ACTIVATIONS["sigmoid"](x)[1].item() == 0.5 and ACTIVATIONS["tanh"](x)[1] == 0
+    assert ACTIVATIONS["silu"](x)[2].item() == pytest.approx(3 / (1 + math.exp(-3)))
+    assert ACTIVATIONS["gelu"](x)[2].item() == pytest.approx(
+        3 * 0.5 * (1 + math.erf(3 / math.sqrt(2)))
+    )
+    # t-distribution: (nu + 1) / 2 * log(1 + x^2 / nu)
+    assert tdist(x, nu=2.0).tolist() == pytest.approx([1.5 * math.log(3), 0.0, 1.5 * math.log(5.5)])
+
+
+def test_fullgrad_relu_passes_the_gradient_where_the_unit_is_off():
+    x = torch.tensor([-2.0, 3.0], requires_grad=True)
+    y = ACTIVATIONS["relu_fullgrad"](x)
+    assert y.tolist() == [0.0, 3.0]
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0]  # plain ReLU would give [0, 1]
+
+
+def test_hard_negatives_never_carry_the_true_label_and_follow_the_model():
+    torch.manual_seed(0)
+    for _ in range(50):
+        y = torch.randint(0, 10, (256,))
+        scores = torch.randn(256, 10) * 5
+        assert not (sample_wrong_labels(scores, y) == y).any()
+        assert not (random_wrong_labels(y, 10) == y).any()
+    # the model strongly believes in label 3: most negatives take it (except for true 3s)
+    y = torch.randint(0, 10, (2000,))
+    scores = torch.zeros(2000, 10)
+    scores[:, 3] = 5.0
+    wrong = sample_wrong_labels(scores, y)
+    assert (wrong[y != 3] == 3).float().mean() > 0.9
+    assert not (wrong[y == 3] == 3).any()
+
+
+def test_hybrid_masks_are_binary_balanced_and_smooth():
+    torch.manual_seed(0)
+    masks = hybrid_masks(200, (28, 28), blur_steps=6, device="cpu")
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    assert 0.35 < masks.mean() < 0.65
+    images = masks.view(200, 28, 28)
+    agree = (images[:, :, 1:] == images[:, :, :-1]).float().mean()
+    raw = (torch.rand(200, 28, 28) < 0.5).float()
+    agree_raw = (raw[:, :, 1:] == raw[:, :, :-1]).float().mean()
+    assert agree > 0.85 and agree_raw < 0.55  # neighbours agree far more than for raw bits
+
+
+def test_hybrid_images_take_each_pixel_from_one_of_two_images():
+    torch.manual_seed(0)
+    x = torch.rand(50, 64)
+    mixed = hybrid_images(x, (8, 8), blur_steps=2)
+    own, partner = mixed == x, mixed == x.roll(1, 0)
+    assert (own | partner).all()
+    assert 0.3 < own.float().mean() < 0.7  # both images contribute
+
+
+def test_readout_sees_no_label_and_sends_no_gradient_into_ff_layers():
+    net = make_ff()
+    x, y = torch.rand(16, 20), torch.randint(0, 10, (16,))
+    assert torch.allclose(embed_neutral(x, 10)[:, :10], torch.full((16, 10), 0.1))
+    loss = F.cross_entropy(net.readout(net.features(x)), y)
+    loss.backward()
+    assert net.readout.weight.grad is not None
+    assert all(p.grad is None for p in net.model.parameters())
+
+
+def test_peer_normalisation_penalises_unequal_units_only():
+    net = make_ff(overrides=["algo.peer_norm=0.03"])
+    assert net._peer_loss(0, torch.ones(8, 16)).item() == 0.0
+    net.running_mean = [None] * 3
+    uneven = torch.zeros(8, 16)
+    uneven[:, 0] = 16.0
+    assert net._peer_loss(0, uneven).item() == pytest.approx(0.03 * (15 * 1 + 15**2) / 16)
+
+
+def test_sequential_schedule_trains_one_layer_at_a_time():
+    net = make_ff()
+    before = [layer.weight.detach().clone() for layer in net.model.layers]
+    net.train_epoch(torch.rand(64, 20), torch.randint(0, 10, (64,)), 16, layer=1)
+    changed = [
+        not torch.equal(b, layer.weight) for b, layer in zip(before, net.model.layers, strict=True)
+    ]
+    assert changed == [False, True, False]
+
+
+def test_linear_decay_schedule():
+    factors = [experiment.lr_factor("linear_decay", e, 10) for e in range(1, 11)]
+    assert factors[:6] == [1.0] * 6 and factors[-1] == pytest.approx(0.2)
+    assert factors == sorted(factors, reverse=True)
+    assert experiment.lr_factor("constant", 10, 10) == 1.0
+
+
+@pytest.fixture(scope="module")
+def hydra_context():
+    register_schemas()
+    with initialize_config_module(config_module="ffbench.conf", version_base="1.3"):
+        yield
+
+
+def train_on_digits(overrides: list[str]) -> dict:
+    cfg = compose("config", overrides=overrides)
+    validate(cfg)
+    job = experiment.prepare(cfg, torch.device("cpu"))
+    history = []
+    final = experiment.train(job, lambda step, metrics: history.append(metrics))
+    return final | {"history": history}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["algo.negatives=random_label", "algo.evaluation=goodness"],
+        ["algo.negatives=random_label", "algo.evaluation=readout"],
+        ["algo.negatives=hard_label", "algo.evaluation=goodness"],
+        ["algo.negatives=hard_label", "algo.evaluation=readout"],
+        ["algo.negatives=hybrid", "algo.evaluation=readout"],
+        ["algo.loss=symba"],
+        ["goodness.inverted=true"],
+        ["goodness=split"],
+        ["goodness=sumabs"],
+        ["activation=tdist"],
+        ["algo.schedule=sequential"],
+    ],
+    ids=lambda o: " ".join(o),
+)
+def test_each_option_learns_the_digits(hydra_context, overrides):
+    result = train_on_digits(["trainer.epochs=15", "model.width=128", *overrides])
+    assert result["test_accuracy"] > 0.75  # chance is 0.1
+    keys = {"test_accuracy_readout"} | (
+        {"test_accuracy_goodness"} if "hybrid" not in str(overrides) else set()
+    )
+    assert keys <= result.keys()
+    last = result["history"][-1]
+    assert "layer1_goodness_pos" in last and "layer1_separation" in last and "readout_loss" in last
+    if "algo.schedule=sequential" in overrides:
+        assert len(result["history"]) == 2 * 15  # each of the 2 layers trains 15 epochs
+        assert "layer0_loss" not in last  # the last passes train the top layer only
