@@ -116,11 +116,10 @@ class ForwardForward:
             return x, hybrid_images(x, self.image_shape, self.cfg.hybrid_blur_steps)
         c, strength = self.num_classes, self.cfg.label_strength
         if self.cfg.negatives == "hard_label":
+            # As in the reference code: the read-out's softmax on the neutral pass, one pass
+            # rather than one per label.
             with torch.no_grad():
-                scores = (
-                    self.readout(features) if self.evaluation == "readout" else self.label_scores(x)
-                )
-                wrong = sample_wrong_labels(scores, y)
+                wrong = sample_wrong_labels(self.readout(features), y)
         else:
             wrong = random_wrong_labels(y, c)
         return embed_labels(x, y, c, strength), embed_labels(x, wrong, c, strength)
