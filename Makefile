@@ -28,8 +28,8 @@ run: install  ## FF on the bundled digits data set, recorded in outputs/mlflow.d
 test: install  ## the test suite (a few minutes on 2 CPU cores)
 	$(BIN)/pytest
 
-test-slow: install  ## long checks: real MNIST accuracy (needs FFBENCH_DATA)
-	$(BIN)/pytest -m slow
+test-slow: install  ## long checks: real MNIST accuracy, e.g. FFBENCH_DATA=../shared/data/mnist
+	$(BIN)/pytest -m slow -v
 
 lint: install
 	$(BIN)/ruff check .
