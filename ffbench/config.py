@@ -45,7 +45,8 @@ class ModelConfig:
 @dataclass
 class AlgoConfig:
     name: str = MISSING
-    """`ff` (Forward-Forward, layer-local losses) or `bp` (backpropagation, cross-entropy)."""
+    """`ff` (Forward-Forward, layer-local losses), `bp` (backpropagation, cross-entropy) or
+    `bp_ckpt` (BP with per-layer gradient checkpointing: less memory, one more forward pass)."""
     loss: str = "threshold"
     """FF only: the per-layer loss; `threshold` is softplus(theta - G_pos) + softplus(G_neg - theta)."""
     theta: float | None = None
@@ -96,6 +97,16 @@ class TrainerConfig:
     """`auto` (cuda, then mps, then cpu), `cpu`, `cuda` or `mps`."""
     num_threads: int | None = None
     """CPU threads for torch; unset keeps torch's default (one per core)."""
+    grad_accum_steps: int = 1
+    """BP only: split each minibatch into this many micro-batches, one backward pass each, and
+    step once: the same update with a micro-batch's activation memory."""
+
+
+@dataclass
+class MeasureConfig:
+    memory: bool = True
+    """Record the memory figures of training (peak saved activations, peak RSS, CUDA peaks,
+    parameter and optimizer-state sizes); false runs training without any hook or sampler."""
 
 
 @dataclass
@@ -118,6 +129,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
 
 
 def register_schemas() -> None:
@@ -129,7 +141,7 @@ CHOICES = {
     "dataset.name": ("digits", "mnist"),
     "model.name": ("mlp",),
     "model.norm": ("mean_square", "unit_length", "none"),
-    "algo.name": ("ff", "bp"),
+    "algo.name": ("ff", "bp", "bp_ckpt"),
     "algo.loss": ("threshold",),
     "algo.negatives": ("random_label",),
     "algo.evaluation": ("goodness",),
@@ -159,6 +171,7 @@ def validate(cfg) -> None:
         "model.depth": cfg.model.depth,
         "model.width": cfg.model.width,
         "optimizer.lr": cfg.optimizer.lr,
+        "trainer.grad_accum_steps": cfg.trainer.grad_accum_steps,
     }
     for key, value in positive.items():
         if not value > 0:

@@ -4,6 +4,7 @@ net and the learning rule, train epoch by epoch, evaluate. Nothing here logs or 
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,7 @@ from ffbench.bp import Backprop
 from ffbench.config import FFBenchError
 from ffbench.ff import ForwardForward
 from ffbench.goodness import default_theta
-from ffbench.measure import Stopwatch
+from ffbench.measure import PeakMemory, Stopwatch
 from ffbench.models import LayerStack
 
 
@@ -73,7 +74,9 @@ def prepare(cfg, device: torch.device) -> Job:
             theta = default_theta(cfg.goodness.name, m.width, m.norm)
         algorithm = ForwardForward(stack, splits.num_classes, cfg.algo, cfg.goodness.name, theta)
     else:
-        algorithm = Backprop(stack, splits.num_classes)
+        checkpoint = cfg.algo.name == "bp_ckpt"
+        accum = cfg.trainer.grad_accum_steps
+        algorithm = Backprop(stack, splits.num_classes, checkpoint, accum)
     algorithm.optimizer = make_optimizer(algorithm.model.parameters(), cfg.optimizer)
     return Job(cfg, device, splits.to(device), algorithm)
 
@@ -82,15 +85,18 @@ def accuracy(algorithm, x: torch.Tensor, y: torch.Tensor) -> float:
     return (algorithm.predict(x) == y).float().mean().item()
 
 
-def train(job: Job, on_epoch: Callable[[int, dict], None]) -> dict[str, float]:
+def train(
+    job: Job, on_epoch: Callable[[int, dict], None], memory: PeakMemory | None = None
+) -> dict[str, float]:
     """Train for the configured epochs; return the final metrics. Raises if the loss diverges.
 
     Validation accuracy is measured every epoch and passed to `on_epoch`; its last value is
-    the run's final `val_accuracy`, so it is not repeated in the returned metrics."""
+    the run's final `val_accuracy`, so it is not repeated in the returned metrics. `memory`,
+    if given, is entered around each epoch's training, like the stopwatch."""
     cfg, d, algorithm = job.cfg.trainer, job.data, job.algorithm
     stopwatch = Stopwatch(job.device)  # times training only, never evaluation
     for epoch in range(1, cfg.epochs + 1):
-        with stopwatch:
+        with memory or nullcontext(), stopwatch:
             metrics = algorithm.train_epoch(d.x_train, d.y_train, cfg.batch_size)
         if not math.isfinite(metrics["train_loss"]):
             raise FFBenchError(

@@ -12,7 +12,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUP_OPTIONS = sorted(
     (group.name, option.stem)
     for group in CONF.iterdir()
-    if group.is_dir() and not group.name.startswith("__")
+    if group.is_dir() and not group.name.startswith("__") and group.name != "experiment"
     for option in group.glob("*.yaml")
 )
 
@@ -34,6 +34,14 @@ def test_option_composes_and_validates(group, option):
     cfg = compose("config", overrides=[f"{group}={option}"])
     assert cfg[group].name == option
     validate(cfg)
+
+
+def test_memory_depth_preset_composes_and_sweeps_algorithms_and_depths():
+    """A preset (added with +experiment=...) sets global keys and the sweep it runs."""
+    cfg = compose("config", overrides=["+experiment=memory_depth"], return_hydra_config=True)
+    validate(cfg)
+    assert cfg.trainer.epochs == 1 and cfg.model.width == 1024
+    assert dict(cfg.hydra.sweeper.params) == {"algo": "ff,bp,bp_ckpt", "model.depth": "1,2,4,8,16"}
 
 
 def test_defaults_are_ff_on_digits():
