@@ -43,20 +43,37 @@ def _summary(title: str, final: dict) -> Table:
         "test acc",
         "val acc",
         "train acc",
-        "saved act MB",
         "peak RSS MB",
         "train s",
         "wall s",
         "samples/s",
     ):
         table.add_column(column, justify="right")
-    memory = ("peak_saved_activations_mb", "peak_rss_mb")  # absent with measure.memory=false
     table.add_row(
         *(f"{final[k]:.4f}" for k in ("test_accuracy", "val_accuracy", "train_accuracy")),
-        *(f"{final[k]:.2f}" if k in final else "-" for k in memory),
+        f"{final['peak_rss_mb']:.1f}" if "peak_rss_mb" in final else "-",
         *(f"{final[k]:.1f}" for k in ("train_time_s", "wall_time_s")),
         f"{final['samples_per_s']:.0f}",
     )
+    return table
+
+
+MEMORY_COLUMNS = {
+    "peak_saved_activations_mb": "saved activations MB",
+    "param_mb": "params MB",
+    "optimizer_state_mb": "optimizer MB",
+    "peak_cuda_allocated_mb": "CUDA alloc MB",
+    "peak_cuda_reserved_mb": "CUDA reserved MB",
+}
+
+
+def _memory(final: dict) -> Table:
+    """The memory figures besides RSS, in a table of their own to fit 80 columns."""
+    table = Table(show_header=True)
+    shown = [k for k in MEMORY_COLUMNS if k in final]
+    for key in shown:
+        table.add_column(MEMORY_COLUMNS[key], justify="right")
+    table.add_row(*(f"{final[k]:.2f}" for k in shown))
     return table
 
 
@@ -106,4 +123,6 @@ def run(cfg: DictConfig) -> float:
     final["val_accuracy"] = last["val_accuracy"]
     log.info("final %s", " ".join(f"{k}={v:.5g}" for k, v in final.items()))
     console.print(_summary(run.info.run_name, final))
+    if memory is not None:
+        console.print(_memory(final))
     return final["test_accuracy"]

@@ -98,7 +98,12 @@ def test_environment_overrides_store_and_experiment(workdir, tmp_path):
 def test_help_lists_every_group(workdir):
     result = run_ffbench(workdir, "--help")
     assert result.returncode == 0
-    for line in ("algo: bp, ff", "dataset: digits, mnist", "goodness: sumsq", "model: mlp"):
+    for line in (
+        "algo: bp, bp_ckpt, ff",
+        "dataset: digits, mnist",
+        "goodness: sumsq",
+        "model: mlp",
+    ):
         assert line in result.stdout
     assert "activation: " in result.stdout and "optimizer: adam, sgd" in result.stdout
 
