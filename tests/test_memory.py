@@ -97,13 +97,13 @@ def test_measured_saved_activations_equal_the_prediction_to_the_byte(algo, activ
 def test_bp_grows_linearly_with_depth_while_ff_stays_flat():
     """MNIST-like: the input (784) is wider than the hidden layers, as in the paper's nets."""
     depths = (1, 2, 4, 8)
-    ff = [measured_bytes("ff", 16, 64, d, 784) for d in depths]
-    bp = [measured_bytes("bp", 16, 64, d, 784) for d in depths]
-    ckpt = [measured_bytes("bp_ckpt", 16, 64, d, 784) for d in depths]
+    ff = [measured_bytes("ff", 8, 64, d, 784) for d in depths]
+    bp = [measured_bytes("bp", 8, 64, d, 784) for d in depths]
+    ckpt = [measured_bytes("bp_ckpt", 8, 64, d, 784) for d in depths]
     assert ff[-1] / ff[0] < 1.2
     # Each added layer adds the same bytes, a straight line in depth: for BP its activation,
-    # normalised copy and per-row norm (16 rows of 4-byte floats); for checkpointed BP its input.
-    for series, per_layer in ((bp, 4 * 16 * (2 * 64 + 1)), (ckpt, 4 * 16 * 64)):
+    # normalised copy and per-row norm (8 rows of 4-byte floats); for checkpointed BP its input.
+    for series, per_layer in ((bp, 4 * 8 * (2 * 64 + 1)), (ckpt, 4 * 8 * 64)):
         for d, value in zip(depths, series, strict=True):
             assert value == series[0] + per_layer * (d - 1)
     assert ff[-1] < bp[-1]
@@ -155,40 +155,6 @@ def test_peak_rss_without_any_proc_file_still_gives_a_figure(monkeypatch, tmp_pa
     assert memory.peak_rss_mb > 50  # the process's lifetime peak: torch alone is above that
 
 
-# The installed command with /proc/self/clear_refs made unreachable, as on a system without it.
-NO_CLEAR_REFS = """
-import sys
-from pathlib import Path
-import ffbench.measure
-ffbench.measure._CLEAR_REFS = Path("/nonexistent/clear_refs")
-from ffbench.cli import main
-sys.argv = ["ffbench", *sys.argv[1:]]
-main()
-"""
-
-
-def test_without_proc_a_run_falls_back_and_says_so_and_measure_false_records_nothing(workdir):
-    """One process, two jobs: the fallback, then measure.memory=false."""
-    result = subprocess.run(
-        [sys.executable, "-c", NO_CLEAR_REFS, "-m", "measure.memory=true,false", *QUICK],
-        cwd=workdir,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    runs = {r.data.params.get("measure.memory"): r for r in all_runs(workdir)}
-    assert {r.info.status for r in runs.values()} == {"FINISHED"}
-    measured, plain = runs["True"], runs["False"]
-    assert measured.data.tags["ffbench.peak_rss_method"] == "sampled"
-    assert MEMORY_METRICS <= measured.data.metrics.keys()
-    assert measured.data.metrics["peak_rss_mb"] > 50
-    assert not MEMORY_METRICS & plain.data.metrics.keys()
-    assert "ffbench.peak_rss_method" not in plain.data.tags
-    assert "test_accuracy" in plain.data.metrics
-
-
 def test_depth_preset_records_exact_figures_per_job_and_draws_the_picture(workdir):
     """The preset, shrunk: every job of one process gets its own figures, equal to the
     prediction (so nothing carries over between jobs), and the sweep draws its picture."""
@@ -227,17 +193,51 @@ def test_depth_preset_records_exact_figures_per_job_and_draws_the_picture(workdi
     assert "memory against depth" in result.stdout and "algo=bp_ckpt" in result.stdout
 
 
-def test_a_failed_job_in_a_depth_sweep_leaves_a_picture_of_what_finished(workdir):
+# The installed command with /proc/self/clear_refs made unreachable, as on a system without it.
+NO_CLEAR_REFS = """
+import sys
+from pathlib import Path
+import ffbench.measure
+ffbench.measure._CLEAR_REFS = Path("/nonexistent/clear_refs")
+from ffbench.cli import main
+sys.argv = ["ffbench", *sys.argv[1:]]
+main()
+"""
+
+
+def test_without_proc_a_depth_sweep_with_a_failed_job_still_measures_and_draws(workdir):
+    """One process, the bad cases together: no /proc/self/clear_refs (RSS falls back to
+    sampling and says so), jobs that fail (listed, left out of the picture) and jobs with
+    measure.memory=false (no memory figures, no tag)."""
     diverge = ["model.norm=none", "optimizer=sgd", "optimizer.lr=1e10,0.01"]
-    result = run_ffbench(
-        workdir, "-m", "+experiment=memory_depth", "algo=bp", "model.depth=1,2", *diverge, *QUICK
+    sweep = ["+experiment=memory_depth", "algo=bp", "model.depth=1,2", "measure.memory=true,false"]
+    result = subprocess.run(
+        [sys.executable, "-c", NO_CLEAR_REFS, "-m", *sweep, *diverge, *QUICK],
+        cwd=workdir,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert result.returncode != 0
+    assert result.returncode != 0  # a job failed
     runs = all_runs(workdir)
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FAILED"
-    failed = [r for r in runs if r.info.status == "FAILED" and r is not parent]
-    assert len(failed) == 2 and all("diverged" in r.data.tags["ffbench.error"] for r in failed)
+    children = [r for r in runs if r is not parent]
+    assert len(children) == 8
+    for run in children:
+        failed = run.data.params["optimizer.lr"] != "0.01"
+        assert run.info.status == ("FAILED" if failed else "FINISHED")
+        if failed:
+            assert "diverged" in run.data.tags["ffbench.error"]
+        elif run.data.params["measure.memory"] == "True":
+            assert run.data.tags["ffbench.peak_rss_method"] == "sampled"
+            assert MEMORY_METRICS <= run.data.metrics.keys()
+            assert run.data.metrics["peak_rss_mb"] > 50
+        else:
+            assert not MEMORY_METRICS & run.data.metrics.keys()
+            assert "ffbench.peak_rss_method" not in run.data.tags
+            assert "test_accuracy" in run.data.metrics
     picture = workdir / parent.data.tags["ffbench.sweep_dir"] / "memory_vs_depth.png"
-    assert picture.is_file()
+    assert picture.read_bytes().startswith(b"\x89PNG")
     assert "FAILED" in result.stdout and "optimizer.lr=0.01" in result.stdout
