@@ -1,5 +1,10 @@
 """Backpropagation baseline: the same layer stack plus a linear output layer, trained end to
-end with cross-entropy. Same activation, normalisation, width, depth and optimizer as FF."""
+end with cross-entropy. Same activation, normalisation, width, depth and optimizer as FF.
+
+Two ways to make BP cheaper in memory, so that FF is compared with the best BP and not the
+naive one: per-layer gradient checkpointing (`algo=bp_ckpt`: only each layer's input is kept,
+the layer is recomputed during backward) and gradient accumulation over micro-batches.
+"""
 
 import torch
 import torch.nn.functional as F
@@ -9,8 +14,11 @@ from ffbench.models import Classifier, LayerStack
 
 
 class Backprop:
-    def __init__(self, stack: LayerStack, num_classes: int):
-        self.model = Classifier(stack, num_classes).to(next(stack.parameters()).device)
+    def __init__(
+        self, stack: LayerStack, num_classes: int, checkpoint: bool = False, accum_steps: int = 1
+    ):
+        self.model = Classifier(stack, num_classes, checkpoint).to(next(stack.parameters()).device)
+        self.accum_steps = accum_steps
         self.evaluation = "output"
         self.optimizer = None  # set by the caller, over param_groups()
 
@@ -22,12 +30,14 @@ class Backprop:
         self.model.train()
         total_loss, batches = 0.0, 0
         for idx in minibatches(len(x), batch_size, x.device):
-            logits = self.model(x[idx])
-            loss = F.cross_entropy(logits, y[idx])
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # Each micro-batch's loss is weighted by its share of the batch, so the summed
+            # gradient is the whole batch's while only one micro-batch's graph is held.
+            for part in idx.tensor_split(min(self.accum_steps, len(idx))):
+                loss = F.cross_entropy(self.model(x[part]), y[part]) * (len(part) / len(idx))
+                loss.backward()
+                total_loss = total_loss + loss.detach()
             self.optimizer.step()
-            total_loss = total_loss + loss.detach()
             batches += 1
         return {"train_loss": (total_loss / batches).item()}
 

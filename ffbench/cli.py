@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ffbench import experiment, tracking
 from ffbench.config import FFBenchError, register_schemas, validate
-from ffbench.measure import PeakMemory
+from ffbench.measure import PeakMemory, static_memory_mb
 
 register_schemas()
 console = Console()
@@ -51,9 +51,29 @@ def _summary(title: str, final: dict) -> Table:
         table.add_column(column, justify="right")
     table.add_row(
         *(f"{final[k]:.4f}" for k in ("test_accuracy", "val_accuracy", "train_accuracy")),
-        *(f"{final[k]:.1f}" for k in ("peak_rss_mb", "train_time_s", "wall_time_s")),
+        f"{final['peak_rss_mb']:.1f}" if "peak_rss_mb" in final else "-",
+        *(f"{final[k]:.1f}" for k in ("train_time_s", "wall_time_s")),
         f"{final['samples_per_s']:.0f}",
     )
+    return table
+
+
+MEMORY_COLUMNS = {
+    "peak_saved_activations_mb": "saved activations MB",
+    "param_mb": "params MB",
+    "optimizer_state_mb": "optimizer MB",
+    "peak_cuda_allocated_mb": "CUDA alloc MB",
+    "peak_cuda_reserved_mb": "CUDA reserved MB",
+}
+
+
+def _memory(final: dict) -> Table:
+    """The memory figures besides RSS, in a table of their own to fit 80 columns."""
+    table = Table(show_header=True)
+    shown = [k for k in MEMORY_COLUMNS if k in final]
+    for key in shown:
+        table.add_column(MEMORY_COLUMNS[key], justify="right")
+    table.add_row(*(f"{final[k]:.2f}" for k in shown))
     return table
 
 
@@ -73,31 +93,37 @@ def run(cfg: DictConfig) -> float:
     start = time.perf_counter()
     validate(cfg)  # bad input stops here or in prepare(), before MLflow hears of the run
     device = experiment.resolve_device(cfg.trainer.device)
-    with PeakMemory(device) as memory:
-        job = experiment.prepare(cfg, device)
-        with tracking.job_run(cfg) as run, _progress() as progress:
-            passes = len(experiment.training_plan(cfg))
-            bar = progress.add_task(run.info.run_name, total=passes, loss=0.0, val=0.0)
+    job = experiment.prepare(cfg, device)
+    model = job.algorithm.model
+    # A fresh meter per job: its peaks start at zero even when a sweep shares the process.
+    memory = PeakMemory(device, model.parameters()) if cfg.measure.memory else None
+    with tracking.job_run(cfg) as run, _progress() as progress:
+        passes = len(experiment.training_plan(cfg))
+        bar = progress.add_task(run.info.run_name, total=passes, loss=0.0, val=0.0)
 
-            last = {}
+        last = {}
 
-            def on_epoch(epoch: int, metrics: dict) -> None:
-                last.update(metrics)
-                tracking.log_metrics(metrics, step=epoch)
-                log.info("epoch %d %s", epoch, " ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
-                progress.update(
-                    bar, completed=epoch, loss=metrics["train_loss"], val=metrics["val_accuracy"]
-                )
+        def on_epoch(epoch: int, metrics: dict) -> None:
+            last.update(metrics)
+            tracking.log_metrics(metrics, step=epoch)
+            log.info("epoch %d %s", epoch, " ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
+            progress.update(
+                bar, completed=epoch, loss=metrics["train_loss"], val=metrics["val_accuracy"]
+            )
 
-            final = experiment.train(job, on_epoch)
-            memory.read()
-            final["peak_rss_mb"] = memory.peak_rss_mb
-            if memory.peak_cuda_allocated_mb is not None:
-                final["peak_cuda_allocated_mb"] = memory.peak_cuda_allocated_mb
-            final["wall_time_s"] = time.perf_counter() - start
-            tracking.log_metrics(final, step=passes)
+        final = experiment.train(job, on_epoch, memory)
+        if memory is not None:
+            final |= memory.metrics() | static_memory_mb(job.algorithm.optimizer)
             tracking.set_tag("ffbench.peak_rss_method", memory.method)
+            if memory.method != "vmhwm":
+                log.warning(
+                    "peak RSS read by %s: no resettable /proc high-water mark", memory.method
+                )
+        final["wall_time_s"] = time.perf_counter() - start
+        tracking.log_metrics(final, step=passes)
     final["val_accuracy"] = last["val_accuracy"]
     log.info("final %s", " ".join(f"{k}={v:.5g}" for k, v in final.items()))
     console.print(_summary(run.info.run_name, final))
+    if memory is not None:
+        console.print(_memory(final))
     return final["test_accuracy"]

@@ -45,7 +45,8 @@ class ModelConfig:
 @dataclass
 class AlgoConfig:
     name: str = MISSING
-    """`ff` (Forward-Forward, layer-local losses) or `bp` (backpropagation, cross-entropy)."""
+    """`ff` (Forward-Forward, layer-local losses), `bp` (backpropagation, cross-entropy) or
+    `bp_ckpt` (BP with per-layer gradient checkpointing: less memory, one more forward pass)."""
     loss: str = "threshold"
     """FF: per-layer loss, `threshold` (softplus(theta - G_pos) + softplus(G_neg - theta)) or `symba`."""
     theta: float | None = None
@@ -119,6 +120,16 @@ class TrainerConfig:
     lr_schedule: str = "constant"
     """`constant`, or `linear_decay` (reference code: constant for the first half of the
     epochs, then linearly down towards zero)."""
+    grad_accum_steps: int = 1
+    """BP only: split each minibatch into this many micro-batches, one backward pass each, and
+    step once: the same update with a micro-batch's activation memory."""
+
+
+@dataclass
+class MeasureConfig:
+    memory: bool = True
+    """Record the memory figures of training (peak saved activations, peak RSS, CUDA peaks,
+    parameter and optimizer-state sizes); false runs training without any hook or sampler."""
 
 
 @dataclass
@@ -141,6 +152,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
 
 
 def register_schemas() -> None:
@@ -152,7 +164,7 @@ CHOICES = {
     "dataset.name": ("digits", "mnist"),
     "model.name": ("mlp",),
     "model.norm": ("mean_square", "unit_length", "none"),
-    "algo.name": ("ff", "bp"),
+    "algo.name": ("ff", "bp", "bp_ckpt"),
     "algo.loss": ("threshold", "symba"),
     "algo.negatives": ("random_label", "hard_label", "hybrid"),
     "algo.evaluation": ("goodness", "readout"),
@@ -196,6 +208,7 @@ def validate(cfg) -> None:
         "model.depth": cfg.model.depth,
         "model.width": cfg.model.width,
         "optimizer.lr": cfg.optimizer.lr,
+        "trainer.grad_accum_steps": cfg.trainer.grad_accum_steps,
     }
     for key, value in positive.items():
         if not value > 0:

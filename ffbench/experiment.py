@@ -4,6 +4,7 @@ net and the learning rule, train epoch by epoch, evaluate. Nothing here logs or 
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,7 @@ from ffbench.bp import Backprop
 from ffbench.config import FFBenchError
 from ffbench.ff import ForwardForward
 from ffbench.goodness import default_theta
-from ffbench.measure import Stopwatch
+from ffbench.measure import PeakMemory, Stopwatch
 from ffbench.models import LayerStack
 
 
@@ -53,6 +54,35 @@ def make_optimizer(param_groups: list[dict], cfg) -> torch.optim.Optimizer:
     )
 
 
+def build_algorithm(cfg, num_features: int, num_classes: int, image_shape: tuple, device):
+    """The net, its learning rule and its optimizer, as the config asks."""
+    m = cfg.model
+    activation = make_activation(cfg.activation)
+    stack = LayerStack(num_features, m.width, m.depth, activation, m.norm).to(device)
+    if cfg.algo.name == "ff":
+        theta = cfg.algo.theta
+        if theta is None:
+            theta = default_theta(cfg.goodness.name, m.width, m.norm)
+        algorithm = ForwardForward(stack, num_classes, image_shape, cfg.algo, cfg.goodness, theta)
+    else:
+        checkpoint = cfg.algo.name == "bp_ckpt"
+        algorithm = Backprop(stack, num_classes, checkpoint, cfg.trainer.grad_accum_steps)
+    groups = algorithm.param_groups(readout_lr=cfg.algo.readout_lr)
+    algorithm.optimizer = make_optimizer(groups, cfg.optimizer)
+    return algorithm
+
+
+def compose_config(overrides=()):
+    """The config `ffbench` would run with these overrides, for scripts and tests."""
+    from hydra import compose, initialize_config_module
+
+    from ffbench.config import register_schemas
+
+    register_schemas()
+    with initialize_config_module(config_module="ffbench.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
 def prepare(cfg, device: torch.device) -> Job:
     """Load data and build the net; `cfg` has passed config.validate. Raises on bad input."""
     splits = datasets.load(cfg.dataset)
@@ -66,20 +96,9 @@ def prepare(cfg, device: torch.device) -> Job:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     torch.manual_seed(cfg.trainer.seed)  # every job starts from the same random state
-    m = cfg.model
-    activation = make_activation(cfg.activation)
-    stack = LayerStack(splits.num_features, m.width, m.depth, activation, m.norm).to(device)
-    if cfg.algo.name == "ff":
-        theta = cfg.algo.theta
-        if theta is None:
-            theta = default_theta(cfg.goodness.name, m.width, m.norm)
-        algorithm = ForwardForward(
-            stack, splits.num_classes, splits.image_shape, cfg.algo, cfg.goodness, theta
-        )
-    else:
-        algorithm = Backprop(stack, splits.num_classes)
-    groups = algorithm.param_groups(readout_lr=cfg.algo.readout_lr)
-    algorithm.optimizer = make_optimizer(groups, cfg.optimizer)
+    algorithm = build_algorithm(
+        cfg, splits.num_features, splits.num_classes, splits.image_shape, device
+    )
     return Job(cfg, device, splits.to(device), algorithm)
 
 
@@ -109,13 +128,16 @@ def training_plan(cfg) -> list[tuple[int | None, int]]:
     return [(layer, epoch) for layer in layers for epoch in range(1, cfg.trainer.epochs + 1)]
 
 
-def train(job: Job, on_epoch: Callable[[int, dict], None]) -> dict[str, float]:
+def train(
+    job: Job, on_epoch: Callable[[int, dict], None], memory: PeakMemory | None = None
+) -> dict[str, float]:
     """Train, then return the final metrics. Raises if the loss diverges.
 
     Every layer is trained for trainer.epochs passes over the data: at once (simultaneous,
     and BP), or one layer after the other (FF's sequential schedule, depth x epochs passes,
     `step` counting passes). Validation accuracy is measured after each pass and handed to
-    `on_epoch`; its last value is the run's final one, so it is not repeated here."""
+    `on_epoch`; its last value is the run's final one, so it is not repeated here. `memory`,
+    if given, is entered around each pass's training, like the stopwatch."""
     cfg, d, algorithm = job.cfg.trainer, job.data, job.algorithm
     plan = training_plan(job.cfg)
     stopwatch = Stopwatch(job.device)  # times training only, never evaluation
@@ -123,7 +145,7 @@ def train(job: Job, on_epoch: Callable[[int, dict], None]) -> dict[str, float]:
         factor = lr_factor(cfg.lr_schedule, epoch, cfg.epochs)
         for group in algorithm.optimizer.param_groups:
             group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
-        with stopwatch:
+        with memory or nullcontext(), stopwatch:
             metrics = algorithm.train_epoch(d.x_train, d.y_train, cfg.batch_size, layer)
         if not math.isfinite(metrics["train_loss"]):
             raise FFBenchError(

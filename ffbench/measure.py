@@ -1,15 +1,31 @@
-"""Wall-clock time and peak memory of one job, reset at its start so that jobs sharing a
-process (Hydra's basic launcher runs a whole sweep in one) never inherit each other's peaks."""
+"""Wall-clock time and memory of one job's training, reset at its start so that jobs sharing a
+process (Hydra's basic launcher runs a whole sweep in one) never inherit each other's peaks.
 
+Three figures, from the most exact to the most practical:
+- saved activations: the bytes autograd holds for backward, counted tensor by tensor through
+  `saved_tensors_hooks`; exact, deterministic and the same on every device;
+- peak RSS: what the operating system charged the process;
+- peak CUDA allocated / reserved: what torch's caching allocator handed out / held.
+"""
+
+import ctypes
+import ctypes.util
+import gc
+import math
 import resource
 import sys
+import threading
 import time
+import weakref
 from pathlib import Path
 
 import torch
 
+MB = 2**20
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATM = Path("/proc/self/statm")
+SAMPLE_INTERVAL_S = 0.002
 
 
 def _vm_hwm_mb() -> float:
@@ -21,41 +37,212 @@ def _vm_hwm_mb() -> float:
 
 def _ru_maxrss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB else
+    return peak / MB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB else
+
+
+def _current_rss_mb() -> float:
+    """Resident memory now; raises OSError where there is no way to read it without psutil."""
+    try:
+        return int(_STATM.read_text().split()[1]) * resource.getpagesize() / MB
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        import psutil  # not a dependency: used only where it happens to be installed
+    except ImportError:
+        raise OSError("no /proc/self/statm and no psutil to read the resident memory") from None
+    return psutil.Process().memory_info().rss / MB
+
+
+def _return_free_memory() -> None:
+    """Give memory freed by earlier jobs back to the OS, so it does not count in this job's RSS.
+
+    glibc keeps freed heap pages mapped; malloc_trim returns them. Elsewhere this is a no-op.
+    """
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(libc).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
+def _larger(old: float | None, new: float) -> float:
+    return new if old is None or math.isnan(old) else max(old, new)
+
+
+class _Sampler(threading.Thread):
+    """Reads the resident memory every few milliseconds and keeps the largest value."""
+
+    def __init__(self):
+        super().__init__(daemon=True, name="ffbench-rss-sampler")
+        self.peak_mb = _current_rss_mb()
+        self._done = threading.Event()
+
+    def run(self):
+        while not self._done.wait(SAMPLE_INTERVAL_S):
+            self.peak_mb = max(self.peak_mb, _current_rss_mb())
+
+    def stop(self) -> float:
+        self._done.set()
+        self.join()
+        return max(self.peak_mb, _current_rss_mb())  # a peak at the very end counts too
+
+
+class _Saved:
+    """What autograd stores instead of a saved tensor: its lifetime is the tensor's time in the
+    graph, so a finalizer on it says when the tensor stops being held for backward.
+
+    It keeps a detached alias (same storage, no grad_fn): an op's own output, kept as itself,
+    would make a cycle through its grad_fn that nothing collects if the graph is dropped.
+    Autograd restores the autograd metadata when it unpacks.
+    """
+
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor.detach()
+
+
+class SavedTensors:
+    """Context manager: live and peak bytes of the tensors autograd saves for backward.
+
+    Each storage counts once however many graph nodes save it (or views of it), and the
+    storages of `params` never count: they exist whether or not anything is trained. A storage
+    stops counting when the last node that saved it lets go, i.e. when backward frees the graph
+    or the graph is dropped. Tensors saved inside torch.utils.checkpoint regions are handled by
+    checkpoint's own hooks, so only the inputs it keeps count, not the transient recomputation.
+    """
+
+    def __init__(self, params=()):
+        self._excluded = {p.untyped_storage().data_ptr() for p in params}
+        self._live: dict[int, list[int]] = {}  # storage address -> [bytes, saves alive]
+        self._lock = threading.Lock()  # CUDA's backward frees graphs on its own threads
+        self.live_bytes = 0
+        self.peak_bytes = 0
+
+    def _pack(self, tensor: torch.Tensor):
+        storage = tensor.untyped_storage()
+        key, size = storage.data_ptr(), storage.nbytes()
+        if size == 0 or key in self._excluded:
+            return tensor
+        saved = _Saved(tensor)
+        with self._lock:
+            entry = self._live.setdefault(key, [size, 0])
+            if entry[1] == 0:
+                self.live_bytes += size
+                self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+            entry[1] += 1
+        weakref.finalize(saved, self._release, key)
+        return saved
+
+    def _release(self, key: int) -> None:
+        with self._lock:
+            entry = self._live[key]
+            entry[1] -= 1
+            if entry[1] == 0:
+                self.live_bytes -= entry[0]
+                del self._live[key]
+
+    @staticmethod
+    def _unpack(saved):
+        return saved.tensor if isinstance(saved, _Saved) else saved
+
+    def __enter__(self):
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+        return False
 
 
 class PeakMemory:
-    """Context manager: peak resident memory (and peak CUDA allocation) inside the block.
+    """Context manager: peak saved activations, resident memory and CUDA memory in the block.
 
-    On Linux, writing 5 to /proc/self/clear_refs resets the VmHWM high-water mark. Elsewhere
-    ru_maxrss is the only figure and cannot be reset; `method` says which one was used.
+    Entering it again (once per epoch, say) keeps the largest peak of all blocks, so the
+    figures cover training and nothing in between. `method` says how the resident peak was
+    read: `vmhwm` (Linux: the high-water mark, reset by writing 5 to /proc/self/clear_refs),
+    `sampled` (no resettable mark: a thread reads the resident memory every 2 ms, so a spike
+    shorter than that can be missed) or `ru_maxrss_not_reset` (nothing to sample: the
+    process's lifetime peak, an upper bound that earlier jobs may have set).
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, params=()):
+        _return_free_memory()
         self.device = device
-        self.method = "vmhwm"
+        self.saved = SavedTensors(params)
+        self.method = None
         self.peak_rss_mb = float("nan")
         self.peak_cuda_allocated_mb = None
+        self.peak_cuda_reserved_mb = None
+        self._sampler = None
 
-    def __enter__(self):
+    def _reset_rss(self) -> str:
         try:
             _CLEAR_REFS.write_text("5")
             _vm_hwm_mb()
+            return "vmhwm"
         except OSError:
-            self.method = "ru_maxrss_not_reset"
+            pass
+        try:
+            self._sampler = _Sampler()
+        except OSError:
+            return "ru_maxrss_not_reset"
+        self._sampler.start()
+        return "sampled"
+
+    def __enter__(self):
+        self.method = self._reset_rss()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        self.saved.__enter__()
         return self
 
     def read(self) -> None:
-        """Record the peaks so far (call before leaving the block)."""
-        self.peak_rss_mb = _vm_hwm_mb() if self.method == "vmhwm" else _ru_maxrss_mb()
+        """Fold the peaks of the block now ending into the figures."""
+        if self.method == "vmhwm":
+            rss = _vm_hwm_mb()
+        elif self.method == "sampled":
+            rss = self._sampler.stop()
+            self._sampler = None
+        else:
+            rss = _ru_maxrss_mb()
+        self.peak_rss_mb = _larger(self.peak_rss_mb, rss)
         if self.device.type == "cuda":
-            self.peak_cuda_allocated_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            allocated = torch.cuda.max_memory_allocated(self.device) / MB
+            reserved = torch.cuda.max_memory_reserved(self.device) / MB
+            self.peak_cuda_allocated_mb = _larger(self.peak_cuda_allocated_mb, allocated)
+            self.peak_cuda_reserved_mb = _larger(self.peak_cuda_reserved_mb, reserved)
 
     def __exit__(self, *exc):
+        self.saved.__exit__(*exc)
         self.read()
         return False
+
+    def metrics(self) -> dict[str, float]:
+        """The figures as MLflow metrics (MB = 2**20 bytes); CUDA ones only on CUDA."""
+        found = {
+            "peak_saved_activations_mb": self.saved.peak_bytes / MB,
+            "peak_rss_mb": self.peak_rss_mb,
+            "peak_cuda_allocated_mb": self.peak_cuda_allocated_mb,
+            "peak_cuda_reserved_mb": self.peak_cuda_reserved_mb,
+        }
+        return {k: v for k, v in found.items() if v is not None}
+
+
+def tensors_mb(tensors) -> float:
+    """Size of the distinct storages behind `tensors`, in MB."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values()) / MB
+
+
+def static_memory_mb(optimizer: torch.optim.Optimizer) -> dict:
+    """What training holds whatever the batch: every trained parameter (FF's read-out too)
+    and the optimizer's state."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    return {"param_mb": tensors_mb(params), "optimizer_state_mb": tensors_mb(state)}
 
 
 class Stopwatch:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
 from ffbench.activations import NORMALISATIONS
 
@@ -38,12 +39,21 @@ class LayerStack(nn.Module):
 
 
 class Classifier(nn.Module):
-    """BP's network: the same stack plus a linear output layer on the normalised top layer."""
+    """BP's network: the same stack plus a linear output layer on the normalised top layer.
 
-    def __init__(self, stack: LayerStack, num_classes: int):
+    With `checkpoint`, each hidden layer keeps only its input for backward and is recomputed
+    when its gradient is needed: the best memory BP can do on the same net.
+    """
+
+    def __init__(self, stack: LayerStack, num_classes: int, checkpoint: bool = False):
         super().__init__()
         self.stack = stack
         self.head = nn.Linear(stack.layers[-1].out_features, num_classes)
+        self.checkpoint = checkpoint
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stack.norm(self.stack(x)[-1]))
+        if not (self.checkpoint and torch.is_grad_enabled()):
+            return self.head(self.stack.norm(self.stack(x)[-1]))
+        for index in range(len(self.stack.layers)):
+            x = recompute_in_backward(self.stack.layer, index, x, use_reentrant=False)
+        return self.head(self.stack.norm(x))

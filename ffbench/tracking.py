@@ -19,6 +19,8 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from ffbench import report
+
 # Creating the SQLite store announces its table migrations at INFO level: noise for a user.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
@@ -127,6 +129,7 @@ class SweepRun(Callback):
         launch_dir = config.hydra.runtime.cwd
         self.client = _client(config.tracking, launch_dir)
         sweep_dir = Path(config.hydra.sweep.dir)
+        self.sweep_dir = sweep_dir.resolve()
         run = self.client.create_run(
             experiment_id(self.client, config.tracking, launch_dir),
             run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
@@ -153,6 +156,12 @@ class SweepRun(Callback):
         statuses = [child.info.status for child in children]
         for status in ("FINISHED", "FAILED", "KILLED"):
             self.client.log_metric(self.run_id, f"jobs_{status.lower()}", statuses.count(status))
+        try:
+            picture = report.report(children, self.sweep_dir)
+            if picture is not None:
+                self.client.log_artifact(self.run_id, str(picture))
+        except Exception as err:  # a picture is not worth losing the sweep's status over
+            logging.getLogger("ffbench").warning("no memory report: %s", err)
         ok = bool(statuses) and all(s == "FINISHED" for s in statuses)
         self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
         os.environ.pop(PARENT_ENV, None)

@@ -88,25 +88,19 @@ def mnist_dir(tmp_path) -> Path:
     return make_mnist(tmp_path / "mnist")
 
 
-def make_ff(depth=3, width=16, features=20, overrides=(), goodness=None):
-    """A small FF net on `features` inputs, built by the real config and experiment code."""
+def make_algorithm(features=20, overrides=()):
+    """A learner on `features` inputs, built by the real config and experiment code."""
     import torch
-    from hydra import compose, initialize_config_module
 
     from ffbench import experiment
-    from ffbench.activations import make_activation
-    from ffbench.config import register_schemas
-    from ffbench.ff import ForwardForward
-    from ffbench.goodness import default_theta
-    from ffbench.models import LayerStack
 
-    register_schemas()
-    with initialize_config_module(config_module="ffbench.conf", version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
+    cfg = experiment.compose_config(overrides)
     torch.manual_seed(0)
-    stack = LayerStack(features, width, depth, make_activation(cfg.activation), cfg.model.norm)
-    goodness = goodness or cfg.goodness
-    theta = default_theta(goodness.name, width, cfg.model.norm)
-    net = ForwardForward(stack, 10, (features,), cfg.algo, goodness, theta)
-    net.optimizer = experiment.make_optimizer(net.param_groups(0.01), cfg.optimizer)
-    return net
+    return experiment.build_algorithm(cfg, features, 10, (features,), torch.device("cpu"))
+
+
+def make_ff(depth=3, width=16, features=20, overrides=()):
+    """A small FF net, built like `ffbench algo=ff` builds one."""
+    return make_algorithm(
+        features, ["algo=ff", f"model.depth={depth}", f"model.width={width}", *overrides]
+    )

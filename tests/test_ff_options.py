@@ -7,11 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_ff
-from hydra import compose, initialize_config_module
 
 from ffbench import experiment
 from ffbench.activations import ACTIVATIONS, tdist
-from ffbench.config import register_schemas, validate
+from ffbench.config import validate
 from ffbench.ff import (
     embed_neutral,
     hybrid_images,
@@ -64,7 +63,7 @@ def test_losses_known_values():
 def test_inverted_objective_rewards_low_goodness_for_positives():
     """With inverted=true the score is -goodness: a quiet positive and a loud negative give a
     small loss, the opposite a large one."""
-    net = make_ff(goodness=Goodness("sumsq", inverted=True))
+    net = make_ff(overrides=["goodness.inverted=true"])
     quiet, loud = torch.zeros(1, 4), torch.full((1, 4), 3.0)
     good = net.loss(net.score(quiet), net.score(loud))
     bad = net.loss(net.score(loud), net.score(quiet))
@@ -166,15 +165,8 @@ def test_linear_decay_schedule():
     assert experiment.lr_factor("constant", 10, 10) == 1.0
 
 
-@pytest.fixture(scope="module")
-def hydra_context():
-    register_schemas()
-    with initialize_config_module(config_module="ffbench.conf", version_base="1.3"):
-        yield
-
-
 def train_on_digits(overrides: list[str]) -> dict:
-    cfg = compose("config", overrides=overrides)
+    cfg = experiment.compose_config(overrides)
     validate(cfg)
     job = experiment.prepare(cfg, torch.device("cpu"))
     history = []
@@ -199,7 +191,7 @@ def train_on_digits(overrides: list[str]) -> dict:
     ],
     ids=lambda o: " ".join(o),
 )
-def test_each_option_learns_the_digits(hydra_context, overrides):
+def test_each_option_learns_the_digits(overrides):
     result = train_on_digits(["trainer.epochs=15", "model.width=128", *overrides])
     assert result["test_accuracy"] > 0.75  # chance is 0.1
     keys = {"test_accuracy_readout"} | (
@@ -211,3 +203,17 @@ def test_each_option_learns_the_digits(hydra_context, overrides):
     if "algo.schedule=sequential" in overrides:
         assert len(result["history"]) == 2 * 15  # each of the 2 layers trains 15 epochs
         assert "layer0_loss" not in last  # the last passes train the top layer only
+
+
+def test_closed_form_readout_gradient_equals_autograd():
+    net = make_ff()
+    x, y = torch.rand(16, 20), torch.randint(0, 10, (16,))
+    features = net.features(x)
+    loss = net._readout_gradient(features, y)
+    closed = (net.readout.weight.grad.clone(), net.readout.bias.grad.clone())
+    net.readout.zero_grad()
+    expected = F.cross_entropy(net.readout(features), y)
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item())
+    assert torch.allclose(closed[0], net.readout.weight.grad, atol=1e-6)
+    assert torch.allclose(closed[1], net.readout.bias.grad, atol=1e-6)

@@ -1,0 +1,53 @@
+"""What autograd must save for backward in one training step, predicted from shapes alone.
+
+The prediction mirrors the ops of models.LayerStack (normalise, linear, activation), ff.py and
+bp.py, counting each distinct storage once and leaving out parameters, exactly as
+measure.SavedTensors counts. tests/test_memory.py checks it byte for byte against the
+measurement, so a change to the layer code that changes memory shows up as a failing test.
+"""
+
+# Activations whose backward needs only their output: the output is saved, and it is the same
+# storage that the next op saves, so it counts once. The others save their input as well.
+_SAVES_OUTPUT_ONLY = {"relu", "tanh", "sigmoid"}
+
+
+def saved_activation_bytes(
+    algo: str,
+    batch: int,
+    width: int,
+    depth: int,
+    features: int,
+    classes: int = 10,
+    activation: str = "relu",
+    norm: str = "mean_square",
+    float_bytes: int = 4,
+) -> int:
+    """Peak bytes held for backward by one step of `algo` (`ff`, `bp` or `bp_ckpt`) on an MLP.
+
+    `batch` is the examples of one backward pass (a micro-batch under gradient accumulation).
+    For bp_ckpt it counts what checkpointing keeps between forward and backward; the one layer
+    recomputed at a time during backward is held by checkpoint's own hooks and not counted.
+    """
+    per_layer = 1 if activation in _SAVES_OUTPUT_ONLY else 2  # output, plus input if needed
+    # mean_square / unit_length keep the layer input (for x^2 and the division), the per-row
+    # norm and the normalised input (for the weight gradient); without norm the linear layer
+    # saves the input itself.
+    normed = norm != "none"
+    if algo == "ff":
+        # One layer at a time, positives and negatives together (2 x batch rows); the input
+        # of layer 0 needs no gradient, so only its normalised copy is saved, and the loss
+        # keeps one number per row (softplus input). The widest layer input sets the peak.
+        widest_input = max(features, width) if depth > 1 else features
+        return float_bytes * 2 * batch * (widest_input + per_layer * width + 1)
+    if algo == "bp":
+        # layer 0: normalised input; every layer: its activation(s); layers above 0 and the
+        # head: the per-row norm and the normalised input (the activation below is shared)
+        rows = features + depth * per_layer * width + normed * depth * (width + 1)
+    elif algo == "bp_ckpt":
+        # each checkpointed layer keeps its input: the data for layer 0, the activation below
+        # for the others; the head keeps the top activation (and norm, normalised copy)
+        rows = features + (depth - 1) * width + width + normed * (width + 1)
+    else:
+        raise ValueError(f"unknown algo {algo!r}")
+    # cross-entropy: log-softmax output per row, the int64 targets and one float total weight
+    return float_bytes * batch * (rows + classes) + 8 * batch + float_bytes
