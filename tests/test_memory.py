@@ -229,3 +229,16 @@ def test_without_proc_a_depth_sweep_with_a_failed_job_still_measures_and_draws(w
     picture = workdir / parent.data.tags["ffbench.sweep_dir"] / "memory_vs_depth.png"
     assert picture.read_bytes().startswith(b"\x89PNG")
     assert "FAILED" in result.stdout and "optimizer.lr=0.01" in result.stdout
+
+
+def test_sequential_ff_holds_one_layer_and_caches_nothing():
+    """Training layer k alone recomputes the frozen layers below without a graph: the peak is
+    that one layer's, and nothing is left alive between minibatches."""
+    batch, width, features = 16, 32, 64
+    learner = algorithm("ff", width, 4, features)
+    x, y = torch.rand(4 * batch, features), torch.randint(0, 10, (4 * batch,))
+    with PeakMemory(CPU, learner.model.parameters()) as memory:
+        learner.train_epoch(x, y, batch, layer=3)
+    assert memory.saved.live_bytes == 0
+    # the top layer's input is `width` wide: the same as a two-layer net on `width` features
+    assert memory.saved.peak_bytes == saved_activation_bytes("ff", batch, width, 2, width)
