@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 STORE ?= $(CURDIR)/outputs/mlflow.db  # the store `make ui` opens
 UI_PORT ?= 5000
 
-.PHONY: install run test test-slow bench-memory lint format ui clean
+.PHONY: install run test test-slow bench bench-memory lint format ui clean
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ test: install  ## the test suite (a few minutes on 2 CPU cores)
 
 test-slow: install  ## long checks: real MNIST accuracy, e.g. FFBENCH_DATA=../shared/data/mnist
 	$(BIN)/pytest -m slow -v
+
+bench: install  ## training speed against matmul throughput (minutes), JSON in outputs/bench/
+	$(BIN)/python benchmarks/speed.py
 
 bench-memory: install  ## FF against BP / checkpointed BP in memory at depth 16, width 2000 (minutes)
 	$(BIN)/python benchmarks/memory.py
