@@ -159,7 +159,7 @@ class ForwardForward:
             loss.backward()
             h = a.detach()
             with torch.no_grad():
-                g = self.goodness(a)
+                g = self.sign * s  # the goodness itself, without computing it again
                 separation = (
                     (s[:n] > self.theta).float().mean() + (s[n:] < self.theta).float().mean()
                 ) / 2
