@@ -6,6 +6,7 @@ ffbench -m algo=ff,bp activation=relu,gelu
 """
 
 import logging
+import signal
 import sys
 import time
 
@@ -77,8 +78,15 @@ def _memory(final: dict) -> Table:
     return table
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+
 @hydra.main(version_base="1.3", config_path="pkg://ffbench.conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    # SIGTERM (a scheduler's kill, `kill PID`) unwinds like Ctrl-C, so the MLflow run is
+    # closed as KILLED with its metrics so far instead of being left RUNNING.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(cfg)
     except FFBenchError as err:

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, all_runs, clean_env, run_ffbench, store
+from conftest import FFBENCH, QUICK, all_runs, clean_env, run_ffbench, store
 
 FINAL_METRICS = {
     "test_accuracy",
@@ -193,3 +193,35 @@ def test_make_ui_serves_the_recorded_runs(workdir):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_is_killed_with_its_epochs_kept(workdir, signum):
+    """Ctrl-C or SIGTERM in mid-training: the run ends KILLED, never RUNNING."""
+    process = subprocess.Popen(
+        [FFBENCH, "trainer.epochs=100000", "model.width=32"],
+        cwd=workdir,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        # wait for the job's log to show two finished epochs (they are in MLflow by then); the
+        # store itself is left alone while the job may still be creating it
+        logs = workdir / "outputs" / "runs"
+        while not any("epoch 2 " in p.read_text() for p in logs.glob("*/*/ffbench.log")):
+            assert time.monotonic() < deadline, "no epoch was logged within 120 s"
+            time.sleep(0.5)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode != 0
+    finally:
+        if process.poll() is None:  # never leave a training process behind
+            process.kill()
+            process.wait()
+    [run] = all_runs(workdir)
+    assert run.info.status == "KILLED", stderr
+    assert len(store(workdir).get_metric_history(run.info.run_id, "val_accuracy")) >= 2
+    assert run.data.tags["ffbench.error"].startswith(("stopped by signal", "KeyboardInterrupt"))
