@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import CompactHydraException
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 class FFBenchError(CompactHydraException):
@@ -187,6 +187,26 @@ CHOICES = {
 }
 
 
+POSITIVE = (
+    "trainer.epochs",
+    "trainer.batch_size",
+    "trainer.grad_accum_steps",
+    "model.depth",
+    "model.width",
+    "optimizer.lr",
+    "algo.alpha",
+    "algo.readout_lr",
+    "activation.nu",
+)
+NON_NEGATIVE = (
+    "optimizer.momentum",
+    "optimizer.weight_decay",
+    "dataset.val_size",
+    "algo.peer_norm",
+    "algo.hybrid_blur_steps",
+)
+
+
 def validate(cfg) -> None:
     """Reject values that would waste a run or crash it later, with a message saying what to set."""
     for section in fields(Config):
@@ -196,37 +216,19 @@ def validate(cfg) -> None:
             hint = f": did you mean {section.name}.{close[0]}?" if close else ""
             raise FFBenchError(f"{section.name}.{key} is not a setting of {section.name}{hint}")
     for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = cfg[section][name]
+        value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise FFBenchError(
                 f"{key}={value} is not supported: choose one of {', '.join(allowed)}"
             )
-    positive = {
-        "trainer.epochs": cfg.trainer.epochs,
-        "trainer.batch_size": cfg.trainer.batch_size,
-        "model.depth": cfg.model.depth,
-        "model.width": cfg.model.width,
-        "optimizer.lr": cfg.optimizer.lr,
-        "trainer.grad_accum_steps": cfg.trainer.grad_accum_steps,
-    }
-    for key, value in positive.items():
+    for key in POSITIVE:
+        value = OmegaConf.select(cfg, key)
         if not value > 0:
             raise FFBenchError(f"{key} must be positive (got {value}): set {key}=<a value above 0>")
-    for key in (
-        "optimizer.momentum",
-        "optimizer.weight_decay",
-        "dataset.val_size",
-        "algo.peer_norm",
-        "algo.hybrid_blur_steps",
-    ):
-        section, name = key.split(".")
-        if cfg[section][name] < 0:
-            raise FFBenchError(f"{key} must not be negative (got {cfg[section][name]})")
-    for key in ("algo.alpha", "algo.readout_lr", "activation.nu"):
-        section, name = key.split(".")
-        if not cfg[section][name] > 0:
-            raise FFBenchError(f"{key} must be positive (got {cfg[section][name]})")
+    for key in NON_NEGATIVE:
+        value = OmegaConf.select(cfg, key)
+        if value < 0:
+            raise FFBenchError(f"{key} must not be negative (got {value}): set {key}=0 or more")
     if not 0 < cfg.goodness.feature_fraction < 1:
         raise FFBenchError(
             f"goodness.feature_fraction must be between 0 and 1 (got {cfg.goodness.feature_fraction})"

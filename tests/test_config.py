@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 
-from ffbench.config import FFBenchError, register_schemas, validate
+from ffbench.config import NON_NEGATIVE, POSITIVE, FFBenchError, register_schemas, validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUP_OPTIONS = sorted(
@@ -91,4 +91,18 @@ def test_appended_unknown_key_is_caught_by_validate():
 def test_negative_momentum_is_rejected():
     cfg = compose("config", overrides=["optimizer=sgd", "optimizer.momentum=-1"])
     with pytest.raises(FFBenchError, match="optimizer.momentum must not be negative"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("key", POSITIVE)
+def test_every_positive_setting_rejects_zero(key):
+    cfg = compose("config", overrides=[f"{key}=0"])
+    with pytest.raises(FFBenchError, match=f"{key} must be positive"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("key", NON_NEGATIVE)
+def test_every_non_negative_setting_rejects_minus_one(key):
+    cfg = compose("config", overrides=[f"{key}=-1"])
+    with pytest.raises(FFBenchError, match=f"{key} must not be negative"):
         validate(cfg)
