@@ -78,6 +78,11 @@ def _memory(final: dict) -> Table:
     return table
 
 
+def _pairs(metrics: dict) -> str:
+    """key=value for the job's log file, one line per epoch."""
+    return " ".join(f"{k}={v:.5g}" for k, v in metrics.items())
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
 
@@ -114,7 +119,7 @@ def run(cfg: DictConfig) -> float:
         def on_epoch(epoch: int, metrics: dict) -> None:
             last.update(metrics)
             tracking.log_metrics(metrics, step=epoch)
-            log.info("epoch %d %s", epoch, " ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
+            log.info("epoch %d %s", epoch, _pairs(metrics))
             progress.update(
                 bar, completed=epoch, loss=metrics["train_loss"], val=metrics["val_accuracy"]
             )
@@ -130,7 +135,7 @@ def run(cfg: DictConfig) -> float:
         final["wall_time_s"] = time.perf_counter() - start
         tracking.log_metrics(final, step=passes)
     final["val_accuracy"] = last["val_accuracy"]
-    log.info("final %s", " ".join(f"{k}={v:.5g}" for k, v in final.items()))
+    log.info("final %s", _pairs(final))
     console.print(_summary(run.info.run_name, final))
     if memory is not None:
         console.print(_memory(final))

@@ -147,10 +147,11 @@ class SweepRun(Callback):
         self._close()
 
     def _close(self) -> None:
-        if self.client.get_run(self.run_id).info.status != "RUNNING":
+        parent = self.client.get_run(self.run_id).info
+        if parent.status != "RUNNING":
             return
         children = self.client.search_runs(
-            [self.client.get_run(self.run_id).info.experiment_id],
+            [parent.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'",
         )
         statuses = [child.info.status for child in children]
