@@ -25,6 +25,13 @@ class Backprop:
     def param_groups(self, readout_lr: float) -> list[dict]:
         return [{"params": list(self.model.parameters())}]
 
+    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the net on (x, y); trainer.compile compiles this function."""
+        return F.cross_entropy(self.model(x), y)
+
+    def compile(self) -> None:
+        self.objective = torch.compile(self.objective)
+
     def train_epoch(self, x, y, batch_size: int, layer: int | None = None) -> dict[str, float]:
         """One pass over (x, y); BP always trains every layer, so `layer` must be None."""
         self.model.train()
@@ -34,7 +41,7 @@ class Backprop:
             # Each micro-batch's loss is weighted by its share of the batch, so the summed
             # gradient is the whole batch's while only one micro-batch's graph is held.
             for part in idx.tensor_split(min(self.accum_steps, len(idx))):
-                loss = F.cross_entropy(self.model(x[part]), y[part]) * (len(part) / len(idx))
+                loss = self.objective(x[part], y[part]) * (len(part) / len(idx))
                 loss.backward()
                 total_loss = total_loss + loss.detach()
             self.optimizer.step()

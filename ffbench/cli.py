@@ -21,6 +21,7 @@ from rich.table import Table
 from ffbench import experiment, tracking
 from ffbench.config import FFBenchError, register_schemas, validate
 from ffbench.measure import PeakMemory, static_memory_mb
+from ffbench.settings import settings_hash
 
 register_schemas()
 console = Console()
@@ -101,16 +102,47 @@ def main(cfg: DictConfig) -> float:
         sys.exit(1)
 
 
+def _reuse(cfg: DictConfig, done, tags: dict) -> float:
+    """Record the job as skipped: a FINISHED run that points to `done`, the run holding the
+    result, and carries its final metrics, so that every combination of a sweep has its row of
+    numbers in the MLflow UI (the tag ffbench.skipped tells copies from measurements)."""
+    original = done.info.run_id
+    tags = tags | {
+        "ffbench.skipped": "true",
+        "ffbench.result_run_id": original,
+        "mlflow.note.content": f"Not trained: run {original} ({done.info.run_name}) holds the "
+        "result of these settings; the metrics are copied from it.",
+    }
+    with tracking.job_run(cfg, tags) as run:
+        tracking.log_metrics(done.data.metrics, step=len(experiment.training_plan(cfg)))
+    message = f"reused run {original} ({done.info.run_name}): FINISHED with the same settings"
+    log.info(message)
+    console.print(
+        f"{run.info.run_name}: {message}; not trained (resume=false trains anyway)", soft_wrap=True
+    )
+    return done.data.metrics["val_accuracy"]
+
+
 def run(cfg: DictConfig) -> float:
-    """One job: train, evaluate, record; returns the test accuracy (handy for sweepers)."""
+    """One job: train, evaluate, record; returns the validation accuracy (the objective for
+    sweepers: the test set never chooses anything)."""
     start = time.perf_counter()
     validate(cfg)  # bad input stops here or in prepare(), before MLflow hears of the run
     device = experiment.resolve_device(cfg.trainer.device)
     job = experiment.prepare(cfg, device)
+    tags = {"ffbench.settings_hash": settings_hash(cfg, device.type)}
+    # No duplicate work in a sweep: a FINISHED run with the same relevant settings holds the
+    # result. A single run is a request to train (perhaps after editing the code): it always does.
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
+    done = None
+    if cfg.resume and sweeping:
+        done = tracking.finished_run(cfg, tags["ffbench.settings_hash"])
+    if done is not None:
+        return _reuse(cfg, done, tags)
     model = job.algorithm.model
     # A fresh meter per job: its peaks start at zero even when a sweep shares the process.
     memory = PeakMemory(device, model.parameters()) if cfg.measure.memory else None
-    with tracking.job_run(cfg) as run, _progress() as progress:
+    with tracking.job_run(cfg, tags) as run, _progress() as progress:
         passes = len(experiment.training_plan(cfg))
         bar = progress.add_task(run.info.run_name, total=passes, loss=0.0, val=0.0)
 
@@ -139,4 +171,4 @@ def run(cfg: DictConfig) -> float:
     console.print(_summary(run.info.run_name, final))
     if memory is not None:
         console.print(_memory(final))
-    return final["test_accuracy"]
+    return final["val_accuracy"]

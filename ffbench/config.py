@@ -5,7 +5,7 @@ each one has, so that a misspelt key or a wrong type is rejected by Hydra before
 """
 
 import difflib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import CompactHydraException
@@ -60,7 +60,7 @@ class AlgoConfig:
     """FF with hybrid negatives: blur passes that make the random mask smooth."""
     evaluation: str = "goodness"
     """FF: the headline prediction, `goodness` (label with the largest goodness) or `readout`
-    (linear softmax classifier on the normalised activities). Both are always logged."""
+    (linear softmax classifier on the normalised activities). Both are logged when they apply."""
     eval_skip_first: bool = True
     """FF: leave the first hidden layer out of the evaluation (paper), if depth > 1."""
     label_strength: float = 1.0
@@ -68,8 +68,12 @@ class AlgoConfig:
     peer_norm: float = 0.0
     """FF: coefficient of peer normalisation (each unit's mean activity pulled towards the
     layer's mean); 0 turns it off, the reference code uses 0.03."""
+    readout: bool = True
+    """FF: train a linear read-out alongside (no gradient into FF). It costs one extra forward
+    pass per minibatch with no label written in (2 of FF's 8 multiply-adds per weight); needed
+    by evaluation=readout, negatives=hard_label and negatives=hybrid."""
     readout_lr: float = 0.01
-    """FF: learning rate of the linear read-out (trained alongside, no gradient into FF)."""
+    """FF: learning rate of the linear read-out."""
     schedule: str = "simultaneous"
     """FF: `simultaneous` (every layer on every minibatch) or `sequential` (layer 1 for
     trainer.epochs epochs, then layer 2, ...): either way each layer trains trainer.epochs epochs."""
@@ -120,6 +124,11 @@ class TrainerConfig:
     lr_schedule: str = "constant"
     """`constant`, or `linear_decay` (reference code: constant for the first half of the
     epochs, then linearly down towards zero)."""
+    precision: str = "fp32"
+    """`fp32`; `tf32` (CUDA only: TensorFloat-32 matrix products); or `bf16` (autocast: matrix
+    products in bfloat16, normalisation, goodness and losses in float32)."""
+    compile: bool = False
+    """torch.compile each layer's computation (the first epoch pays the compile time)."""
     grad_accum_steps: int = 1
     """BP only: split each minibatch into this many micro-batches, one backward pass each, and
     step once: the same update with a micro-batch's activation memory."""
@@ -153,6 +162,9 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    resume: bool = True
+    """Sweeps: skip a job whose relevant settings (ffbench/settings.py) already have a FINISHED run
+    in the experiment: it is recorded as skipped, pointing to that run. false trains anyway."""
 
 
 def register_schemas() -> None:
@@ -184,6 +196,7 @@ CHOICES = {
     "optimizer.name": ("adam", "sgd"),
     "trainer.device": ("auto", "cpu", "cuda", "mps"),
     "trainer.lr_schedule": ("constant", "linear_decay"),
+    "trainer.precision": ("fp32", "tf32", "bf16"),
 }
 
 
@@ -210,6 +223,8 @@ NON_NEGATIVE = (
 def validate(cfg) -> None:
     """Reject values that would waste a run or crash it later, with a message saying what to set."""
     for section in fields(Config):
+        if not is_dataclass(section.type):
+            continue  # a top-level key such as `resume`, typed by Hydra
         known = {f.name for f in fields(section.type)}
         for key in set(cfg[section.name]) - known:
             close = difflib.get_close_matches(key, known, n=1)
@@ -233,6 +248,13 @@ def validate(cfg) -> None:
         raise FFBenchError(
             f"goodness.feature_fraction must be between 0 and 1 (got {cfg.goodness.feature_fraction})"
         )
+    needs_readout = [
+        f"algo.{key}={cfg.algo[key]}"
+        for key, value in (("evaluation", "readout"), ("negatives", "hard_label"))
+        if cfg.algo[key] == value
+    ]
+    if cfg.algo.name == "ff" and not cfg.algo.readout and needs_readout:
+        raise FFBenchError(f"{needs_readout[0]} needs the read-out: set algo.readout=true")
     if cfg.algo.negatives == "hybrid" and cfg.algo.evaluation != "readout":
         raise FFBenchError(
             "algo.negatives=hybrid is unsupervised: set algo.evaluation=readout (goodness evaluation needs labels in the input)"

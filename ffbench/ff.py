@@ -98,18 +98,32 @@ class ForwardForward:
         # it out of the evaluation (goodness sum and read-out) when there are layers above it.
         self.eval_from = 1 if cfg.eval_skip_first and depth > 1 else 0
         device = stack.layers[0].weight.device
-        self.readout = nn.Linear(width * (depth - self.eval_from), num_classes).to(device)
+        self.readout = None  # trained only if asked for: it costs a label-free forward pass
+        if cfg.readout:
+            self.readout = nn.Linear(width * (depth - self.eval_from), num_classes).to(device)
         self.evaluation = cfg.evaluation
         self.optimizer = None  # set by the caller, over param_groups()
 
     def param_groups(self, readout_lr: float) -> list[dict]:
-        return [
-            {"params": list(self.model.parameters())},
-            {"params": list(self.readout.parameters()), "lr": readout_lr},
-        ]
+        groups = [{"params": list(self.model.parameters())}]
+        if self.readout is not None:
+            groups.append({"params": list(self.readout.parameters()), "lr": readout_lr})
+        return groups
 
     def score(self, a: torch.Tensor) -> torch.Tensor:
         return self.sign * self.goodness(a)
+
+    def compile(self) -> None:
+        # One compiled graph per layer index and batch shape: allow one per layer, and more.
+        torch._dynamo.config.cache_size_limit = max(64, 4 * len(self.model.layers))
+        self.layer_objective = torch.compile(self.layer_objective)
+
+    def layer_objective(self, index: int, h: torch.Tensor, n: int) -> tuple:
+        """Activities, scores and FF loss of layer `index` on [positives; negatives] (n each).
+        One function, so that trainer.compile can fuse its element-wise work."""
+        a = self.model.layer(index, h)
+        s = self.score(a.float())  # goodness in float32 even if the layer ran in bf16
+        return a, s, self.loss(s[:n], s[n:])
 
     def _negative_data(self, x: torch.Tensor, y: torch.Tensor, features: torch.Tensor) -> tuple:
         if not self.supervised:
@@ -137,10 +151,11 @@ class ForwardForward:
         """One minibatch; trains the `layers` given (all, or one in the sequential schedule).
 
         Returns statistics: one row (loss, mean positive goodness, mean negative goodness,
-        separation) per trained layer, then the read-out's loss.
+        separation) per trained layer, then the read-out's loss (0 without a read-out).
         """
         n = len(x)
-        features = self.features(x)  # before any update: the read-out's input for this step
+        # The read-out's input for this step, before any update (None without a read-out).
+        features = self.features(x) if self.readout is not None else None
         pos, neg = self._negative_data(x, y, features)
         h = torch.cat([pos, neg])  # one pass for positives and negatives together
         self.optimizer.zero_grad(set_to_none=True)
@@ -150,9 +165,7 @@ class ForwardForward:
                 with torch.no_grad():
                     h = self.model.layer(index, h)
                 continue
-            a = self.model.layer(index, h)
-            s = self.score(a)
-            loss = self.loss(s[:n], s[n:])
+            a, s, loss = self.layer_objective(index, h, n)
             if self.cfg.peer_norm > 0:
                 loss = loss + self._peer_loss(index, a[:n])
             # Backward now frees this layer's graph before the next layer is computed.
@@ -164,7 +177,9 @@ class ForwardForward:
                     (s[:n] > self.theta).float().mean() + (s[n:] < self.theta).float().mean()
                 ) / 2
                 rows.append(torch.stack([loss, g[:n].mean(), g[n:].mean(), separation]).detach())
-        readout_loss = self._readout_gradient(features, y)
+        readout_loss = torch.zeros((), device=x.device)
+        if self.readout is not None:
+            readout_loss = self._readout_gradient(features, y)
         # Gradients of different layers never mix, so one step after all layers equals a
         # step per layer, and lets the optimizer update every tensor in one fused call.
         self.optimizer.step()
@@ -174,7 +189,12 @@ class ForwardForward:
     def _readout_gradient(self, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy gradient of the linear read-out, in closed form: autograd would keep
         `features` (every evaluated layer's activities) for a backward pass, which is exactly
-        the memory FF exists to avoid."""
+        the memory FF exists to avoid. Float32 throughout, even under bf16 autocast: the
+        gradient must match the parameter's dtype."""
+        with torch.autocast(features.device.type, enabled=False):
+            return self._readout_gradient_fp32(features, y)
+
+    def _readout_gradient_fp32(self, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = self.readout(features)
         error = torch.softmax(logits, dim=1)
         error[torch.arange(len(y), device=y.device), y] -= 1.0
@@ -192,7 +212,8 @@ class ForwardForward:
             total = total + self.train_step(x[idx], y[idx], layers)
             batches += 1
         values = (total / batches).tolist()  # the epoch's only host synchronisation
-        metrics = {"readout_loss": values.pop()}
+        readout_loss = values.pop()
+        metrics = {"readout_loss": readout_loss} if self.readout is not None else {}
         for i, index in enumerate(layers):
             loss, g_pos, g_neg, separation = values[4 * i : 4 * i + 4]
             metrics |= {
@@ -211,7 +232,7 @@ class ForwardForward:
         if self.supervised:
             x = embed_neutral(x, self.num_classes)
         activities = self.model(x)[self.eval_from :]
-        return torch.cat([self.model.norm(a) for a in activities], dim=1)
+        return torch.cat([self.model.norm(a.float()) for a in activities], dim=1)
 
     @torch.no_grad()
     def label_goodness(self, x: torch.Tensor) -> torch.Tensor:
@@ -225,7 +246,7 @@ class ForwardForward:
         total = torch.zeros(n * c, device=x.device)
         for index, a in enumerate(self.model(h)):
             if index >= self.eval_from:
-                total += self.goodness(a)
+                total += self.goodness(a.float())
         return total.view(n, c)
 
     @torch.no_grad()
@@ -233,9 +254,11 @@ class ForwardForward:
         """Predicted labels by every evaluation that applies (goodness needs labels)."""
         self.model.eval()
         parts = x.split(chunk)
-        predictions = {
-            "readout": torch.cat([self.readout(self.features(p)).argmax(1) for p in parts])
-        }
+        predictions = {}
+        if self.readout is not None:
+            predictions["readout"] = torch.cat(
+                [self.readout(self.features(p)).argmax(1) for p in parts]
+            )
         if self.supervised:
             predictions["goodness"] = torch.cat(
                 [(self.sign * self.label_goodness(p)).argmax(1) for p in parts]

@@ -5,10 +5,10 @@ layer); element-wise work, normalisation and goodness are left out, so the count
 bound and "achieved GFLOP/s" is honest. Per training example and hidden layer:
 
 - FF: forward of the positive and the negative example, 2 x 2*MACs, and the weight gradient
-  of both, 2 x 2*MACs; no input gradient (inputs are detached). The neutral-label pass and the
-  read-out (2*MACs per layer, plus the read-out's own product and gradient) count only where
-  the config uses them: for hard negatives or for read-out evaluation (its forward and its
-  weight gradient, 2 x 2*MACs of the read-out).
+  of both, 2 x 2*MACs; no input gradient (inputs are detached). With `algo.readout=true`
+  (needed for hard negatives and read-out evaluation) the label-free pass that feeds the
+  read-out is asked for and counts: 2*MACs per layer, plus the read-out's forward and weight
+  gradient, 2 x 2*MACs of the read-out.
 - FF, sequential schedule: a pass trains one layer and runs the frozen layers below it
   forward, 2 x 2*MACs each.
 - BP (and bp_ckpt, whose recomputation is overhead, not useful work): forward 2*MACs, input
@@ -36,8 +36,7 @@ def train_flops_per_example(cfg, features: int, classes: int) -> float:
     if cfg.algo.name != "ff":
         head = width * classes
         return 2 * sum(macs) + 2 * (sum(macs) - macs[0]) + 2 * sum(macs) + 6 * head
-    neutral = cfg.algo.negatives == "hard_label" or cfg.algo.evaluation == "readout"
-    extra = (2 * sum(macs) + 4 * _readout_macs(cfg, width, classes)) if neutral else 0
+    extra = 2 * sum(macs) + 4 * _readout_macs(cfg, width, classes) if cfg.algo.readout else 0
     if cfg.algo.schedule == "sequential":
         per_pass = [8 * macs[k] + 4 * sum(macs[:k]) for k in range(depth)]
         return sum(per_pass) / depth + extra

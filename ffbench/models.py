@@ -27,7 +27,8 @@ class LayerStack(nn.Module):
 
     def layer(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Activities of hidden layer `index` given that layer's (unnormalised) input."""
-        return self.activation(self.layers[index](self.norm(x)))
+        # The norm runs in float32 even when the previous layer ran in bf16 (autocast).
+        return self.activation(self.layers[index](self.norm(x.float())))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Activities of every hidden layer, bottom to top."""

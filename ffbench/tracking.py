@@ -5,8 +5,10 @@ artifacts beside it; MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME override bot
 """
 
 import atexit
+import functools
 import logging
 import os
+import subprocess
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +21,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from ffbench import report
+from ffbench import compare, preflight
 
 # Creating the SQLite store announces its table migrations at INFO level: noise for a user.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -54,8 +56,8 @@ def experiment_id(client: MlflowClient, cfg, launch_dir: str) -> str:
 
 def _client(cfg, launch_dir: str) -> MlflowClient:
     uri = tracking_uri(cfg, launch_dir)
-    if uri.startswith("sqlite:"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # a server that is down fails in seconds; a new SQLite store is set up by one process
+    preflight.ready_store(uri)
     mlflow.set_tracking_uri(uri)
     return MlflowClient(uri)
 
@@ -79,15 +81,54 @@ def run_name(choices: dict) -> str:
     return "-".join([*parts, choices["activation"], choices["dataset"]])
 
 
+@functools.cache
+def git_commit(folder: Path = Path(__file__).parent) -> str:
+    """Commit of the git checkout holding the ffbench code in `folder`, with "-dirty" if tracked
+    files differ from it; "unknown" outside a checkout (an installed wheel) or without git."""
+
+    def git(*args: str) -> str:
+        # --no-optional-locks: status must not take the index lock from a parallel job or user
+        command = ["git", "--no-optional-locks", "-C", str(folder), *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True, timeout=5).stdout
+
+    try:
+        # Tracked here, so a checkout of ffbench itself, not a venv inside some other checkout.
+        git("ls-files", "--error-unmatch", "__init__.py")
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    except (OSError, subprocess.SubprocessError):  # no git, not a checkout, or too slow
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def finished_run(cfg, settings_hash: str):
+    """The newest run of the experiment that trained these settings (ffbench/settings.py) and
+    ended FINISHED, or None. FAILED and KILLED runs never count, nor skipped ones (they point to
+    the run holding the result), nor deleted ones."""
+    hydra = HydraConfig.get()
+    client = _client(cfg.tracking, hydra.runtime.cwd)
+    runs = client.search_runs(
+        [experiment_id(client, cfg.tracking, hydra.runtime.cwd)],
+        filter_string=f"tags.`ffbench.settings_hash` = '{settings_hash}'"
+        " and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    return next((run for run in runs if "ffbench.skipped" not in run.data.tags), None)
+
+
 @contextmanager
-def job_run(cfg):
-    """One MLflow run for the current Hydra job, ended FINISHED, FAILED or KILLED, never left RUNNING."""
+def job_run(cfg, tags: dict | None = None):
+    """One MLflow run for the current Hydra job, ended FINISHED, FAILED or KILLED, never left
+    RUNNING; `tags` are added to the standard ones."""
     hydra = HydraConfig.get()
     client = _client(cfg.tracking, hydra.runtime.cwd)
     choices = {group: hydra.runtime.choices[group] for group in GROUPS}
-    tags = dict(choices) | {
+    tags = {
+        **choices,
         "ffbench.output_dir": hydra.runtime.output_dir,
         "ffbench.overrides": " ".join(hydra.overrides.task),
+        "ffbench.git_commit": git_commit(),
+        **(tags or {}),
     }
     parent = None
     if hydra.mode == RunMode.MULTIRUN:
@@ -127,7 +168,11 @@ class SweepRun(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         launch_dir = config.hydra.runtime.cwd
-        self.client = _client(config.tracking, launch_dir)
+        try:  # every job composes and the server answers, or nothing is written
+            preflight.check_sweep(config)
+            self.client = _client(config.tracking, launch_dir)
+        except Exception as err:  # Hydra would only warn about a callback's error, and go on
+            preflight.exit_with(err)
         sweep_dir = Path(config.hydra.sweep.dir)
         self.sweep_dir = sweep_dir.resolve()
         run = self.client.create_run(
@@ -136,6 +181,7 @@ class SweepRun(Callback):
             tags={
                 "ffbench.sweep_dir": str(sweep_dir.resolve()),
                 "ffbench.overrides": " ".join(config.hydra.overrides.task),
+                "ffbench.git_commit": git_commit(),
             },
         )
         self.run_id = run.info.run_id
@@ -157,12 +203,11 @@ class SweepRun(Callback):
         statuses = [child.info.status for child in children]
         for status in ("FINISHED", "FAILED", "KILLED"):
             self.client.log_metric(self.run_id, f"jobs_{status.lower()}", statuses.count(status))
-        try:
-            picture = report.report(children, self.sweep_dir)
-            if picture is not None:
-                self.client.log_artifact(self.run_id, str(picture))
+        try:  # the comparison table and pictures, into the sweep folder and the parent run
+            for path in compare.report(children, self.client, self.sweep_dir):
+                self.client.log_artifact(self.run_id, str(path))
         except Exception as err:  # a picture is not worth losing the sweep's status over
-            logging.getLogger("ffbench").warning("no memory report: %s", err)
+            logging.getLogger("ffbench").warning("no comparison report: %s", err)
         ok = bool(statuses) and all(s == "FINISHED" for s in statuses)
         self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
         os.environ.pop(PARENT_ENV, None)

@@ -1,0 +1,364 @@
+"""`ffbench-report`: FF against BP from the MLflow store, as a table and pictures.
+
+ffbench-report                                      experiment "ffbench" in ./outputs/mlflow.db
+ffbench-report --sweep outputs/multirun/DATE/TIME   one sweep (its folder or its parent run id)
+ffbench-report --tracking-uri http://127.0.0.1:5000 --experiment mnist --out figures/
+
+Runs are grouped by the settings that vary between them (the keys of their command-line
+overrides, valued from their params), seeds aside: one row per setting and algorithm, mean ±
+standard deviation over its runs, FF's row next to BP's. Failed, killed or unfinished runs are
+listed apart, never averaged. tracking.SweepRun ends every multirun with the same report,
+written into the sweep folder and logged to the parent run.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+ALGOS = ("ff", "bp", "bp_ckpt")  # row and colour order; any other algorithm follows
+SEED = "trainer.seed"  # averaged over, never a setting
+# metric: (header, format, which of two values is better)
+COLUMNS = {
+    "test_accuracy": ("test acc", ".4f", max),
+    "peak_saved_activations_mb": ("saved act MB", ".3f", min),
+    "peak_rss_mb": ("peak RSS MB", ".1f", min),
+    "peak_cuda_allocated_mb": ("CUDA alloc MB", ".1f", min),  # on CUDA only
+    "train_time_s": ("train s", ".2f", min),
+    "wall_time_s": ("wall s", ".2f", min),
+}
+MEMORY = {
+    "peak_saved_activations_mb": "peak saved activations (MB)",
+    "peak_rss_mb": "peak RSS (MB)",
+}
+TABLE_FILE = "comparison.txt"
+SKIPPED = "ffbench.skipped"  # tag of a job not trained: its metrics are another run's
+
+
+def _overrides(run) -> dict[str, str]:
+    """The run's command-line overrides as {key: value} (`+key=v` adds a key: same key)."""
+    items = run.data.tags.get("ffbench.overrides", "").split()
+    return dict(item.lstrip("+").split("=", 1) for item in items if "=" in item)
+
+
+def value(run, key: str) -> str:
+    """The setting as the run used it: its param (the resolved config), else its override."""
+    return run.data.params.get(key, _overrides(run).get(key, ""))
+
+
+def swept(runs) -> list[str]:
+    """Overridden keys whose value differs between runs, in the order first given; Hydra's
+    own keys, the algorithm (first in every label) and the seed (averaged over) aside."""
+    keys = dict.fromkeys(key for run in runs for key in _overrides(run))
+    keys = [k for k in keys if "/" not in k and not k.startswith("hydra.")]
+    keys = [k for k in keys if k not in ("algo", SEED)]
+    return [k for k in keys if len({value(run, k) for run in runs}) > 1]
+
+
+def label(run, keys: list[str], algo: bool = True) -> str:
+    """In override syntax, ready to paste back: `algo=ff activation=gelu model.depth=2`."""
+    keys = ["algo", *keys] if algo else keys
+    return " ".join(f"{k}={value(run, k)}" for k in keys if value(run, k))
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _order(run, keys: list[str]) -> tuple:
+    """Sort key: settings numerically where they are numbers (depth 2 before 16), then FF, BP."""
+    values = [value(run, k) for k in keys]
+    as_numbers = [(_number(v) is None, _number(v) or 0.0, v) for v in values]
+    return (*as_numbers, *_algo_rank(value(run, "algo")))
+
+
+def _algo_rank(algo: str) -> tuple:
+    return (ALGOS.index(algo) if algo in ALGOS else len(ALGOS), algo)
+
+
+def groups(runs, keys: list[str]) -> dict[str, list]:
+    """{label: its runs}, sorted by setting then algorithm."""
+    found: dict[str, list] = {}
+    for run in sorted(runs, key=lambda r: _order(r, keys)):
+        found.setdefault(label(run, keys), []).append(run)
+    return found
+
+
+def is_result(run) -> bool:
+    return run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+
+
+def _measurements(runs, keys: list[str]) -> list:
+    """One run per row and measurement. A skipped job (cli._reuse) carries the numbers of the
+    run it points to: it stands for that run in another row (BP at another goodness) or in a
+    resumed sweep, but beside that run, or beside another copy of it, it would count twice."""
+    seen, kept = set(), []
+    for run in sorted(runs, key=lambda r: SKIPPED in r.data.tags):  # originals first
+        measured = run.data.tags.get("ffbench.result_run_id", run.info.run_id)
+        if (label(run, keys), measured) not in seen:
+            seen.add((label(run, keys), measured))
+            kept.append(run)
+    return kept
+
+
+def _values(runs, metric: str) -> list[float]:
+    return [run.data.metrics[metric] for run in runs if metric in run.data.metrics]
+
+
+def _cell(values: list[float], fmt: str) -> str:
+    if len(values) < 2:  # no spread to show
+        return f"{values[0]:{fmt}}" if values else "-"
+    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
+
+
+def table(results, keys: list[str]) -> Table:
+    """One row per setting and algorithm; the best mean of each column in bold green."""
+    rows = groups(results, keys)
+    shown = [m for m in COLUMNS if _values(results, m)]
+    means = {
+        m: [statistics.mean(v) for runs in rows.values() if (v := _values(runs, m))] for m in shown
+    }
+    best = {m: COLUMNS[m][2](means[m]) for m in shown if len(means[m]) > 1}
+    out = Table(title="FF against BP: mean ± standard deviation over seeds")
+    out.add_column("setting")
+    out.add_column("runs", justify="right")
+    for metric in shown:
+        out.add_column(COLUMNS[metric][0], justify="right")
+    labels = list(rows)
+    for i, (name, runs) in enumerate(rows.items()):
+        cells = []
+        for metric in shown:
+            values = _values(runs, metric)
+            top = values and statistics.mean(values) == best.get(metric)
+            cells.append(Text(_cell(values, COLUMNS[metric][1]), style="bold green" if top else ""))
+        # a rule under the last algorithm of a setting keeps FF and BP of one setting together
+        following = rows[labels[i + 1]][0] if i + 1 < len(labels) else None
+        last = following is None or label(following, keys, algo=False) != label(
+            runs[0], keys, algo=False
+        )
+        out.add_row(name, str(len(runs)), *cells, end_section=last)
+    return out
+
+
+def failures(runs, keys: list[str]) -> Table:
+    out = Table(title="not averaged: failed, killed or unfinished runs")
+    out.add_column("setting")
+    out.add_column("seed", justify="right")
+    out.add_column("status")
+    out.add_column("reason", max_width=60, no_wrap=True, overflow="ellipsis")
+    for run in sorted(runs, key=lambda r: _order(r, keys)):
+        reason = next(iter(run.data.tags.get("ffbench.error", "").splitlines()), "")
+        out.add_row(label(run, keys), value(run, SEED), run.info.status, reason)
+    return out
+
+
+def _figure(columns: int = 1, width: float = 7):
+    # A bare Figure draws with the Agg canvas: no GUI, no pyplot state shared with the caller.
+    # Imported here so that `ffbench` does not pay for matplotlib before a sweep ends.
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, 4.5), layout="constrained")
+    return figure, figure.subplots(1, columns, squeeze=False)[0]
+
+
+def _colours(runs) -> dict[str, str]:
+    algos = sorted({value(run, "algo") for run in runs}, key=_algo_rank)
+    return {algo: f"C{i}" for i, algo in enumerate(algos)}
+
+
+def _legend_label(algo: str, seen: set) -> str:
+    """The algorithm once per picture; matplotlib leaves labels starting with _ out."""
+    first = algo not in seen
+    seen.add(algo)
+    return algo if first else f"_{algo}"
+
+
+def draw_epochs(client: MlflowClient, results, path: Path) -> Path:
+    figure, [axes] = _figure()
+    colours, seen = _colours(results), set()
+    for run in results:
+        history = sorted(
+            client.get_metric_history(run.info.run_id, "val_accuracy"), key=lambda m: m.step
+        )
+        algo = value(run, "algo")
+        axes.plot(
+            [m.step for m in history],
+            [m.value for m in history],
+            color=colours[algo],
+            alpha=0.7,
+            label=_legend_label(algo, seen),
+        )
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.set(xlabel="epoch (MLflow step)", ylabel="validation accuracy", title="one line per run")
+    return _save(figure, axes, path)
+
+
+def draw_time(results, path: Path) -> Path:
+    figure, [axes] = _figure()
+    colours, seen = _colours(results), set()
+    for run in results:
+        algo, metrics = value(run, "algo"), run.data.metrics
+        if "wall_time_s" in metrics:
+            x, y = metrics["wall_time_s"], metrics["test_accuracy"]
+            axes.scatter(x, y, color=colours[algo], label=_legend_label(algo, seen))
+    axes.set(xlabel="wall time (s)", ylabel="test accuracy", title="one point per run")
+    return _save(figure, axes, path)
+
+
+def draw_memory(results, keys: list[str], key: str, path: Path) -> Path:
+    """One panel per memory figure against `key`, one line per setting of the other keys,
+    mean over seeds with their standard deviation as error bars."""
+    figure, panels = _figure(len(MEMORY), width=11)
+    others = [k for k in keys if k != key]
+    xs = sorted({float(value(run, key)) for run in results})
+    for axes, (metric, title) in zip(panels, MEMORY.items(), strict=True):
+        for name, runs in groups(results, others).items():
+            by_x: dict[float, list[float]] = {}
+            for run in runs:
+                if metric in run.data.metrics:
+                    by_x.setdefault(float(value(run, key)), []).append(run.data.metrics[metric])
+            if by_x:
+                x = sorted(by_x)
+                mean = [statistics.mean(by_x[v]) for v in x]
+                spread = [statistics.stdev(by_x[v]) if len(by_x[v]) > 1 else 0 for v in x]
+                axes.errorbar(x, mean, yerr=spread, marker="o", capsize=3, label=name)
+        if xs[0] > 0 and xs[-1] / xs[0] > 100:  # learning rates and the like
+            axes.set_xscale("log")
+        else:
+            axes.set_xticks(xs)
+        axes.set(xlabel=key, title=title)
+    return _save(figure, panels[-1], path)
+
+
+def _save(figure, axes, path: Path) -> Path:
+    for each in figure.axes:
+        each.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def report(runs, client: MlflowClient, folder: Path) -> list[Path]:
+    """Print the tables and write them (comparison.txt) and the pictures into `folder`;
+    returns the files written, none when there are no runs."""
+    if not runs:
+        return []
+    console = Console(record=True)
+    if not console.is_terminal:  # a log file or a pipe: whole rows rather than wrapped cells
+        console.width = 200
+    keys = swept(runs)
+    results = _measurements([run for run in runs if is_result(run)], keys)
+    rest = [run for run in runs if not is_result(run)]
+    measured = [run for run in results if SKIPPED not in run.data.tags]
+    if results:
+        console.print(table(results, keys))
+    if rest:
+        console.print(failures(rest, keys))
+    folder.mkdir(parents=True, exist_ok=True)
+    text = folder / TABLE_FILE
+    text.write_text(console.export_text())
+    pictures = {}
+    if measured:  # copies have no curve, and their point would hide the original's
+        pictures["validation accuracy per epoch"] = draw_epochs(
+            client, measured, folder / "accuracy_per_epoch.png"
+        )
+        pictures["test accuracy against wall time"] = draw_time(
+            measured, folder / "accuracy_vs_time.png"
+        )
+    if results:
+        has_memory = any(m in run.data.metrics for run in results for m in MEMORY)
+        for key in keys:
+            numbers = {_number(value(run, key)) for run in results}
+            if has_memory and len(numbers) > 1 and None not in numbers:
+                short = key.rsplit(".", 1)[-1]  # model.depth: memory_vs_depth.png
+                path = folder / f"memory_vs_{short}.png"
+                pictures[f"peak memory against {short}"] = draw_memory(results, keys, key, path)
+    for what, path in pictures.items():
+        console.print(f"{what}: {path}", highlight=False, soft_wrap=True)
+    return [text, *pictures.values()]
+
+
+def load(uri: str, experiment: str, sweep: str | None) -> tuple[list, Path | None]:
+    """The job runs of one sweep (and its folder) or of one experiment; LookupError if none."""
+    if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise LookupError(f"no MLflow store at {uri.removeprefix('sqlite:///')}")
+    mlflow.set_tracking_uri(uri)
+    if sweep is None:
+        found = MlflowClient(uri).get_experiment_by_name(experiment)
+        if found is None:
+            raise LookupError(f"no experiment {experiment!r} in {uri}")
+        runs = mlflow.search_runs([found.experiment_id], output_format="list")
+        runs = [run for run in runs if "algo" in run.data.params]  # not the sweeps' parents
+        if not runs:
+            raise LookupError(f"no runs in experiment {experiment!r} of {uri}")
+        return runs, None
+    if Path(sweep).is_dir():
+        parents = mlflow.search_runs(
+            filter_string=f"tags.`ffbench.sweep_dir` = '{Path(sweep).resolve()}'",
+            search_all_experiments=True,
+            output_format="list",
+        )
+        if not parents:
+            raise LookupError(f"no sweep recorded for folder {sweep} in {uri}")
+        parent = parents[0]
+    else:
+        try:
+            parent = MlflowClient(uri).get_run(sweep)
+        except MlflowException:
+            raise LookupError(
+                f"no sweep {sweep!r}: not a sweep folder nor a run id in {uri}"
+            ) from None
+    runs = mlflow.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        output_format="list",
+    )
+    if not runs:
+        raise LookupError(f"sweep {sweep} has no runs")
+    folder = parent.data.tags.get("ffbench.sweep_dir")
+    return runs, Path(folder) if folder else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ffbench import tracking  # tracking imports this module: import it back only here
+
+    parser = argparse.ArgumentParser(
+        prog="ffbench-report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else ./outputs/mlflow.db"
+    )
+    parser.add_argument(
+        "--experiment",
+        default=os.environ.get("MLFLOW_EXPERIMENT_NAME", "ffbench"),
+        help="default: $MLFLOW_EXPERIMENT_NAME, else ffbench",
+    )
+    parser.add_argument("--sweep", metavar="FOLDER_OR_RUN_ID", help="one sweep instead")
+    parser.add_argument(
+        "--out", type=Path, help="pictures: default the sweep folder, else outputs/report"
+    )
+    args = parser.parse_args(argv)
+    # An unreachable tracking server: a clear error within seconds, not minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    uri = tracking.tracking_uri(argparse.Namespace(uri=args.tracking_uri), ".")
+    try:
+        runs, folder = load(uri, args.experiment, args.sweep)
+    except (LookupError, MlflowException) as err:
+        message = str(err.args[0] if isinstance(err, LookupError) else err.message)
+        sys.exit(f"ffbench-report: error: {message.splitlines()[0]}")
+    report(runs, MlflowClient(uri), args.out or folder or Path("outputs", "report"))

@@ -1,0 +1,125 @@
+"""No duplicate work and resume: a job whose relevant settings already have a FINISHED run in
+the experiment is recorded as skipped instead of trained; failed runs never count."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import QUICK, all_runs, run_ffbench
+
+from ffbench import tracking
+from ffbench.experiment import compose_config
+from ffbench.settings import settings_hash
+
+SWEEP = ["-m", "algo=ff,bp", "goodness=sumsq,meansq", *QUICK]
+# As in test_bad_input: without normalisation a huge SGD step overflows to NaN.
+DIVERGE = ["model.norm=none", "optimizer=sgd"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _jobs(workdir: Path) -> list:
+    """The child runs of every sweep so far, oldest first."""
+    runs = [r for r in all_runs(workdir) if "mlflow.parentRunId" in r.data.tags]
+    return sorted(runs, key=lambda r: r.info.start_time)
+
+
+def _trained(runs) -> list:
+    return [r for r in runs if "ffbench.skipped" not in r.data.tags]
+
+
+def _combo(run) -> tuple[str, str]:
+    return run.data.params["algo"], run.data.params["goodness"]
+
+
+def test_bp_is_trained_once_per_sweep_and_a_rerun_trains_nothing(workdir):
+    first = run_ffbench(workdir, *SWEEP)
+    assert first.returncode == 0, first.stderr
+    jobs = _jobs(workdir)
+    assert [_combo(r) for r in jobs] == [
+        ("ff", "sumsq"),
+        ("ff", "meansq"),
+        ("bp", "sumsq"),
+        ("bp", "meansq"),
+    ]
+    ff_sumsq, ff_meansq, bp, bp_copy = jobs
+    assert _trained(jobs) == [ff_sumsq, ff_meansq, bp]
+    # goodness changes FF's result but not BP's
+    hashes = [r.data.tags["ffbench.settings_hash"] for r in jobs]
+    assert len(set(hashes[:3])) == 3 and hashes[3] == hashes[2]
+    # the skipped job points to the run holding the result and shows its numbers
+    tags = bp_copy.data.tags
+    assert tags["ffbench.skipped"] == "true"
+    assert tags["ffbench.result_run_id"] == bp.info.run_id
+    assert bp_copy.info.status == "FINISHED"
+    assert bp_copy.data.metrics["test_accuracy"] == bp.data.metrics["test_accuracy"]
+    assert f"reused run {bp.info.run_id}" in first.stdout
+    # every run and the parent carry the commit of the code
+    commit = tracking.git_commit()
+    assert {r.data.tags["ffbench.git_commit"] for r in all_runs(workdir)} == {commit}
+
+    # the same sweep again: every job finds its result, nothing is trained
+    again = run_ffbench(workdir, *SWEEP)
+    assert again.returncode == 0, again.stderr
+    rerun = _jobs(workdir)[4:]
+    assert len(rerun) == 4 and _trained(rerun) == []
+    originals = [ff_sumsq, ff_meansq, bp, bp]
+    pointed = [r.data.tags["ffbench.result_run_id"] for r in rerun]
+    assert pointed == [r.info.run_id for r in originals]
+    assert {r.info.status for r in all_runs(workdir)} == {"FINISHED"}
+
+    # resume=false: every job trains, the bp duplicate too
+    fresh = run_ffbench(workdir, *SWEEP, "resume=false")
+    assert fresh.returncode == 0, fresh.stderr
+    fresh_jobs = _jobs(workdir)[8:]
+    assert len(_trained(fresh_jobs)) == 4
+    assert [r.data.tags["ffbench.settings_hash"] for r in fresh_jobs] == hashes
+
+
+def test_rerun_after_a_failed_job_trains_only_that_one(workdir):
+    sweep = ["-m", *DIVERGE, "optimizer.lr=1e10,0.01", *QUICK]
+    for _ in range(2):
+        assert run_ffbench(workdir, *sweep).returncode != 0  # the 1e10 job diverges
+    by_lr: dict[str, list] = {}
+    for run in _jobs(workdir):
+        by_lr.setdefault(run.data.params["optimizer.lr"], []).append(run)
+    failed, fine = by_lr["10000000000.0"], by_lr["0.01"]
+    # the failed combination ran again; the finished one was reused
+    assert [r.info.status for r in failed] == ["FAILED", "FAILED"]
+    assert _trained(failed) == failed
+    assert [r.info.status for r in fine] == ["FINISHED", "FINISHED"]
+    assert _trained(fine) == fine[:1]
+    assert fine[1].data.tags["ffbench.result_run_id"] == fine[0].info.run_id
+
+
+def _hash(*overrides: str, device: str = "cpu") -> str:
+    return settings_hash(compose_config(overrides), device)
+
+
+def test_settings_hash_ignores_what_the_algorithm_ignores():
+    bp = _hash("algo=bp")
+    for same in ("goodness=meansq", "algo.loss=symba", "algo.theta=3", "tracking.experiment=x"):
+        assert _hash("algo=bp", same) == bp, same
+    assert _hash("algo=bp", "resume=false", "dataset.root=/elsewhere") == bp
+    assert _hash("algo=ff") != _hash("algo=ff", "goodness=meansq")
+    assert _hash("algo=ff") == _hash("algo=ff", "trainer.grad_accum_steps=4")  # BP only
+    assert _hash("activation=relu", "activation.nu=3") == _hash("activation=relu")
+    for other in ("algo=bp_ckpt", "trainer.seed=1", "optimizer.lr=0.01", "measure.memory=false"):
+        assert _hash("algo=bp", other) != bp, other
+    assert _hash("algo=bp", device="cuda") != bp
+
+
+def test_git_commit_of_this_checkout_or_unknown(tmp_path, monkeypatch):
+    if shutil.which("git") and (REPO / ".git").exists():
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        assert tracking.git_commit().removesuffix("-dirty") == head
+    assert tracking.git_commit(tmp_path) == "unknown"  # not a checkout, as for a wheel
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git at all
+    assert tracking.git_commit.__wrapped__(REPO / "ffbench") == "unknown"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_git_cache():
+    tracking.git_commit.cache_clear()
