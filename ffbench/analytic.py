@@ -21,13 +21,24 @@ def saved_activation_bytes(
     activation: str = "relu",
     norm: str = "mean_square",
     float_bytes: int = 4,
+    model: str = "mlp",
+    blackbox: str = "none",
 ) -> int:
     """Peak bytes held for backward by one step of `algo` (`ff`, `bp` or `bp_ckpt`) on an MLP.
+
+    Only the MLP is modelled: `model=conv` or `local`, and a black box under BP (whose
+    straight-through estimator saves more), raise ValueError; measure those instead
+    (measure.SavedTensors, the run's peak_saved_activations_mb). FF's figure does not change
+    with a black box: FF's layer inputs are detached, and nothing on them is saved.
 
     `batch` is the examples of one backward pass (a micro-batch under gradient accumulation).
     For bp_ckpt it counts what checkpointing keeps between forward and backward; the one layer
     recomputed at a time during backward is held by checkpoint's own hooks and not counted.
     """
+    if model != "mlp":
+        raise ValueError(f"the analytic saved-activation bytes cover model=mlp only, not {model}")
+    if blackbox != "none" and algo != "ff":
+        raise ValueError(f"the analytic saved-activation bytes of {algo} omit the black box")
     per_layer = 1 if activation in _SAVES_OUTPUT_ONLY else 2  # output, plus input if needed
     # mean_square / unit_length keep the layer input (for x^2 and the division), the per-row
     # norm and the normalised input (for the weight gradient); without norm the linear layer

@@ -19,9 +19,17 @@ class FFBenchError(CompactHydraException):
 @dataclass
 class DatasetConfig:
     name: str = MISSING
-    """Which loader: `digits` (bundled 8x8 digits, no download) or `mnist` (local IDX files)."""
+    """Which data set: `digits` (bundled 8x8 digits, no download), `mnist`, `fashion_mnist`,
+    `kmnist` or `cifar10` (downloaded once into the cache, checksum-verified)."""
     root: str | None = None
-    """Folder holding the data files (MNIST); unset means the FFBENCH_DATA environment variable."""
+    """Cache folder of the data files (they may sit in it or in its NAME/ subfolder); unset
+    means $FFBENCH_DATA, else ~/.cache/ffbench/NAME."""
+    mirror: str | None = None
+    """Base URL to download the files from instead of the data set's usual mirrors."""
+    checksums: str | None = None
+    """File of MD5s in `md5sum` format replacing the built-in checksums (data made by hand)."""
+    normalize: bool = False
+    """Standardise each channel by the training split's mean and standard deviation."""
     val_size: int = 0
     """Examples held out from the training data for validation (model selection, never test)."""
     test_size: int | None = None
@@ -33,13 +41,38 @@ class DatasetConfig:
 @dataclass
 class ModelConfig:
     name: str = "mlp"
-    """Architecture; `mlp` is a stack of fully connected hidden layers."""
+    """Architecture: `mlp` (fully connected hidden layers), `conv` (convolutional layers) or
+    `local` (locally connected: a convolution without weight sharing, as in the paper's CIFAR-10
+    nets). The activation and the normalisation are the same for all three."""
     depth: int = 2
     """Number of hidden layers."""
     width: int = 256
-    """Units per hidden layer."""
+    """`mlp`: units per hidden layer."""
     norm: str = "mean_square"
     """Normalisation before each layer: `mean_square` (reference code), `unit_length`, `none`."""
+    channels: int = 16
+    """`conv`, `local`: channels (feature maps) of every hidden layer."""
+    kernel: int = 3
+    """`conv`, `local`: side of each layer's square receptive field, in positions of its input."""
+    stride: int = 1
+    """`conv`, `local`: step between neighbouring receptive fields."""
+    padding: int = 0
+    """`conv`, `local`: zeros added on each side of each layer's input."""
+    norm_scope: str = "layer"
+    """`conv`, `local`: the normalisation between hidden layers acts on the `layer`'s whole
+    activity vector or on each `position`'s channel vector (needed by goodness.spatial=position).
+    The data are always normalised as one vector."""
+    blackbox: str = "none"
+    """A transform without gradient between two hidden layers: `none`, `sign`, `quantize` (fixed
+    random quantiser) or `numpy` (sign(x) log(1 + |x|) computed in NumPy). FF trains through it;
+    BP needs blackbox_grad=straight_through."""
+    blackbox_after: int = 1
+    """The black box sits on the output of this hidden layer (1 = the first), below the next."""
+    blackbox_grad: str = "none"
+    """BP through the black box: `none` (refused: there is no gradient) or `straight_through`
+    (backward treats the black box as the identity). FF ignores it."""
+    blackbox_step: float = 0.5
+    """`quantize`: width of a quantisation level."""
 
 
 @dataclass
@@ -85,6 +118,10 @@ class GoodnessConfig:
     """How a layer's activities become one number: `sumsq`, `meansq`, `sumabs` or `split`."""
     inverted: bool = False
     """Positive data minimises the goodness and negative data maximises it ("min ssq")."""
+    spatial: str = "whole"
+    """`conv`, `local`: goodness of the `whole` layer, or per `position` (each position's channel
+    vector has its own goodness and FF loss, the losses averaged over positions; evaluation sums
+    the positions' goodness). `position` needs model.norm_scope=position."""
     feature_fraction: float = 0.5
     """`split` only: share of units that are feature detectors (the rest detect violations)."""
 
@@ -173,9 +210,13 @@ def register_schemas() -> None:
 
 
 CHOICES = {
-    "dataset.name": ("digits", "mnist"),
-    "model.name": ("mlp",),
+    "dataset.name": ("digits", "mnist", "fashion_mnist", "kmnist", "cifar10"),
+    "model.name": ("mlp", "conv", "local"),
     "model.norm": ("mean_square", "unit_length", "none"),
+    "model.norm_scope": ("layer", "position"),
+    "model.blackbox": ("none", "sign", "quantize", "numpy"),
+    "model.blackbox_grad": ("none", "straight_through"),
+    "goodness.spatial": ("whole", "position"),
     "algo.name": ("ff", "bp", "bp_ckpt"),
     "algo.loss": ("threshold", "symba"),
     "algo.negatives": ("random_label", "hard_label", "hybrid"),
@@ -206,6 +247,10 @@ POSITIVE = (
     "trainer.grad_accum_steps",
     "model.depth",
     "model.width",
+    "model.channels",
+    "model.kernel",
+    "model.stride",
+    "model.blackbox_step",
     "optimizer.lr",
     "algo.alpha",
     "algo.readout_lr",
@@ -215,6 +260,7 @@ NON_NEGATIVE = (
     "optimizer.momentum",
     "optimizer.weight_decay",
     "dataset.val_size",
+    "model.padding",
     "algo.peer_norm",
     "algo.hybrid_blur_steps",
 )
@@ -255,7 +301,36 @@ def validate(cfg) -> None:
     ]
     if cfg.algo.name == "ff" and not cfg.algo.readout and needs_readout:
         raise FFBenchError(f"{needs_readout[0]} needs the read-out: set algo.readout=true")
+    _validate_model(cfg)
     if cfg.algo.negatives == "hybrid" and cfg.algo.evaluation != "readout":
         raise FFBenchError(
             "algo.negatives=hybrid is unsupervised: set algo.evaluation=readout (goodness evaluation needs labels in the input)"
+        )
+
+
+def _validate_model(cfg) -> None:
+    """Spatial goodness and the black box. Sizes that depend on the data (a kernel larger
+    than a layer's input) are checked when the net is built (models.spatial_shapes)."""
+    m, ff = cfg.model, cfg.algo.name == "ff"
+    if ff and cfg.goodness.spatial == "position":
+        if m.name == "mlp":
+            raise FFBenchError(
+                "goodness.spatial=position needs spatial layers: set model=conv or model=local"
+            )
+        if m.norm_scope != "position":
+            raise FFBenchError(
+                "goodness.spatial=position would leak through a whole-layer normalisation: "
+                "set model.norm_scope=position"
+            )
+    if m.blackbox == "none":
+        return
+    if not 1 <= m.blackbox_after < m.depth:
+        raise FFBenchError(
+            f"model.blackbox_after={m.blackbox_after} is not between two of the {m.depth} hidden "
+            f"layers: set model.blackbox_after between 1 and {m.depth - 1} (model.depth 2 or more)"
+        )
+    if not ff and m.blackbox_grad == "none":
+        raise FFBenchError(
+            f"algo={cfg.algo.name} cannot train through model.blackbox={m.blackbox}: it has no "
+            "gradient. Use algo=ff, or set model.blackbox_grad=straight_through (identity gradient)"
         )

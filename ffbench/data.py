@@ -1,11 +1,15 @@
-"""Data sets as tensors: train / validation / test splits, images flattened to vectors in [0, 1].
+"""Data sets as tensors: train / validation / test splits, images flattened to vectors.
 
-The whole data set is small enough to live on the training device, so training takes
-minibatches as index slices and never goes through a DataLoader.
+Pixels are scaled to [0, 1]; with dataset.normalize each channel is then standardised by the
+mean and standard deviation of the training split (never validation or test), which Splits
+always carries. Colour images are flattened channel by channel (C, H, W), as CIFAR-10 stores
+them. The whole data set is small enough to live on the training device, so training takes
+minibatches as index slices and never goes through a DataLoader. Files are found, downloaded
+and verified by ffbench/download.py.
 """
 
 import gzip
-import os
+import pickle
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ffbench import download
 from ffbench.config import FFBenchError
+
+IDX_SETS = ("mnist", "fashion_mnist", "kmnist")
+NAMES = ("digits", *IDX_SETS, "cifar10")
 
 
 @dataclass
@@ -26,7 +34,23 @@ class Splits:
     x_test: torch.Tensor
     y_test: torch.Tensor
     image_shape: tuple = ()
+    """(height, width) of one channel."""
     num_classes: int = 10
+    channels: int = 1
+    """Colour channels; a flattened image is `channels` planes of image_shape, one after the other."""
+    mean: torch.Tensor | None = None
+    """Per-channel mean of the training split's pixels (computed if not given)."""
+    std: torch.Tensor | None = None
+    """Per-channel standard deviation of the training split's pixels."""
+    normalized: bool = False
+    """Whether the pixels have been standardised with mean and std."""
+
+    def __post_init__(self):
+        if self.mean is None or self.std is None:
+            planes = self.x_train.view(len(self.x_train), self.channels, -1).transpose(0, 1)
+            planes = planes.reshape(self.channels, -1).double()
+            self.mean = planes.mean(dim=1).float()
+            self.std = planes.std(dim=1).clamp_min(1e-8).float()
 
     @property
     def num_features(self) -> int:
@@ -36,14 +60,33 @@ class Splits:
         moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in vars(self).items()}
         return Splits(**moved)
 
+    def standardized(self) -> "Splits":
+        """Every split with each channel shifted by the training mean and scaled by the
+        training standard deviation."""
+        if self.normalized:
+            return self
+        c = self.channels
+
+        def scale(x):
+            return (
+                (x.view(len(x), c, -1) - self.mean.view(1, c, 1)) / self.std.view(1, c, 1)
+            ).view(len(x), -1)
+
+        parts = {k: scale(getattr(self, k)) for k in ("x_train", "x_val", "x_test")}
+        return Splits(**(vars(self) | parts | {"normalized": True}))
+
 
 def load(cfg) -> Splits:
     """Load the data set named by `cfg.name` (a DatasetConfig)."""
     if cfg.name == "digits":
-        return load_digits(cfg.val_size, cfg.test_size, cfg.split_seed)
-    if cfg.name == "mnist":
-        return load_mnist(mnist_folder(cfg.root), cfg.val_size, cfg.split_seed)
-    raise FFBenchError(f"dataset.name={cfg.name} is unknown: choose digits or mnist")
+        splits = load_digits(cfg.val_size, cfg.test_size, cfg.split_seed)
+    elif cfg.name in IDX_SETS or cfg.name == "cifar10":
+        files = download.fetch(cfg.name, cfg.root, cfg.mirror, cfg.checksums)
+        reader = idx_splits if cfg.name in IDX_SETS else cifar10_splits
+        splits = reader(cfg.name, files, cfg.val_size, cfg.split_seed)
+    else:
+        raise FFBenchError(f"dataset.name={cfg.name} is unknown: choose one of {', '.join(NAMES)}")
+    return splits.standardized() if cfg.normalize else splits
 
 
 def _split(x, y, sizes, seed):
@@ -87,18 +130,6 @@ MNIST_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-_FIX = "set dataset.root=/path/to/mnist or FFBENCH_DATA=/path/to/mnist"
-
-
-def mnist_folder(root: str | None) -> Path:
-    """The folder named by dataset.root, else by $FFBENCH_DATA; it must exist."""
-    root = root or os.environ.get("FFBENCH_DATA")
-    if not root:
-        raise FFBenchError(f"MNIST needs a local folder with its four IDX files: {_FIX}")
-    folder = Path(root).expanduser().resolve()
-    if not folder.is_dir():
-        raise FFBenchError(f"MNIST folder {folder} does not exist: {_FIX}")
-    return folder
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -111,15 +142,20 @@ def read_idx(path: Path) -> np.ndarray:
         raise FFBenchError(
             f"{path} is corrupt or truncated ({err}): replace it with an intact copy"
         ) from None
+    return parse_idx(raw, path)
+
+
+def parse_idx(raw: bytes, where) -> np.ndarray:
+    """The array held by the (decompressed) bytes of an IDX file; `where` names it in errors."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise FFBenchError(f"{path} is not an IDX file of unsigned bytes: replace it")
+        raise FFBenchError(f"{where} is not an IDX file of unsigned bytes: replace it")
     ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape))
     if len(raw) - offset != expected:
         raise FFBenchError(
-            f"{path} is truncated: its header promises {expected} bytes of data, "
+            f"{where} is truncated: its header promises {expected} bytes of data, "
             f"found {len(raw) - offset}; replace it with an intact copy"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape).copy()
@@ -129,27 +165,70 @@ def _find(folder: Path, stem: str) -> Path:
     for candidate in (folder / f"{stem}.gz", folder / stem):
         if candidate.is_file():
             return candidate
-    raise FFBenchError(
-        f"{folder} has no {stem}.gz (or {stem}): copy the MNIST files there or {_FIX}"
-    )
+    raise FFBenchError(f"{folder} has no {stem}.gz (or {stem}): copy the IDX files there")
 
 
-def load_mnist(folder: Path, val_size: int, seed: int) -> Splits:
-    """MNIST from the four standard IDX files; validation is held out of the 60k training set."""
+def load_mnist(folder: Path, val_size: int, seed: int, name: str = "mnist") -> Splits:
+    """An MNIST-format data set from the four IDX files in `folder`, as they are (no checksum:
+    `load` verifies through download.fetch)."""
     arrays = {key: read_idx(_find(folder, stem)) for key, stem in MNIST_FILES.items()}
+    return _idx_arrays(name, arrays, val_size, seed, folder)
+
+
+def idx_splits(name: str, files: dict[str, bytes], val_size: int, seed: int) -> Splits:
+    """MNIST, Fashion-MNIST or KMNIST from the verified contents of its four IDX files."""
+    arrays = {key: parse_idx(files[f"{stem}.gz"], stem) for key, stem in MNIST_FILES.items()}
+    return _idx_arrays(name, arrays, val_size, seed, name)
+
+
+def _idx_arrays(name: str, arrays: dict, val_size: int, seed: int, where) -> Splits:
+    """Validation is held out of the training file; the test file is the test set."""
     for part in ("train", "test"):
-        if len(arrays[f"{part}_images"]) != len(arrays[f"{part}_labels"]):
-            raise FFBenchError(f"MNIST {part} images and labels differ in count in {folder}")
+        images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        if images.ndim != 3 or labels.ndim != 1:
+            raise FFBenchError(f"{name} {part} files in {where} are not images and labels")
+        if len(images) != len(labels):
+            raise FFBenchError(f"{name} {part} images and labels differ in count in {where}")
 
     def tensors(part):
         x = torch.from_numpy(arrays[f"{part}_images"].reshape(len(arrays[f"{part}_images"]), -1))
         return x.float() / 255.0, torch.from_numpy(arrays[f"{part}_labels"].astype(np.int64))
 
     x, y = tensors("train")
-    _check_val_size(val_size, len(x), "MNIST")
+    _check_val_size(val_size, len(x), name)
     (xt, yt), (xv, yv) = _split(x, y, [val_size], seed)
     xs, ys = tensors("test")
-    return Splits("mnist", xt, yt, xv, yv, xs, ys, image_shape=(28, 28))
+    shape = tuple(arrays["train_images"].shape[1:])
+    return Splits(name, xt, yt, xv, yv, xs, ys, image_shape=shape)
+
+
+CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+
+def _cifar_batch(raw: bytes, member: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        batch = pickle.loads(raw, encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise FFBenchError(f"CIFAR-10 {member} is not a CIFAR-10 python batch ({err})") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+        raise FFBenchError(f"CIFAR-10 {member} holds data of shape {data.shape}, not (N, 3072)")
+    return data, labels
+
+
+def cifar10_splits(name: str, files: dict[str, bytes], val_size: int, seed: int) -> Splits:
+    """CIFAR-10 from the verified contents of its python batches: 50000 training images (the
+    validation split held out of them) and the 10000 of test_batch, 3 x 32 x 32 each, flattened
+    channel by channel (red plane, green plane, blue plane) as the files store them."""
+    train = [_cifar_batch(files[m], m) for m in CIFAR10_TRAIN]
+    x = torch.from_numpy(np.concatenate([d for d, _ in train])).float() / 255.0
+    y = torch.from_numpy(np.concatenate([labels for _, labels in train]))
+    data, labels = _cifar_batch(files["test_batch"], "test_batch")
+    xs, ys = torch.from_numpy(data).float() / 255.0, torch.from_numpy(labels)
+    _check_val_size(val_size, len(x), name)
+    (xt, yt), (xv, yv) = _split(x, y, [val_size], seed)
+    return Splits(name, xt, yt, xv, yv, xs, ys, image_shape=(32, 32), channels=3)
 
 
 def minibatches(n: int, batch_size: int, device: torch.device):

@@ -13,11 +13,11 @@ from ffbench import data as datasets
 from ffbench.activations import make_activation
 from ffbench.bp import Backprop
 from ffbench.config import FFBenchError
-from ffbench.ff import ForwardForward
+from ffbench.ff import ForwardForward, goodness_units
 from ffbench.flops import train_flops_per_example
 from ffbench.goodness import default_theta
 from ffbench.measure import PeakMemory, Stopwatch
-from ffbench.models import LayerStack
+from ffbench.models import make_stack
 
 
 @dataclass
@@ -65,11 +65,12 @@ def build_algorithm(cfg, num_features: int, num_classes: int, image_shape: tuple
     """The net, its learning rule and its optimizer, as the config asks."""
     m = cfg.model
     activation = make_activation(cfg.activation)
-    stack = LayerStack(num_features, m.width, m.depth, activation, m.norm).to(device)
+    stack = make_stack(m, num_features, image_shape, activation).to(device)
     if cfg.algo.name == "ff":
         theta = cfg.algo.theta
-        if theta is None:
-            theta = default_theta(cfg.goodness.name, m.width, m.norm)
+        if theta is None:  # per layer: a spatial layer's units depend on its position
+            units = goodness_units(stack, cfg.goodness)
+            theta = [default_theta(cfg.goodness.name, u, m.norm) for u in units]
         algorithm = ForwardForward(stack, num_classes, image_shape, cfg.algo, cfg.goodness, theta)
     else:
         checkpoint = cfg.algo.name == "bp_ckpt"
@@ -195,7 +196,8 @@ def train(
         final = accuracies(algorithm, d.x_test, d.y_test, "test")
         final |= accuracies(algorithm, d.x_train, d.y_train, "train")
     examples = len(plan) * len(d.x_train)
-    useful = train_flops_per_example(job.cfg, d.num_features, d.num_classes) * examples
+    useful = train_flops_per_example(job.cfg, d.num_features, d.num_classes, d.image_shape)
+    useful *= examples
     return final | {
         "train_time_s": stopwatch.seconds,
         "samples_per_s": examples / stopwatch.seconds,

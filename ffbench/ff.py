@@ -22,18 +22,23 @@ from ffbench.models import LayerStack
 PEER_MOMENTUM = 0.9  # smoothing of the per-unit mean activity in peer normalisation
 
 
-def embed_labels(x: torch.Tensor, labels: torch.Tensor, num_classes: int, strength: float):
-    """Copy of x whose first `num_classes` features are the one-hot label times `strength`."""
+def embed_labels(
+    x: torch.Tensor, labels: torch.Tensor, num_classes: int, strength: float, channels: int = 1
+):
+    """Copy of x whose first `num_classes` pixels of each of its `channels` planes (grey: the
+    first features) hold the one-hot label times `strength`: every channel carries the label."""
     x = x.clone()
-    x[:, :num_classes] = 0.0
-    x[torch.arange(len(x), device=x.device), labels] = strength
+    planes = x.view(len(x), channels, -1)
+    planes[:, :, :num_classes] = 0.0
+    planes[torch.arange(len(x), device=x.device), :, labels] = strength
     return x
 
 
-def embed_neutral(x: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Copy of x with every label pixel at 1 / classes: no label, for the read-out."""
+def embed_neutral(x: torch.Tensor, num_classes: int, channels: int = 1) -> torch.Tensor:
+    """Copy of x with every label pixel (of every channel) at 1 / classes: no label, for the
+    read-out."""
     x = x.clone()
-    x[:, :num_classes] = 1.0 / num_classes
+    x.view(len(x), channels, -1)[:, :, :num_classes] = 1.0 / num_classes
     return x
 
 
@@ -64,11 +69,43 @@ def hybrid_masks(n: int, image_shape: tuple, blur_steps: int, device) -> torch.T
     return (mask > 0.5).float().view(n, -1)
 
 
-def hybrid_images(x: torch.Tensor, image_shape: tuple, blur_steps: int) -> torch.Tensor:
+def hybrid_images(
+    x: torch.Tensor, image_shape: tuple, blur_steps: int, channels: int = 1
+) -> torch.Tensor:
     """Each image mixed with the next one of the (shuffled) batch through a smooth mask:
-    realistic short-range statistics, wrong long-range shape."""
-    mask = hybrid_masks(len(x), image_shape, blur_steps, x.device)
+    realistic short-range statistics, wrong long-range shape. Colour images (channel-first
+    rows) use the same mask in every channel."""
+    mask = hybrid_masks(len(x), image_shape, blur_steps, x.device).repeat(1, channels)
     return mask * x + (1 - mask) * x.roll(1, dims=0)
+
+
+def _per_position(stack: LayerStack, goodness_cfg) -> bool:
+    return getattr(goodness_cfg, "spatial", "whole") == "position" and stack.shapes is not None
+
+
+def goodness_units(stack: LayerStack, goodness_cfg) -> list[int]:
+    """Units each layer's goodness is taken over: the layer's, or one position's channels."""
+    if _per_position(stack, goodness_cfg):
+        return [shape[0] for shape in stack.shapes]
+    return [layer.out_features for layer in stack.layers]
+
+
+def per_position_goodness(goodness, channels: int):
+    """`goodness` of each position's channel vector: flat channel-major rows -> (N, positions)."""
+
+    def g(a: torch.Tensor) -> torch.Tensor:
+        n = a.shape[0]
+        return goodness(a.view(n, channels, -1).transpose(1, 2).reshape(-1, channels)).view(n, -1)
+
+    return g
+
+
+def make_layer_goodness(stack: LayerStack, goodness_cfg) -> list:
+    """One goodness function per layer (`split` counts its feature units per layer)."""
+    units = goodness_units(stack, goodness_cfg)
+    if not _per_position(stack, goodness_cfg):
+        return [make_goodness(goodness_cfg, u) for u in units]
+    return [per_position_goodness(make_goodness(goodness_cfg, c), c) for c in units]
 
 
 class ForwardForward:
@@ -79,20 +116,24 @@ class ForwardForward:
         image_shape: tuple,
         cfg,
         goodness_cfg,
-        theta: float,
+        theta: float | list[float],
     ):
-        """`cfg` is the AlgoConfig, `goodness_cfg` the GoodnessConfig; `theta` is resolved."""
+        """`cfg` is the AlgoConfig, `goodness_cfg` the GoodnessConfig; `theta` is resolved:
+        one for every layer, or one per layer (default thetas follow each layer's units)."""
         self.model = stack
         self.num_classes = num_classes
         self.image_shape = image_shape
         self.cfg = cfg
         self.supervised = cfg.negatives != "hybrid"
-        width = stack.layers[0].out_features
         depth = len(stack.layers)
-        self.goodness = make_goodness(goodness_cfg, width)
+        # Per layer: the goodness (of the whole layer, or per position: (batch, positions)),
+        # theta in score units and the loss. All layers of an MLP get the same ones.
+        self.goodnesses = make_layer_goodness(stack, goodness_cfg)
         self.sign = -1.0 if goodness_cfg.inverted else 1.0
-        self.theta = self.sign * theta  # in score units
-        self.loss = make_loss(cfg, self.theta)
+        thetas = theta if isinstance(theta, list | tuple) else [theta] * depth
+        self.thetas = [self.sign * t for t in thetas]
+        self.losses = [make_loss(cfg, t) for t in self.thetas]
+        self.goodness, self.theta, self.loss = self.goodnesses[0], self.thetas[0], self.losses[0]
         self.running_mean = [None] * depth  # peer normalisation state
         # The first hidden layer mostly sees the label pixels themselves, so the paper leaves
         # it out of the evaluation (goodness sum and read-out) when there are layers above it.
@@ -100,7 +141,8 @@ class ForwardForward:
         device = stack.layers[0].weight.device
         self.readout = None  # trained only if asked for: it costs a label-free forward pass
         if cfg.readout:
-            self.readout = nn.Linear(width * (depth - self.eval_from), num_classes).to(device)
+            evaluated = sum(layer.out_features for layer in stack.layers[self.eval_from :])
+            self.readout = nn.Linear(evaluated, num_classes).to(device)
         self.evaluation = cfg.evaluation
         self.optimizer = None  # set by the caller, over param_groups()
 
@@ -110,8 +152,14 @@ class ForwardForward:
             groups.append({"params": list(self.readout.parameters()), "lr": readout_lr})
         return groups
 
-    def score(self, a: torch.Tensor) -> torch.Tensor:
-        return self.sign * self.goodness(a)
+    def channels(self, x: torch.Tensor) -> int:
+        """Colour planes of the channel-first input rows (1 for grey images): the label is
+        written into each plane."""
+        pixels = self.image_shape[0] * self.image_shape[1] if len(self.image_shape) == 2 else 0
+        return x.shape[1] // pixels if pixels and x.shape[1] % pixels == 0 else 1
+
+    def score(self, a: torch.Tensor, index: int = 0) -> torch.Tensor:
+        return self.sign * self.goodnesses[index](a)
 
     def compile(self) -> None:
         # One compiled graph per layer index and batch shape: allow one per layer, and more.
@@ -122,12 +170,13 @@ class ForwardForward:
         """Activities, scores and FF loss of layer `index` on [positives; negatives] (n each).
         One function, so that trainer.compile can fuse its element-wise work."""
         a = self.model.layer(index, h)
-        s = self.score(a.float())  # goodness in float32 even if the layer ran in bf16
-        return a, s, self.loss(s[:n], s[n:])
+        s = self.score(a.float(), index)  # goodness in float32 even if the layer ran in bf16
+        return a, s, self.losses[index](s[:n], s[n:])
 
     def _negative_data(self, x: torch.Tensor, y: torch.Tensor, features: torch.Tensor) -> tuple:
         if not self.supervised:
-            return x, hybrid_images(x, self.image_shape, self.cfg.hybrid_blur_steps)
+            blur = self.cfg.hybrid_blur_steps
+            return x, hybrid_images(x, self.image_shape, blur, self.channels(x))
         c, strength = self.num_classes, self.cfg.label_strength
         if self.cfg.negatives == "hard_label":
             # As in the reference code: the read-out's softmax on the neutral pass, one pass
@@ -136,7 +185,8 @@ class ForwardForward:
                 wrong = sample_wrong_labels(self.readout(features), y)
         else:
             wrong = random_wrong_labels(y, c)
-        return embed_labels(x, y, c, strength), embed_labels(x, wrong, c, strength)
+        planes = self.channels(x)
+        return embed_labels(x, y, c, strength, planes), embed_labels(x, wrong, c, strength, planes)
 
     def _peer_loss(self, index: int, a_pos: torch.Tensor) -> torch.Tensor:
         """Push each unit's running mean activity towards the layer's mean: no dead units."""
@@ -173,9 +223,8 @@ class ForwardForward:
             h = a.detach()
             with torch.no_grad():
                 g = self.sign * s  # the goodness itself, without computing it again
-                separation = (
-                    (s[:n] > self.theta).float().mean() + (s[n:] < self.theta).float().mean()
-                ) / 2
+                theta = self.thetas[index]
+                separation = ((s[:n] > theta).float().mean() + (s[n:] < theta).float().mean()) / 2
                 rows.append(torch.stack([loss, g[:n].mean(), g[n:].mean(), separation]).detach())
         readout_loss = torch.zeros((), device=x.device)
         if self.readout is not None:
@@ -230,7 +279,7 @@ class ForwardForward:
         """The read-out's input: normalised activities of the evaluated layers, computed
         without a graph, so no read-out gradient reaches the FF layers."""
         if self.supervised:
-            x = embed_neutral(x, self.num_classes)
+            x = embed_neutral(x, self.num_classes, self.channels(x))
         activities = self.model(x)[self.eval_from :]
         return torch.cat([self.model.norm(a.float()) for a in activities], dim=1)
 
@@ -242,11 +291,14 @@ class ForwardForward:
         """
         n, c = len(x), self.num_classes
         labels = torch.arange(c, device=x.device).repeat(n)
-        h = embed_labels(x.repeat_interleave(c, dim=0), labels, c, self.cfg.label_strength)
+        h = embed_labels(
+            x.repeat_interleave(c, dim=0), labels, c, self.cfg.label_strength, self.channels(x)
+        )
         total = torch.zeros(n * c, device=x.device)
         for index, a in enumerate(self.model(h)):
             if index >= self.eval_from:
-                total += self.goodness(a.float())
+                g = self.goodnesses[index](a.float())
+                total += g if g.dim() == 1 else g.sum(dim=1)  # per position: summed
         return total.view(n, c)
 
     @torch.no_grad()

@@ -1,8 +1,10 @@
 """Useful floating-point work of training and evaluation, counted from the architecture.
 
 Only the matrix products count (2 FLOPs per multiply-add, MACs = fan-in x fan-out of a
-layer); element-wise work, normalisation and goodness are left out, so the count is a lower
-bound and "achieved GFLOP/s" is honest. Per training example and hidden layer:
+layer; for a convolutional or locally connected layer, output positions x kernel area x input
+channels x output channels, padding zeros included, the same for both); element-wise work,
+normalisation, goodness and the black box are left out, so the count is a lower bound and
+"achieved GFLOP/s" is honest. Per training example and hidden layer:
 
 - FF: forward of the positive and the negative example, 2 x 2*MACs, and the weight gradient
   of both, 2 x 2*MACs; no input gradient (inputs are detached). With `algo.readout=true`
@@ -17,32 +19,51 @@ bound and "achieved GFLOP/s" is honest. Per training example and hidden layer:
 - Goodness evaluation: 2*MACs per layer for every candidate label.
 """
 
+import math
+
+from ffbench.models import image_chw, spatial_shapes
+
 
 def layer_macs(features: int, width: int, depth: int) -> list[int]:
     return [(features if i == 0 else width) * width for i in range(depth)]
 
 
-def _readout_macs(cfg, width: int, classes: int) -> int:
+def model_layers(cfg, features: int, image_shape: tuple | None = None) -> tuple[list, list]:
+    """(MACs, output units) of each hidden layer of cfg.model; spatial models need the image
+    shape of the data ((H, W) or (C, H, W)) and raise ValueError without one."""
+    m = cfg.model
+    if m.name == "mlp":
+        return layer_macs(features, m.width, m.depth), [m.width] * m.depth
+    if image_shape is None:
+        raise ValueError(f"model={m.name}: the FLOP count needs the image shape of the data")
+    in_shape = image_chw(image_shape, features)
+    shapes = spatial_shapes(in_shape, m.channels, m.kernel, m.stride, m.padding, m.depth)
+    inputs = [in_shape[0]] + [c for c, _, _ in shapes[:-1]]
+    macs = [c * h * w * m.kernel**2 * c_in for (c, h, w), c_in in zip(shapes, inputs, strict=True)]
+    return macs, [math.prod(shape) for shape in shapes]
+
+
+def _readout_macs(cfg, units: list[int], classes: int) -> int:
     depth = cfg.model.depth
     evaluated = depth - (1 if cfg.algo.eval_skip_first and depth > 1 else 0)
-    return evaluated * width * classes
+    return sum(units[depth - evaluated :]) * classes
 
 
-def train_flops_per_example(cfg, features: int, classes: int) -> float:
+def train_flops_per_example(cfg, features: int, classes: int, image_shape=None) -> float:
     """Useful FLOPs of one training example in one pass over the data, averaged over the
     passes of the run (they differ only in FF's sequential schedule)."""
-    width, depth = cfg.model.width, cfg.model.depth
-    macs = layer_macs(features, width, depth)
+    depth = cfg.model.depth
+    macs, units = model_layers(cfg, features, image_shape)
     if cfg.algo.name != "ff":
-        head = width * classes
+        head = units[-1] * classes
         return 2 * sum(macs) + 2 * (sum(macs) - macs[0]) + 2 * sum(macs) + 6 * head
-    extra = 2 * sum(macs) + 4 * _readout_macs(cfg, width, classes) if cfg.algo.readout else 0
+    extra = 2 * sum(macs) + 4 * _readout_macs(cfg, units, classes) if cfg.algo.readout else 0
     if cfg.algo.schedule == "sequential":
         per_pass = [8 * macs[k] + 4 * sum(macs[:k]) for k in range(depth)]
         return sum(per_pass) / depth + extra
     return 8 * sum(macs) + extra
 
 
-def goodness_eval_flops_per_example(cfg, features: int, classes: int) -> float:
+def goodness_eval_flops_per_example(cfg, features: int, classes: int, image_shape=None) -> float:
     """FLOPs of predicting one example by goodness: every label through every layer."""
-    return classes * 2 * sum(layer_macs(features, cfg.model.width, cfg.model.depth))
+    return classes * 2 * sum(model_layers(cfg, features, image_shape)[0])

@@ -3,8 +3,9 @@
 Two jobs with the same hash would record the same result, so the second one reuses the first
 one's run instead of training (cli.run). The hash covers the whole resolved config except
 
-- where things are kept, not what is computed: `tracking.*`, `dataset.root` (the location of
-  the data set, which `dataset.name` names) and the `resume` switch itself;
+- where things are kept, not what is computed: `tracking.*`, `dataset.root`, `dataset.mirror`
+  and `dataset.checksums` (where the data set that `dataset.name` names is kept, fetched from
+  and verified against) and the `resume` switch itself;
 - settings the job ignores, in IGNORED below (e.g. `goodness` and every FF key for BP).
 
 `trainer.device` enters as the device the job resolved (`auto` becomes `cpu` or `cuda`), since
@@ -28,8 +29,16 @@ def _not_ff(cfg) -> bool:
     return cfg.algo.name != "ff"
 
 
+def _mlp(cfg) -> bool:
+    return cfg.model.name == "mlp"
+
+
+def _no_blackbox(cfg) -> bool:
+    return cfg.model.blackbox == "none"
+
+
 # Never part of a result: where runs and data are kept, and whether to resume.
-LOCATIONS = ("tracking", "dataset.root", "resume")
+LOCATIONS = ("tracking", "dataset.root", "dataset.mirror", "dataset.checksums", "resume")
 # (key, when the job ignores it); a key may have several. Every AlgoConfig key but `name` is
 # FF's (conf/algo/bp.yaml).
 IGNORED = (
@@ -37,11 +46,18 @@ IGNORED = (
     *((f"algo.{f.name}", _not_ff) for f in fields(AlgoConfig) if f.name != "name"),
     ("trainer.grad_accum_steps", lambda cfg: cfg.algo.name == "ff"),  # BP only
     ("optimizer.momentum", lambda cfg: cfg.optimizer.name == "adam"),
-    ("dataset.test_size", lambda cfg: cfg.dataset.name == "mnist"),  # MNIST has its test set
+    ("dataset.test_size", lambda cfg: cfg.dataset.name != "digits"),  # official test sets
     ("goodness.feature_fraction", lambda cfg: cfg.goodness.name != "split"),
     ("activation.nu", lambda cfg: cfg.activation.name != "tdist"),
     ("algo.alpha", lambda cfg: cfg.algo.loss != "symba"),
     ("algo.hybrid_blur_steps", lambda cfg: cfg.algo.negatives != "hybrid"),
+    # the MLP's width, the spatial models' sizes; the black box's keys while there is none
+    ("model.width", lambda cfg: cfg.model.name != "mlp"),
+    *((f"model.{k}", _mlp) for k in ("channels", "kernel", "stride", "padding", "norm_scope")),
+    ("goodness.spatial", _mlp),
+    *((f"model.{k}", _no_blackbox) for k in ("blackbox", "blackbox_after", "blackbox_grad")),
+    ("model.blackbox_grad", lambda cfg: cfg.algo.name == "ff"),  # FF needs no gradient
+    ("model.blackbox_step", lambda cfg: cfg.model.blackbox != "quantize"),
 )
 
 

@@ -2,6 +2,7 @@
 MLflow store it wrote, and write tiny MNIST files in the real IDX format."""
 
 import gzip
+import hashlib
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 FFBENCH = shutil.which("ffbench", path=str(Path(sys.executable).parent)) or "ffbench"
 # Small budgets keep the suite fast; the accuracy tests use the real defaults.
-QUICK = ["trainer.epochs=2", "model.width=32"]
+QUICK = ["trainer.epochs=2", "model.width=32", "trainer.num_threads=1"]  # 1 thread: tiny nets
 
 
 def clean_env(**extra) -> dict:
@@ -81,6 +82,18 @@ def make_mnist(folder: Path, n_train=300, n_test=100, compress=True, seed=0) -> 
         write_idx(folder / f"{stem}-images-idx3-ubyte", images, compress)
         write_idx(folder / f"{stem}-labels-idx1-ubyte", labels, compress)
     return folder
+
+
+def write_md5sums(folder: Path, out: Path) -> str:
+    """`md5sum`-format checksums of the files in `folder`, written to `out` (for
+    dataset.checksums: generated files cannot match the real data sets' checksums)."""
+    lines = [
+        f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.name}\n"
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    ]
+    out.write_text("".join(lines))
+    return "".join(lines)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Bad input: a clear error, a non-zero exit, and no lost, corrupt or RUNNING MLflow records."""
 
 import pytest
-from conftest import QUICK, all_runs, clean_env, run_ffbench
+from conftest import QUICK, all_runs, clean_env, run_ffbench, write_md5sums
 
 # Without normalisation between layers, a huge SGD step makes activities overflow to NaN.
 DIVERGE = ["model.norm=none", "optimizer=sgd"]
@@ -56,41 +56,53 @@ def test_invalid_values_fail_before_training_with_one_line(workdir, override, me
     assert all_runs(workdir) == []
 
 
-def test_missing_mnist_folder_says_what_to_set(workdir, tmp_path):
-    result = run_ffbench(workdir, "dataset=mnist", f"dataset.root={tmp_path / 'nowhere'}")
+def test_missing_mnist_offline_says_which_files_go_where(workdir, tmp_path):
+    offline = "dataset.mirror=http://127.0.0.1:9/"  # nothing listens there: as if offline
+    result = run_ffbench(workdir, "dataset=mnist", f"dataset.root={tmp_path / 'nowhere'}", offline)
     assert result.returncode != 0
     [line] = _error_lines(result.stderr)
-    assert "nowhere does not exist" in line and "dataset.root=" in line and "FFBENCH_DATA" in line
-    # and with neither dataset.root nor FFBENCH_DATA
-    result = run_ffbench(workdir, "dataset=mnist")
+    assert "could not be downloaded" in line and "t10k-labels-idx1-ubyte.gz" in line
+    assert f"into {tmp_path / 'nowhere' / 'mnist'}" in line
+    assert "dataset.root=" in line and "FFBENCH_DATA" in line
+    assert not (tmp_path / "nowhere").exists()
+    # and with neither dataset.root nor FFBENCH_DATA: the user's cache folder
+    env = clean_env(XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    result = run_ffbench(workdir, "dataset=mnist", offline, env=env)
     [line] = _error_lines(result.stderr)
-    assert "set dataset.root=" in line
+    assert f"into {tmp_path / 'xdg' / 'ffbench' / 'mnist'}" in line and "dataset.root=" in line
     assert all_runs(workdir) == []
 
 
-def test_truncated_mnist_file_is_named(workdir, mnist_dir):
+def test_truncated_mnist_file_is_named(workdir, mnist_dir, tmp_path):
+    sums = tmp_path / "md5sums"  # generated files: their own checksums, not MNIST's
+    write_md5sums(mnist_dir, sums)
     victim = mnist_dir / "train-images-idx3-ubyte.gz"
     victim.write_bytes(victim.read_bytes()[:-200])
-    result = run_ffbench(workdir, "dataset=mnist", f"dataset.root={mnist_dir}")
+    result = run_ffbench(
+        workdir, "dataset=mnist", f"dataset.root={mnist_dir}", f"dataset.checksums={sums}"
+    )
     assert result.returncode != 0
     [line] = _error_lines(result.stderr)
-    assert str(victim) in line and "truncated" in line
+    assert str(victim) in line and "fails its checksum" in line and "truncated" in line
     assert all_runs(workdir) == []
 
 
-def test_truncated_raw_idx_file_is_named(workdir, mnist_dir):
+def test_truncated_raw_idx_file_is_named(workdir, mnist_dir, tmp_path):
     for gz in mnist_dir.glob("*.gz"):  # the same files, uncompressed
         import gzip
 
         gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
         gz.unlink()
+    sums = tmp_path / "md5sums"
+    write_md5sums(mnist_dir, sums)
     victim = mnist_dir / "t10k-labels-idx1-ubyte"
     victim.write_bytes(victim.read_bytes()[:-10])
     env = clean_env(FFBENCH_DATA=str(mnist_dir))
-    result = run_ffbench(workdir, "dataset=mnist", "dataset.val_size=50", env=env)
+    overrides = ["dataset=mnist", "dataset.val_size=50", f"dataset.checksums={sums}"]
+    result = run_ffbench(workdir, *overrides, env=env)
     assert result.returncode != 0
     [line] = _error_lines(result.stderr)
-    assert str(victim) in line and "header promises 100 bytes of data, found 90" in line
+    assert str(victim) in line and "fails its checksum" in line
 
 
 @pytest.mark.parametrize("algo", ["ff", "bp"])

@@ -113,11 +113,15 @@ def test_environment_overrides_store_and_experiment(workdir, tmp_path):
 def test_help_lists_every_group(workdir):
     result = run_ffbench(workdir, "--help")
     assert result.returncode == 0
-    for line in ("algo: bp, bp_ckpt, ff", "dataset: digits, mnist", "model: mlp"):
+    for line in (
+        "algo: bp, bp_ckpt, ff",
+        "dataset: cifar10, digits, fashion_mnist, kmnist, mnist",
+        "model: conv, local, mlp",
+    ):
         assert line in result.stdout
     assert "goodness: meansq, split, sumabs, sumsq" in result.stdout
     assert "activation: " in result.stdout and "optimizer: adam, sgd" in result.stdout
-    assert "experiment: hinton_mnist, hinton_mnist_bp, memory_depth" in result.stdout
+    assert "experiment: cifar10_local, hinton_mnist, hinton_mnist_bp, memory_depth" in result.stdout
 
 
 def test_non_editable_install_finds_its_configs(workdir, tmp_path):

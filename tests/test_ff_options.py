@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_ff
+from conftest import make_algorithm, make_ff
 
 from ffbench import experiment
 from ffbench.activations import ACTIVATIONS, tdist
@@ -217,3 +217,24 @@ def test_closed_form_readout_gradient_equals_autograd():
     assert loss.item() == pytest.approx(expected.item())
     assert torch.allclose(closed[0], net.readout.weight.grad, atol=1e-6)
     assert torch.allclose(closed[1], net.readout.bias.grad, atol=1e-6)
+
+
+def test_colour_images_get_the_label_and_the_hybrid_mask_in_every_channel():
+    """Rows of 3 channel-first 4x4 planes: positives carry the label in each plane, negatives
+    a wrong one, and a hybrid takes the same pixel from the same image in every channel."""
+    ff = make_algorithm(48, ["algo=ff", "model.depth=2", "model.width=16"])
+    ff.image_shape = (4, 4)
+    x, y = torch.rand(8, 48), torch.randint(0, 10, (8,))
+    pos, neg = ff._negative_data(x, y, None)
+    for planes, labels in ((pos.view(8, 3, 16), y), (neg.view(8, 3, 16), None)):
+        hot = planes[:, :, :10].argmax(dim=2)  # (examples, channels)
+        assert (hot == hot[:, :1]).all()  # one label, the same in every channel
+        if labels is not None:
+            assert (hot[:, 0] == labels).all()
+        else:
+            assert (hot[:, 0] != y).all()
+    assert ff.channels(x) == 3
+    ff.supervised = False
+    real, hybrid = ff._negative_data(x, y, None)
+    from_first = (hybrid == x).view(8, 3, 16)
+    assert (from_first == from_first[:, :1]).all()

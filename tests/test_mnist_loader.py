@@ -7,7 +7,8 @@ import torch
 from conftest import make_mnist
 
 from ffbench.config import FFBenchError
-from ffbench.data import load_digits, load_mnist, mnist_folder
+from ffbench.data import load_digits, load_mnist
+from ffbench.download import REGISTRY, folders
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -33,12 +34,16 @@ def test_the_split_is_fixed_by_its_seed(tmp_path):
     assert not torch.equal(a.y_val, load_mnist(folder, 50, seed=2).y_val)
 
 
-def test_folder_comes_from_the_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("FFBENCH_DATA", str(tmp_path))
-    assert mnist_folder(None) == tmp_path.resolve()
+def test_folder_comes_from_the_environment_else_the_user_cache(tmp_path, monkeypatch):
+    mnist = REGISTRY["mnist"]
+    monkeypatch.setenv("FFBENCH_DATA", str(tmp_path))  # a root: files in it or in mnist/
+    assert folders(mnist, None) == ([tmp_path, tmp_path / "mnist"], tmp_path / "mnist")
+    make_mnist(tmp_path)  # a folder already holding the files: it is the cache itself
+    assert folders(mnist, None)[1] == tmp_path
     monkeypatch.delenv("FFBENCH_DATA")
-    with pytest.raises(FFBenchError, match="set dataset.root="):
-        mnist_folder(None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cache = tmp_path / "xdg" / "ffbench" / "mnist"
+    assert folders(mnist, None) == ([cache], cache)
 
 
 def test_a_missing_file_is_named(tmp_path):

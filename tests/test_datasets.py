@@ -1,0 +1,332 @@
+"""Data sets: download once from a mirror (a local HTTP server here), verify, reuse; CIFAR-10
+from its python tarball; validation split, training-only normalisation statistics, FF's label
+embedding for colour images; end-to-end runs on generated CIFAR-10 files; real Fashion-MNIST
+from Debian's dataset-fashion-mnist when it is installed."""
+
+import gzip
+import hashlib
+import http.server
+import io
+import pickle
+import socket
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import all_runs, make_mnist, run_ffbench, write_md5sums
+
+from ffbench import data, download
+from ffbench.config import FFBenchError
+from ffbench.download import Checksum, Source
+from ffbench.experiment import compose_config
+from ffbench.ff import embed_labels, embed_neutral
+
+IDX_NAMES = [f"{stem}.gz" for stem in download.IDX_STEMS]
+
+
+def md5(raw: bytes) -> str:
+    return hashlib.md5(raw).hexdigest()
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+class Mirror:
+    """A mirror on 127.0.0.1 serving `files` (name -> bytes); `truncate` names files it cuts
+    off halfway (the connection closes mid-file); `hits` counts requests by name."""
+
+    def __init__(self):
+        self.files, self.truncate, self.hits = {}, set(), []
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                mirror.hits.append(name)
+                if name not in mirror.files:
+                    self.send_error(404)
+                    return
+                body = mirror.files[name]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if name in mirror.truncate else body)
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/data/"
+        serve = self.server.serve_forever
+        threading.Thread(target=serve, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+
+@pytest.fixture
+def mirror():
+    server = Mirror()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/"
+
+
+def tiny_idx(tmp_path: Path) -> tuple[dict[str, bytes], Source]:
+    """The four gzip IDX files of a tiny MNIST and a Source with their true checksums."""
+    folder = make_mnist(tmp_path / "made", n_train=60, n_test=20)
+    files = {name: (folder / name).read_bytes() for name in IDX_NAMES}
+    sums = {n: Checksum(md5(b), md5(gzip.decompress(b))) for n, b in files.items()}
+    return files, Source("tiny", sums, mirrors=("http://127.0.0.1:9/never/",))
+
+
+def test_the_registry_holds_real_checksums():
+    for source in download.REGISTRY.values():
+        assert source.mirrors and all(m.endswith("/") for m in source.mirrors)
+        sums = [*source.files.values(), *([source.archive[1]] if source.archive else [])]
+        for checksum in sums:
+            for value in (checksum.md5, checksum.raw_md5):
+                assert value is None or (len(value) == 32 and int(value, 16) >= 0)
+    assert download.REGISTRY["mnist"].files["train-images-idx3-ubyte.gz"].md5 == (
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873"
+    )
+    assert download.REGISTRY["cifar10"].archive[1].md5 == "c58f30108f718f92721af3b95e74349a"
+
+
+@pytest.mark.skipif(
+    not Path("/work/shared/data/mnist/train-images-idx3-ubyte.gz").exists(),
+    reason="no real MNIST on this machine",
+)
+def test_real_mnist_recompressed_copy_passes_the_decompressed_checksums():
+    files = download.fetch("mnist", "/work/shared/data/mnist")
+    assert len(files["train-images-idx3-ubyte.gz"]) == 16 + 60000 * 784
+
+
+def test_downloads_once_then_reuses_the_verified_copy(mirror, tmp_path):
+    mirror.files, source = tiny_idx(tmp_path)
+    root = tmp_path / "cache"
+    first = download.fetch(source, str(root), mirror.url)
+    assert sorted(mirror.hits) == sorted(IDX_NAMES)
+    assert leftovers(root) == sorted(["tiny", *IDX_NAMES])  # in root/NAME, no temporary file
+    again = download.fetch(source, str(root), mirror.url)
+    assert len(mirror.hits) == 4 and again == first  # nothing downloaded the second time
+    splits = data.idx_splits("tiny", first, val_size=10, seed=0)
+    assert (len(splits.x_train), len(splits.x_val), len(splits.x_test)) == (50, 10, 20)
+
+
+def test_a_wrong_checksum_keeps_nothing(mirror, tmp_path):
+    mirror.files, source = tiny_idx(tmp_path)
+    mirror.files["t10k-images-idx3-ubyte.gz"] = gzip.compress(b"not the file")
+    root = tmp_path / "cache"
+    with pytest.raises(FFBenchError) as err:
+        download.fetch(source, str(root), mirror.url)
+    message = str(err.value)
+    assert "t10k-images-idx3-ubyte.gz" in message and "checksum mismatch" in message
+    assert "nothing of it was kept" in message and "\n" not in message
+    assert "t10k-images-idx3-ubyte.gz" not in leftovers(root)
+    assert not [n for n in leftovers(root) if n.endswith(".part")]
+
+
+def test_an_interrupted_download_keeps_nothing(mirror, tmp_path):
+    mirror.files, source = tiny_idx(tmp_path)
+    mirror.truncate = {"train-images-idx3-ubyte.gz"}
+    root = tmp_path / "cache"
+    with pytest.raises(FFBenchError, match="train-images-idx3-ubyte.gz.*interrupted after"):
+        download.fetch(source, str(root), mirror.url)
+    assert leftovers(root) == []  # not even the folder it created
+
+
+def test_offline_with_nothing_cached_names_the_files_and_the_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("FFBENCH_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    with pytest.raises(FFBenchError) as err:
+        download.fetch("kmnist", mirror=closed_port_url())
+    message = str(err.value)
+    assert "\n" not in message and "could not be downloaded" in message
+    assert all(name in message for name in IDX_NAMES)
+    assert str(tmp_path / "xdg" / "ffbench" / "kmnist") in message
+    assert "dataset.root=" in message and "FFBENCH_DATA=" in message
+    assert leftovers(tmp_path / "xdg") == []
+
+
+def test_a_hand_made_folder_is_verified_flat_or_in_a_subfolder(tmp_path):
+    files, source = tiny_idx(tmp_path)
+    for folder in (tmp_path / "flat", tmp_path / "root" / "tiny"):
+        folder.mkdir(parents=True)
+        for name, raw in files.items():
+            (folder / name).write_bytes(raw)
+    assert download.fetch(source, str(tmp_path / "flat")) == download.fetch(
+        source, str(tmp_path / "root")
+    )
+    victim = tmp_path / "flat" / "train-labels-idx1-ubyte.gz"
+    victim.write_bytes(files[victim.name][:-5])
+    with pytest.raises(FFBenchError, match=f"{victim} fails its checksum.*truncated"):
+        download.fetch(source, str(tmp_path / "flat"))
+
+
+def test_recompressed_or_decompressed_copies_pass_by_their_content(tmp_path):
+    files, source = tiny_idx(tmp_path)
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for i, (name, raw) in enumerate(files.items()):
+        content = gzip.decompress(raw)
+        if i % 2:  # stored decompressed
+            (folder / name.removesuffix(".gz")).write_bytes(content)
+        else:  # compressed again: other bytes, same content
+            (folder / name).write_bytes(gzip.compress(content, compresslevel=1, mtime=1))
+    got = download.fetch(source, str(folder))
+    assert got == {name: gzip.decompress(raw) for name, raw in files.items()}
+    victim = folder / "train-labels-idx1-ubyte"
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x07")
+    with pytest.raises(FFBenchError, match=f"{victim} fails its checksum"):
+        download.fetch(source, str(folder))
+
+
+def test_an_idx_header_that_promises_more_is_named():
+    raw = bytes([0, 0, 8, 1]) + (100).to_bytes(4, "big") + bytes(90)
+    with pytest.raises(FFBenchError, match="labels is truncated: .* promises 100 bytes.* found 90"):
+        data.parse_idx(raw, "labels")
+
+
+# CIFAR-10 in its real python format: pickled dicts, b"data" uint8 (N, 3072) stored as red,
+# green and blue planes, b"labels" a list; the class is drawn as a bright red row 2 + 3*label.
+
+
+def cifar_batch(n: int, rng) -> dict:
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 80, (n, 3, 32, 32), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 0, 2 + 3 * label, :] = 255
+    return {b"data": images.reshape(n, -1), b"labels": labels.tolist()}
+
+
+def make_cifar(folder: Path, n=40, n_test=40, seed=0) -> dict[str, bytes]:
+    """cifar-10-batches-py/ and cifar-10-python.tar.gz in `folder`; returns every member."""
+    rng = np.random.default_rng(seed)
+    members = {f"data_batch_{i}": pickle.dumps(cifar_batch(n, rng)) for i in range(1, 6)}
+    members["test_batch"] = pickle.dumps(cifar_batch(n_test, rng))
+    members["batches.meta"] = pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]})
+    (folder / "cifar-10-batches-py").mkdir(parents=True)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, raw in members.items():
+            (folder / "cifar-10-batches-py" / name).write_bytes(raw)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    (folder / "cifar-10-python.tar.gz").write_bytes(buffer.getvalue())
+    return members
+
+
+def test_cifar10_from_the_tarball_or_the_extracted_folder(mirror, tmp_path):
+    made = tmp_path / "made"
+    members = make_cifar(made)
+    sums = write_md5sums(made / "cifar-10-batches-py", tmp_path / "sums.md5")
+    tarball = (made / "cifar-10-python.tar.gz").read_bytes()
+    (tmp_path / "sums.md5").write_text(sums + f"{md5(tarball)}  cifar-10-python.tar.gz\n")
+    mirror.files = {"cifar-10-python.tar.gz": tarball}
+    root = tmp_path / "cache"
+    got = download.fetch("cifar10", str(root), mirror.url, str(tmp_path / "sums.md5"))
+    assert got == members and leftovers(root) == sorted(["cifar10", "cifar-10-python.tar.gz"])
+    assert download.fetch("cifar10", str(made), checksums=str(tmp_path / "sums.md5")) == members
+    splits = data.cifar10_splits("cifar10", got, val_size=20, seed=0)
+    assert splits.x_train.shape == (180, 3072) and splits.x_test.shape == (40, 3072)
+    assert (splits.channels, splits.image_shape) == (3, (32, 32))
+    # planes in the files' order: the red plane's bright row gives the label
+    rows = splits.x_test.view(-1, 3, 32, 32)[:, 0, :, 5].argmax(1)
+    assert torch.equal(rows, 2 + 3 * splits.y_test)
+    # with the built-in checksums the generated files are refused, naming the file
+    with pytest.raises(FFBenchError, match="data_batch_1 fails its checksum"):
+        download.fetch("cifar10", str(made / "cifar-10-batches-py"))
+
+
+def test_normalisation_statistics_come_from_the_training_split_only(tmp_path):
+    made = tmp_path / "made"
+    members = make_cifar(made)
+    splits = data.cifar10_splits("cifar10", members, val_size=20, seed=0)
+    planes = splits.x_train.view(-1, 3, 1024)
+    assert torch.allclose(splits.mean, planes.mean(dim=(0, 2)), atol=1e-6)
+    assert torch.allclose(splits.std, planes.permute(1, 0, 2).reshape(3, -1).std(1), atol=1e-5)
+    scaled = splits.standardized()
+    assert scaled.normalized and torch.equal(scaled.mean, splits.mean)
+    train = scaled.x_train.view(-1, 3, 1024)
+    assert torch.allclose(train.mean(dim=(0, 2)), torch.zeros(3), atol=1e-5)
+    expected_test = (splits.x_test.view(-1, 3, 1024) - splits.mean.view(1, 3, 1)) / splits.std.view(
+        1, 3, 1
+    )
+    assert torch.allclose(scaled.x_test, expected_test.view(-1, 3072))  # training statistics
+    # MNIST keeps its pixels in [0, 1] by default; CIFAR-10 is standardised by default
+    assert not compose_config(["dataset=mnist"]).dataset.normalize
+    assert compose_config(["dataset=cifar10"]).dataset.normalize
+
+
+def test_ff_writes_the_label_into_every_colour_channel():
+    x = torch.rand(4, 3 * 16)
+    labels = torch.tensor([0, 3, 9, 3])
+    grey = embed_labels(x, labels, 10, 1.0)
+    assert torch.equal(grey[:, :10], torch.nn.functional.one_hot(labels, 10).float())
+    assert torch.equal(grey[:, 10:], x[:, 10:])
+    colour = embed_labels(x, labels, 10, 1.0, channels=3).view(4, 3, 16)
+    for channel in range(3):
+        assert torch.equal(colour[:, channel, :10], grey[:, :10])
+        assert torch.equal(colour[:, channel, 10:], x.view(4, 3, 16)[:, channel, 10:])
+    neutral = embed_neutral(x, 10, channels=3).view(4, 3, 16)
+    assert torch.all(neutral[:, :, :10] == 0.1)
+
+
+@pytest.mark.parametrize("algo", ["ff", "bp"])
+def test_cifar10_runs_end_to_end(workdir, tmp_path, mirror, algo):
+    made = tmp_path / "made"
+    make_cifar(made)
+    sums = write_md5sums(made / "cifar-10-batches-py", tmp_path / "sums.md5")
+    tarball = (made / "cifar-10-python.tar.gz").read_bytes()
+    (tmp_path / "sums.md5").write_text(sums + f"{md5(tarball)}  cifar-10-python.tar.gz\n")
+    # FF reads the prepared folder; BP downloads the tarball from the mirror into its cache
+    where = [f"dataset.root={made}"]
+    if algo == "bp":
+        mirror.files = {"cifar-10-python.tar.gz": tarball}
+        where = [f"dataset.root={tmp_path / 'cache'}", f"dataset.mirror={mirror.url}"]
+    result = run_ffbench(
+        workdir,
+        f"algo={algo}",
+        "dataset=cifar10",
+        *where,
+        f"dataset.checksums={tmp_path / 'sums.md5'}",
+        "dataset.val_size=20",
+        "trainer.epochs=1",
+        "model.width=32",
+        "trainer.batch_size=20",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    [run] = all_runs(workdir)
+    assert run.info.status == "FINISHED" and run.data.params["dataset"] == "cifar10"
+    assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
+    if algo == "bp":
+        assert mirror.hits == ["cifar-10-python.tar.gz"]
+        assert leftovers(tmp_path / "cache") == sorted(["cifar10", "cifar-10-python.tar.gz"])
+
+
+DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(
+    not (DEBIAN / "train-images-idx3-ubyte.gz").exists(),
+    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)",
+)
+def test_real_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
+    monkeypatch.delenv("FFBENCH_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty cache: nothing downloaded
+    cfg = compose_config(["dataset=fashion_mnist", f"dataset.mirror={closed_port_url()}"])
+    splits = data.load(cfg.dataset)
+    assert (len(splits.x_train), len(splits.x_val), len(splits.x_test)) == (55000, 5000, 10000)
+    assert splits.y_test[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]  # the official order
+    assert splits.image_shape == (28, 28) and splits.channels == 1
+    assert leftovers(tmp_path) == []
