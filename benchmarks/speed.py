@@ -183,6 +183,7 @@ def main() -> int:
     args = parser.parse_args()
     device = resolve_device("auto")
     console = Console()
+    console.width = max(console.width, 100)  # the table's rows stay whole in a pipe or a log
     console.print(
         f"device {device.type}, torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
