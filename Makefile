@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 STORE ?= $(CURDIR)/outputs/mlflow.db  # the store `make ui` opens
 UI_PORT ?= 5000
 
-.PHONY: install run test test-slow bench bench-memory lint format ui clean
+.PHONY: install run test test-slow test-browser bench bench-memory lint format ui clean
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ run: install  ## FF on the bundled digits data set, recorded in outputs/mlflow.d
 
 test: install  ## the test suite (a few minutes on 2 CPU cores)
 	$(BIN)/pytest
+
+test-browser: install  ## headless Chromium (Debian's `chromium`) on the MLflow UI; screenshots in outputs/ui/
+	$(BIN)/pytest -m slow -rs tests/test_ui.py
 
 test-slow: install  ## long checks: real MNIST accuracy, e.g. FFBENCH_DATA=../shared/data/mnist
 	$(BIN)/pytest -m slow -v

@@ -96,6 +96,10 @@ class AlgoConfig:
     (linear softmax classifier on the normalised activities). Both are logged when they apply."""
     eval_skip_first: bool = True
     """FF: leave the first hidden layer out of the evaluation (paper), if depth > 1."""
+    label_input: str = "pixels"
+    """FF: how the label enters the net: `pixels` (one-hot in the first pixels of the image, the
+    paper) or `planes` (one extra input plane per class, constant over the image, one-hot, so
+    that every position of a conv or locally connected layer sees the label)."""
     label_strength: float = 1.0
     """FF: value written into the true label's pixel (the other label pixels get 0)."""
     peer_norm: float = 0.0
@@ -221,6 +225,7 @@ CHOICES = {
     "algo.loss": ("threshold", "symba"),
     "algo.negatives": ("random_label", "hard_label", "hybrid"),
     "algo.evaluation": ("goodness", "readout"),
+    "algo.label_input": ("pixels", "planes"),
     "algo.schedule": ("simultaneous", "sequential"),
     "goodness.name": ("sumsq", "meansq", "sumabs", "split"),
     "activation.name": (
@@ -302,6 +307,10 @@ def validate(cfg) -> None:
     if cfg.algo.name == "ff" and not cfg.algo.readout and needs_readout:
         raise FFBenchError(f"{needs_readout[0]} needs the read-out: set algo.readout=true")
     _validate_model(cfg)
+    if cfg.algo.negatives == "hybrid" and cfg.algo.label_input == "planes":
+        raise FFBenchError(
+            "algo.negatives=hybrid is unsupervised and writes no label: set algo.label_input=pixels"
+        )
     if cfg.algo.negatives == "hybrid" and cfg.algo.evaluation != "readout":
         raise FFBenchError(
             "algo.negatives=hybrid is unsupervised: set algo.evaluation=readout (goodness evaluation needs labels in the input)"

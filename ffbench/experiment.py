@@ -13,7 +13,7 @@ from ffbench import data as datasets
 from ffbench.activations import make_activation
 from ffbench.bp import Backprop
 from ffbench.config import FFBenchError
-from ffbench.ff import ForwardForward, goodness_units
+from ffbench.ff import ForwardForward, goodness_units, input_features
 from ffbench.flops import train_flops_per_example
 from ffbench.goodness import default_theta
 from ffbench.measure import PeakMemory, Stopwatch
@@ -65,7 +65,8 @@ def build_algorithm(cfg, num_features: int, num_classes: int, image_shape: tuple
     """The net, its learning rule and its optimizer, as the config asks."""
     m = cfg.model
     activation = make_activation(cfg.activation)
-    stack = make_stack(m, num_features, image_shape, activation).to(device)
+    inputs = input_features(cfg, num_features, num_classes, image_shape)
+    stack = make_stack(m, inputs, image_shape, activation).to(device)
     if cfg.algo.name == "ff":
         theta = cfg.algo.theta
         if theta is None:  # per layer: a spatial layer's units depend on its position
@@ -196,7 +197,8 @@ def train(
         final = accuracies(algorithm, d.x_test, d.y_test, "test")
         final |= accuracies(algorithm, d.x_train, d.y_train, "train")
     examples = len(plan) * len(d.x_train)
-    useful = train_flops_per_example(job.cfg, d.num_features, d.num_classes, d.image_shape)
+    inputs = input_features(job.cfg, d.num_features, d.num_classes, d.image_shape)
+    useful = train_flops_per_example(job.cfg, inputs, d.num_classes, d.image_shape)
     useful *= examples
     return final | {
         "train_time_s": stopwatch.seconds,

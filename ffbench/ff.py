@@ -42,6 +42,19 @@ def embed_neutral(x: torch.Tensor, num_classes: int, channels: int = 1) -> torch
     return x
 
 
+def label_plane_size(image_shape: tuple) -> int:
+    """Pixels of one label plane (algo.label_input=planes): one image plane, or 1 feature
+    when the data have no image shape."""
+    return image_shape[0] * image_shape[1] if len(image_shape) == 2 else 1
+
+
+def input_features(cfg, num_features: int, num_classes: int, image_shape: tuple) -> int:
+    """Inputs of the first layer: the data's features, plus FF's label planes if any."""
+    if cfg.algo.name == "ff" and cfg.algo.label_input == "planes":
+        return num_features + num_classes * label_plane_size(image_shape)
+    return num_features
+
+
 def random_wrong_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """A label drawn uniformly from the wrong ones: it never equals the true label."""
     shift = torch.randint(1, num_classes, labels.shape, device=labels.device)
@@ -123,6 +136,7 @@ class ForwardForward:
         self.model = stack
         self.num_classes = num_classes
         self.image_shape = image_shape
+        self.plane_size = label_plane_size(image_shape)
         self.cfg = cfg
         self.supervised = cfg.negatives != "hybrid"
         depth = len(stack.layers)
@@ -158,6 +172,21 @@ class ForwardForward:
         pixels = self.image_shape[0] * self.image_shape[1] if len(self.image_shape) == 2 else 0
         return x.shape[1] // pixels if pixels and x.shape[1] % pixels == 0 else 1
 
+    def with_label(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """x with `labels` written in, as algo.label_input says."""
+        c, strength = self.num_classes, self.cfg.label_strength
+        if self.cfg.label_input == "planes":
+            one_hot = F.one_hot(labels, c).to(x.dtype) * strength
+            return torch.cat([x, one_hot.repeat_interleave(self.plane_size, dim=1)], dim=1)
+        return embed_labels(x, labels, c, strength, self.channels(x))
+
+    def without_label(self, x: torch.Tensor) -> torch.Tensor:
+        """x with every label input at 1 / classes: no label, for the read-out."""
+        c = self.num_classes
+        if self.cfg.label_input == "planes":
+            return torch.cat([x, x.new_full((len(x), c * self.plane_size), 1.0 / c)], dim=1)
+        return embed_neutral(x, c, self.channels(x))
+
     def score(self, a: torch.Tensor, index: int = 0) -> torch.Tensor:
         return self.sign * self.goodnesses[index](a)
 
@@ -177,16 +206,14 @@ class ForwardForward:
         if not self.supervised:
             blur = self.cfg.hybrid_blur_steps
             return x, hybrid_images(x, self.image_shape, blur, self.channels(x))
-        c, strength = self.num_classes, self.cfg.label_strength
         if self.cfg.negatives == "hard_label":
             # As in the reference code: the read-out's softmax on the neutral pass, one pass
             # rather than one per label.
             with torch.no_grad():
                 wrong = sample_wrong_labels(self.readout(features), y)
         else:
-            wrong = random_wrong_labels(y, c)
-        planes = self.channels(x)
-        return embed_labels(x, y, c, strength, planes), embed_labels(x, wrong, c, strength, planes)
+            wrong = random_wrong_labels(y, self.num_classes)
+        return self.with_label(x, y), self.with_label(x, wrong)
 
     def _peer_loss(self, index: int, a_pos: torch.Tensor) -> torch.Tensor:
         """Push each unit's running mean activity towards the layer's mean: no dead units."""
@@ -279,7 +306,7 @@ class ForwardForward:
         """The read-out's input: normalised activities of the evaluated layers, computed
         without a graph, so no read-out gradient reaches the FF layers."""
         if self.supervised:
-            x = embed_neutral(x, self.num_classes, self.channels(x))
+            x = self.without_label(x)
         activities = self.model(x)[self.eval_from :]
         return torch.cat([self.model.norm(a.float()) for a in activities], dim=1)
 
@@ -291,9 +318,7 @@ class ForwardForward:
         """
         n, c = len(x), self.num_classes
         labels = torch.arange(c, device=x.device).repeat(n)
-        h = embed_labels(
-            x.repeat_interleave(c, dim=0), labels, c, self.cfg.label_strength, self.channels(x)
-        )
+        h = self.with_label(x.repeat_interleave(c, dim=0), labels)
         total = torch.zeros(n * c, device=x.device)
         for index, a in enumerate(self.model(h)):
             if index >= self.eval_from:

@@ -1,12 +1,20 @@
 """Shared helpers: run the installed `ffbench` command in a scratch directory, read the
-MLflow store it wrote, and write tiny MNIST files in the real IDX format."""
+MLflow store it wrote, serve it with a real MLflow server and ask that over HTTP, and write
+tiny MNIST files in the real IDX format."""
 
+import contextlib
 import gzip
 import hashlib
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 FFBENCH = shutil.which("ffbench", path=str(Path(sys.executable).parent)) or "ffbench"
+MLFLOW = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
 # Small budgets keep the suite fast; the accuracy tests use the real defaults.
 QUICK = ["trainer.epochs=2", "model.width=32", "trainer.num_threads=1"]  # 1 thread: tiny nets
 
@@ -48,6 +57,66 @@ def all_runs(cwd: Path):
     client = store(cwd)
     ids = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(ids) if ids else []
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(command: list, port: int, cwd: Path | None = None, timeout: float = 120):
+    """Start `command`, a server listening on 127.0.0.1:`port`, and yield its base URL once
+    GET /health answers; the server's whole process group is stopped at the end, whatever
+    happened."""
+    server = subprocess.Popen(
+        [str(part) for part in command],
+        cwd=cwd,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # so that its workers (or make's child) are stopped with it
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None, f"{command[0]} exited"
+                assert time.monotonic() < deadline, f"no answer on {url} within {timeout} s"
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:  # it waits for idle keep-alive connections: no need to let it
+            server.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def mlflow_server(backend_store_uri: str, *options: str, cwd: Path | None = None):
+    """A real `mlflow server` on 127.0.0.1 (one worker) on a free port; see `serving`."""
+    port = free_port()
+    command = [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", backend_store_uri, *options]
+    return serving(command, port, cwd)
+
+
+def rest(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
+    """One call to the MLflow REST API of the server at `url`: GET with `query`, or POST
+    `body` as JSON; returns the decoded answer."""
+    address = f"{url}/api/2.0/mlflow/{endpoint}"
+    if query:
+        address += "?" + urllib.parse.urlencode(query)
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(address, data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.load(answer)
 
 
 @pytest.fixture

@@ -1,18 +1,24 @@
 """End to end through the installed `ffbench` command: runs, sweeps, and what MLflow holds."""
 
-import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import FFBENCH, QUICK, all_runs, clean_env, run_ffbench, store
+from conftest import (
+    FFBENCH,
+    QUICK,
+    all_runs,
+    clean_env,
+    free_port,
+    rest,
+    run_ffbench,
+    serving,
+    store,
+)
 
 FINAL_METRICS = {
     "test_accuracy",
@@ -163,40 +169,14 @@ def test_make_ui_serves_the_recorded_runs(workdir):
     """`make ui` starts a real MLflow server on 127.0.0.1 that shows what ffbench recorded."""
     assert run_ffbench(workdir, *QUICK).returncode == 0
     repo = Path(__file__).resolve().parents[1]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     db = workdir / "outputs" / "mlflow.db"
-    server = subprocess.Popen(
-        ["make", "-s", "-C", str(repo), "ui", f"STORE={db}", f"UI_PORT={port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # so the whole process group can be stopped
-    )
-    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(
-                    f"{base}/experiments/get-by-name?experiment_name=ffbench"
-                ) as r:
-                    experiment = json.load(r)["experiment"]
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mlflow ui did not answer within 90 s"
-                time.sleep(1)
-        query = json.dumps({"experiment_ids": [experiment["experiment_id"]]}).encode()
-        request = urllib.request.Request(
-            f"{base}/runs/search", data=query, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request) as r:
-            runs = json.load(r)["runs"]
-        assert [run["info"]["status"] for run in runs] == ["FINISHED"]
-        assert runs[0]["info"]["run_name"] == "ff-sumsq-relu-digits"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    command = ["make", "-s", "-C", repo, "ui", f"STORE={db}", f"UI_PORT={port}"]
+    with serving(command, port, timeout=90) as url:
+        experiment = rest(url, "experiments/get-by-name", experiment_name="ffbench")["experiment"]
+        runs = rest(url, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    assert [run["info"]["status"] for run in runs] == ["FINISHED"]
+    assert runs[0]["info"]["run_name"] == "ff-sumsq-relu-digits"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

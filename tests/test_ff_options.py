@@ -238,3 +238,30 @@ def test_colour_images_get_the_label_and_the_hybrid_mask_in_every_channel():
     real, hybrid = ff._negative_data(x, y, None)
     from_first = (hybrid == x).view(8, 3, 16)
     assert (from_first == from_first[:, :1]).all()
+
+
+def test_conv_net_learns_the_digits_with_label_planes():
+    result = train_on_digits(["trainer.epochs=15", "model=conv", "algo.label_input=planes"])
+    assert result["test_accuracy_goodness"] > 0.5  # chance is 0.1; measured 0.72 on validation
+
+
+def test_label_planes_add_one_constant_plane_per_class():
+    ff = make_algorithm(
+        48, ["algo=ff", "model.depth=2", "model.width=16", "algo.label_input=planes"]
+    )
+    ff.image_shape, ff.plane_size = (4, 4), 16
+    x, y = torch.rand(5, 48), torch.tensor([0, 3, 9, 3, 1])
+    planes = ff.with_label(x, y)[:, 48:].view(5, 10, 16)
+    assert torch.equal(ff.with_label(x, y)[:, :48], x)  # the image itself is untouched
+    assert torch.equal(planes, F.one_hot(y, 10).float()[:, :, None].expand(5, 10, 16))
+    assert torch.equal(ff.without_label(x)[:, 48:], torch.full((5, 160), 0.1))
+    cfg = experiment.compose_config(["algo=ff", "algo.label_input=planes"])
+    assert experiment.input_features(cfg, 48, 10, (4, 4)) == 48 + 10 * 16  # 10 planes of 4x4
+
+
+def test_label_planes_with_hybrid_negatives_say_what_to_set():
+    cfg = experiment.compose_config(
+        ["algo.negatives=hybrid", "algo.evaluation=readout", "algo.label_input=planes"]
+    )
+    with pytest.raises(Exception, match="set algo.label_input=pixels"):
+        validate(cfg)

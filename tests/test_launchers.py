@@ -3,38 +3,33 @@ joblib workers and submitit's local executor writing to one SQLite store, a real
 server` as the tracking URI, one that is down, two sweeps started together, a bad sweep that
 must write nothing, the SLURM launcher's documented settings, and the optuna sweeper."""
 
-import json
 import multiprocessing
-import os
 import shlex
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FFBENCH, QUICK, all_runs, clean_env, run_ffbench
+from conftest import (
+    FFBENCH,
+    QUICK,
+    all_runs,
+    clean_env,
+    free_port,
+    mlflow_server,
+    rest,
+    run_ffbench,
+)
 from mlflow.tracking import MlflowClient
 
 from ffbench import preflight
 
 REPO = Path(__file__).resolve().parents[1]
-MLFLOW = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
 # One torch thread per job: jobs side by side on a busy 2-core machine, each with a thread
 # per core, spend seconds per epoch spinning instead of milliseconds.
 FAST = QUICK
 TROUBLE = ("database is locked", "duplicate column", "already exists", "Traceback")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def sweep_runs(runs) -> tuple[list, dict]:
@@ -222,38 +217,10 @@ def test_a_new_sqlite_store_is_created_once_by_processes_starting_together(tmp_p
 @pytest.fixture
 def tracking_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 with its own SQLite backend and artifact folder."""
-    port = free_port()
     artifacts = tmp_path / "server-artifacts"
-    command = [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
-    command += ["--artifacts-destination", str(artifacts)]
-    server = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # so that its workers are stopped with it
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=5):
-                    break
-            except OSError:
-                assert server.poll() is None, "mlflow server exited"
-                assert time.monotonic() < deadline, "mlflow server did not answer within 120 s"
-                time.sleep(0.5)
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    with mlflow_server(backend, "--artifacts-destination", str(artifacts), cwd=tmp_path) as uri:
         yield uri, artifacts
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:  # it waits for idle keep-alive connections: no need to let it
-            server.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def test_runs_and_a_sweep_log_to_a_remote_tracking_server(workdir, tracking_server):
@@ -289,14 +256,8 @@ def test_runs_and_a_sweep_log_to_a_remote_tracking_server(workdir, tracking_serv
     # the server stored the artifacts in its --artifacts-destination
     assert len(list(artifacts.glob("*/*/artifacts/config.yaml"))) == 3
     # and its REST API answers a plain HTTP client too
-    query = json.dumps({"experiment_ids": [experiment.experiment_id]}).encode()
-    request = urllib.request.Request(
-        f"{uri}/api/2.0/mlflow/runs/search",
-        data=query,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        assert len(json.load(answer)["runs"]) == 4
+    answer = rest(uri, "runs/search", {"experiment_ids": [experiment.experiment_id]})
+    assert len(answer["runs"]) == 4
 
 
 def test_optuna_sweeper_maximises_the_validation_accuracy(workdir):
