@@ -50,7 +50,9 @@ def experiment_id(client: MlflowClient, cfg, launch_dir: str) -> str:
         # Keep artifacts beside the local store rather than in ./mlruns of whatever directory.
         artifacts = Path(launch_dir, "outputs", "mlartifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifacts)
+        # MLflow 3's UI opens an experiment of unknown kind on its GenAI pages: ours is training.
+        kind = {"mlflow.experimentKind": "custom_model_development"}
+        return client.create_experiment(name, artifact_location=artifacts, tags=kind)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
         return client.get_experiment_by_name(name).experiment_id
 

@@ -27,6 +27,8 @@ def ui(tmp_path_factory):
     assert result.returncode == 0, result.stderr
     with mlflow_server(f"sqlite:///{workdir / 'outputs' / 'mlflow.db'}", cwd=workdir) as url:
         experiment = rest(url, "experiments/get-by-name", experiment_name="ffbench")["experiment"]
+        kind = {t["key"]: t["value"] for t in experiment.get("tags", [])}
+        assert kind["mlflow.experimentKind"] == "custom_model_development"  # "Model training"
         runs = rest(url, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
         [parent] = [r for r in runs if "mlflow.parentRunId" not in tags(r)]
         children = {r["info"]["run_name"]: r for r in runs if r is not parent}
