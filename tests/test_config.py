@@ -55,6 +55,8 @@ def test_hinton_preset_follows_the_reference_recipe():
     assert (cfg.algo.name, cfg.goodness.name, cfg.activation.name) == ("ff", "sumsq", "relu")
     assert cfg.model.norm == "mean_square" and cfg.algo.theta is None  # theta = width
     assert cfg.algo.peer_norm == 0.03 and cfg.trainer.lr_schedule == "linear_decay"
+    # The reference's steps 0.01 * (0.9 d + 0.1 g) in torch's summed-momentum form.
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.algo.readout_lr) == (0.001, 0.9, 0.01)
     bp = compose("config", overrides=["+experiment=hinton_mnist_bp"])
     assert bp.algo.name == "bp" and (bp.model.depth, bp.model.width) == (4, 2000)
 
