@@ -17,7 +17,7 @@ from torch import nn
 
 from ffbench.data import minibatches
 from ffbench.goodness import make_goodness, make_loss
-from ffbench.models import LayerStack
+from ffbench.models import LayerStack, positions
 
 PEER_MOMENTUM = 0.9  # smoothing of the per-unit mean activity in peer normalisation
 
@@ -107,8 +107,7 @@ def per_position_goodness(goodness, channels: int):
     """`goodness` of each position's channel vector: flat channel-major rows -> (N, positions)."""
 
     def g(a: torch.Tensor) -> torch.Tensor:
-        n = a.shape[0]
-        return goodness(a.view(n, channels, -1).transpose(1, 2).reshape(-1, channels)).view(n, -1)
+        return goodness(positions(a, channels))
 
     return g
 
@@ -136,7 +135,6 @@ class ForwardForward:
         self.model = stack
         self.num_classes = num_classes
         self.image_shape = image_shape
-        self.plane_size = label_plane_size(image_shape)
         self.cfg = cfg
         self.supervised = cfg.negatives != "hybrid"
         depth = len(stack.layers)
@@ -147,7 +145,6 @@ class ForwardForward:
         thetas = theta if isinstance(theta, list | tuple) else [theta] * depth
         self.thetas = [self.sign * t for t in thetas]
         self.losses = [make_loss(cfg, t) for t in self.thetas]
-        self.goodness, self.theta, self.loss = self.goodnesses[0], self.thetas[0], self.losses[0]
         self.running_mean = [None] * depth  # peer normalisation state
         # The first hidden layer mostly sees the label pixels themselves, so the paper leaves
         # it out of the evaluation (goodness sum and read-out) when there are layers above it.
@@ -166,11 +163,16 @@ class ForwardForward:
             groups.append({"params": list(self.readout.parameters()), "lr": readout_lr})
         return groups
 
+    @property
+    def plane_size(self) -> int:
+        return label_plane_size(self.image_shape)
+
     def channels(self, x: torch.Tensor) -> int:
         """Colour planes of the channel-first input rows (1 for grey images): the label is
         written into each plane."""
-        pixels = self.image_shape[0] * self.image_shape[1] if len(self.image_shape) == 2 else 0
-        return x.shape[1] // pixels if pixels and x.shape[1] % pixels == 0 else 1
+        if len(self.image_shape) != 2 or x.shape[1] % self.plane_size:
+            return 1
+        return x.shape[1] // self.plane_size
 
     def with_label(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """x with `labels` written in, as algo.label_input says."""
@@ -268,16 +270,13 @@ class ForwardForward:
         the memory FF exists to avoid. Float32 throughout, even under bf16 autocast: the
         gradient must match the parameter's dtype."""
         with torch.autocast(features.device.type, enabled=False):
-            return self._readout_gradient_fp32(features, y)
-
-    def _readout_gradient_fp32(self, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = self.readout(features)
-        error = torch.softmax(logits, dim=1)
-        error[torch.arange(len(y), device=y.device), y] -= 1.0
-        error /= len(y)  # d(mean cross-entropy) / d(logits)
-        self.readout.weight.grad = error.T @ features
-        self.readout.bias.grad = error.sum(dim=0)
-        return F.cross_entropy(logits, y)
+            logits = self.readout(features)
+            error = torch.softmax(logits, dim=1)
+            error[torch.arange(len(y), device=y.device), y] -= 1.0
+            error /= len(y)  # d(mean cross-entropy) / d(logits)
+            self.readout.weight.grad = error.T @ features
+            self.readout.bias.grad = error.sum(dim=0)
+            return F.cross_entropy(logits, y)
 
     def train_epoch(self, x, y, batch_size: int, layer: int | None = None) -> dict[str, float]:
         """One pass over (x, y); `layer` trains only that layer (sequential schedule)."""

@@ -32,7 +32,7 @@ def split(a: torch.Tensor, features: int) -> torch.Tensor:
     goodness; the rest are constraint-violation detectors whose squared activity counts
     against it (the paper's open question 6)."""
     squares = a.pow(2)
-    return squares[:, :features].sum(dim=-1) - squares[:, features:].sum(dim=-1)
+    return squares[..., :features].sum(dim=-1) - squares[..., features:].sum(dim=-1)
 
 
 GOODNESS = {"sumsq": sumsq, "meansq": meansq, "sumabs": sumabs, "split": split}

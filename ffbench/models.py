@@ -124,12 +124,17 @@ class _ContiguousGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
+def positions(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Flat channel-major rows (N, channels * positions) seen as (N, positions, channels):
+    each position's channel vector last, where norms and goodness functions reduce."""
+    return x.view(len(x), channels, -1).transpose(1, 2)
+
+
 def per_position(norm: Callable, channels: int) -> Callable:
     """`norm` applied to each position's channel vector of flat channel-major rows."""
 
     def normalise(x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        return norm(x.view(n, channels, -1).transpose(1, 2)).transpose(1, 2).reshape(n, -1)
+        return norm(positions(x, channels)).transpose(1, 2).reshape(len(x), -1)
 
     return normalise
 

@@ -65,9 +65,9 @@ def test_inverted_objective_rewards_low_goodness_for_positives():
     small loss, the opposite a large one."""
     net = make_ff(overrides=["goodness.inverted=true"])
     quiet, loud = torch.zeros(1, 4), torch.full((1, 4), 3.0)
-    good = net.loss(net.score(quiet), net.score(loud))
-    bad = net.loss(net.score(loud), net.score(quiet))
-    assert net.theta == -16.0 and good < 0.01 < 5 < bad
+    good = net.losses[0](net.score(quiet), net.score(loud))
+    bad = net.losses[0](net.score(loud), net.score(quiet))
+    assert net.thetas[0] == -16.0 and good < 0.01 < 5 < bad
 
 
 def test_activations_known_values():
@@ -249,7 +249,7 @@ def test_label_planes_add_one_constant_plane_per_class():
     ff = make_algorithm(
         48, ["algo=ff", "model.depth=2", "model.width=16", "algo.label_input=planes"]
     )
-    ff.image_shape, ff.plane_size = (4, 4), 16
+    ff.image_shape = (4, 4)
     x, y = torch.rand(5, 48), torch.tensor([0, 3, 9, 3, 1])
     planes = ff.with_label(x, y)[:, 48:].view(5, 10, 16)
     assert torch.equal(ff.with_label(x, y)[:, :48], x)  # the image itself is untouched
