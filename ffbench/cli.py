@@ -13,6 +13,7 @@ import time
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
@@ -20,7 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ffbench import experiment, tracking
-from ffbench.config import FFBenchError, register_schemas, validate
+from ffbench.config import register_schemas, validate
+from ffbench.errors import FFBenchError
 from ffbench.measure import PeakMemory, static_memory_mb
 from ffbench.settings import settings_hash
 
@@ -108,7 +110,9 @@ def app(cfg: DictConfig) -> float:
         return run(cfg)
     except FFBenchError as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra records the job as failed, runs the others, then exits non-zero
+            # Hydra records the job as failed, runs the others, then exits non-zero,
+            # printing a compact exception's message without a traceback.
+            raise CompactHydraException(str(err)) from None
         print(f"ffbench: error: {err}", file=sys.stderr)
         sys.exit(1)
 

@@ -8,12 +8,9 @@ import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
 
 from hydra.core.config_store import ConfigStore
-from hydra.errors import CompactHydraException
 from omegaconf import MISSING, OmegaConf
 
-
-class FFBenchError(CompactHydraException):
-    """A problem the user can fix. Hydra prints only its message (one line) and exits 1."""
+from ffbench.errors import FFBenchError
 
 
 @dataclass

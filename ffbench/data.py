@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ffbench import download
-from ffbench.config import FFBenchError
+from ffbench.errors import FFBenchError
 
 IDX_SETS = ("mnist", "fashion_mnist", "kmnist")
 NAMES = ("digits", *IDX_SETS, "cifar10")

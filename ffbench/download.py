@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ffbench.config import FFBenchError
+from ffbench.errors import FFBenchError
 
 TIMEOUT_S = 30  # per network operation (connect, each read)
 CHUNK = 1 << 20

@@ -12,7 +12,7 @@ import torch
 from ffbench import data as datasets
 from ffbench.activations import make_activation
 from ffbench.bp import Backprop
-from ffbench.config import FFBenchError
+from ffbench.errors import FFBenchError
 from ffbench.ff import ForwardForward, goodness_units, input_features
 from ffbench.flops import train_flops_per_example
 from ffbench.goodness import default_theta

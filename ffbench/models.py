@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
 from ffbench.activations import NORMALISATIONS
-from ffbench.config import FFBenchError
+from ffbench.errors import FFBenchError
 
 SPATIAL = ("conv", "local")
 

@@ -23,7 +23,8 @@ from hydra.errors import CompactHydraException
 from mlflow.tracking import MlflowClient
 from omegaconf.errors import OmegaConfBaseException
 
-from ffbench.config import FFBenchError, validate
+from ffbench.config import validate
+from ffbench.errors import FFBenchError
 
 BASIC_SWEEPER = f"{BasicSweeper.__module__}.{BasicSweeper.__qualname__}"
 PROBE_TIMEOUT_S = 5.0

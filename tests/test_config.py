@@ -6,7 +6,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 
-from ffbench.config import NON_NEGATIVE, POSITIVE, FFBenchError, register_schemas, validate
+from ffbench.config import NON_NEGATIVE, POSITIVE, register_schemas, validate
+from ffbench.errors import FFBenchError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUP_OPTIONS = sorted(

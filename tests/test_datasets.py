@@ -19,8 +19,8 @@ import torch
 from conftest import all_runs, make_mnist, run_ffbench, write_md5sums
 
 from ffbench import data, download
-from ffbench.config import FFBenchError
 from ffbench.download import Checksum, Source
+from ffbench.errors import FFBenchError
 from ffbench.experiment import compose_config
 from ffbench.ff import embed_labels, embed_neutral
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import make_mnist
 
-from ffbench.config import FFBenchError
 from ffbench.data import load_digits, load_mnist
 from ffbench.download import REGISTRY, folders
+from ffbench.errors import FFBenchError
 
 
 @pytest.mark.parametrize("compress", [True, False])

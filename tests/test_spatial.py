@@ -10,7 +10,8 @@ from conftest import all_runs, run_ffbench
 from ffbench import experiment
 from ffbench.activations import NORMALISATIONS
 from ffbench.analytic import saved_activation_bytes
-from ffbench.config import FFBenchError, validate
+from ffbench.config import validate
+from ffbench.errors import FFBenchError
 from ffbench.ff import embed_labels, per_position_goodness
 from ffbench.flops import goodness_eval_flops_per_example, train_flops_per_example
 from ffbench.goodness import GOODNESS

@@ -6,7 +6,8 @@ import torch
 from conftest import QUICK, all_runs, make_ff, run_ffbench
 
 from ffbench import experiment
-from ffbench.config import FFBenchError, validate
+from ffbench.config import validate
+from ffbench.errors import FFBenchError
 from ffbench.experiment import compose_config
 from ffbench.flops import goodness_eval_flops_per_example, train_flops_per_example
 
