@@ -17,7 +17,8 @@ import sys
 import torch
 
 from ffbench.analytic import saved_activation_bytes
-from ffbench.experiment import build_algorithm, compose_config, resolve_device
+from ffbench.config import compose
+from ffbench.experiment import build_learner, make_optimizer, resolve_device
 from ffbench.measure import MB, PeakMemory, static_memory_mb
 
 ALGOS = ("ff", "bp", "bp_ckpt")
@@ -27,16 +28,17 @@ FEATURES = 784
 
 def measure_one(algo: str, args) -> dict:
     device = resolve_device("auto")
-    cfg = compose_config([f"algo={algo}", f"model.width={args.width}", f"model.depth={args.depth}"])
+    cfg = compose([f"algo={algo}", f"model.width={args.width}", f"model.depth={args.depth}"])
     torch.manual_seed(0)
-    learner = build_algorithm(cfg, FEATURES, 10, (28, 28), device)
+    learner = build_learner(cfg, FEATURES, 10, (28, 28), device)
+    optimizer = make_optimizer(learner.param_groups(), cfg.optimizer)
     x = torch.rand(args.batch * args.steps, FEATURES, device=device)
     y = torch.randint(0, 10, (len(x),), device=device)
-    with PeakMemory(device, learner.model.parameters()) as memory:
-        learner.train_epoch(x, y, args.batch)
+    with PeakMemory(device, learner.parameters()) as memory:
+        learner.train_epoch(x, y, optimizer, args.batch)
     return (
         memory.metrics()
-        | static_memory_mb(learner.optimizer)
+        | static_memory_mb(optimizer)
         | {
             "predicted_saved_mb": saved_activation_bytes(
                 algo, args.batch, args.width, args.depth, FEATURES

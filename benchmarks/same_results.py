@@ -81,7 +81,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON file to write the results to")
     parser.add_argument("--against", help="JSON file of earlier results: exit 1 on any difference")
-    parser.add_argument("--ffbench", default=shutil.which("ffbench") or "ffbench")
+    here = str(Path(sys.executable).parent)  # the ffbench installed beside this python
+    parser.add_argument("--ffbench", default=shutil.which("ffbench", path=here) or "ffbench")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         results = run_all(args.ffbench, Path(folder))

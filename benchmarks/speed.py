@@ -30,11 +30,12 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.table import Table
 
+from ffbench.config import compose
 from ffbench.experiment import (
     autocast,
-    build_algorithm,
-    compose_config,
+    build_learner,
     configure_torch,
+    make_optimizer,
     resolve_device,
 )
 from ffbench.flops import goodness_eval_flops_per_example, train_flops_per_example
@@ -110,18 +111,19 @@ def row(what, cfg, batch, examples, seconds, flops, reference) -> dict:
 
 
 def bench_training(what, overrides, depth, width, batch, examples, device, args) -> dict:
-    cfg = compose_config([*overrides, f"model.depth={depth}", f"model.width={width}"])
+    cfg = compose([*overrides, f"model.depth={depth}", f"model.width={width}"])
     configure_torch(cfg.trainer, device)
     torch.manual_seed(0)
-    algorithm = build_algorithm(cfg, FEATURES, CLASSES, (28, 28), device)
+    learner = build_learner(cfg, FEATURES, CLASSES, (28, 28), device)
+    optimizer = make_optimizer(learner.param_groups(), cfg.optimizer)
     examples -= examples % batch  # whole batches only: one shape, one compiled graph
     x = torch.rand(examples, FEATURES, device=device)
     y = torch.randint(0, CLASSES, (examples,), device=device)
     with autocast(cfg.trainer, device):
-        algorithm.train_epoch(x[: 4 * batch], y[: 4 * batch], batch)  # warm-up (and compile)
+        learner.train_epoch(x[: 4 * batch], y[: 4 * batch], optimizer, batch)  # warm-up, compile
         sync(device)
         start = time.perf_counter()
-        algorithm.train_epoch(x, y, batch)
+        learner.train_epoch(x, y, optimizer, batch)
         sync(device)
         seconds = time.perf_counter() - start
     dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else torch.float32
@@ -132,14 +134,14 @@ def bench_training(what, overrides, depth, width, batch, examples, device, args)
 
 def bench_goodness_eval(depth, width, examples, device, args) -> dict:
     """Predicting by goodness: every example once per candidate label, one batched pass."""
-    cfg = compose_config([f"model.depth={depth}", f"model.width={width}"])
+    cfg = compose([f"model.depth={depth}", f"model.width={width}"])
     torch.manual_seed(0)
-    algorithm = build_algorithm(cfg, FEATURES, CLASSES, (28, 28), device)
+    learner = build_learner(cfg, FEATURES, CLASSES, (28, 28), device)
     x = torch.rand(examples, FEATURES, device=device)
-    algorithm.label_goodness(x[:100])  # warm-up
+    learner.label_goodness(x[:100])  # warm-up
     sync(device)
     start = time.perf_counter()
-    algorithm.label_goodness(x)
+    learner.label_goodness(x)
     sync(device)
     seconds = time.perf_counter() - start
     rows = CLASSES * examples

@@ -9,46 +9,56 @@ the layer is recomputed during backward) and gradient accumulation over micro-ba
 import torch
 import torch.nn.functional as F
 
+from ffbench.activations import make_activation
 from ffbench.data import minibatches
-from ffbench.models import Classifier, LayerStack
+from ffbench.learner import Learner
+from ffbench.models import Classifier, LayerStack, make_stack
 
 
-class Backprop:
+class Backprop(Learner):
+    evaluation = "output"
+
     def __init__(
         self, stack: LayerStack, num_classes: int, checkpoint: bool = False, accum_steps: int = 1
     ):
-        self.model = Classifier(stack, num_classes, checkpoint).to(next(stack.parameters()).device)
+        super().__init__()
+        self.net = Classifier(stack, num_classes, checkpoint)
         self.accum_steps = accum_steps
-        self.evaluation = "output"
-        self.optimizer = None  # set by the caller, over param_groups()
 
-    def param_groups(self, readout_lr: float) -> list[dict]:
-        return [{"params": list(self.model.parameters())}]
+    @property
+    def stack(self) -> LayerStack:
+        return self.net.stack
+
+    @classmethod
+    def from_config(cls, cfg, num_features: int, num_classes: int, image_shape: tuple):
+        stack = make_stack(cfg.model, num_features, image_shape, make_activation(cfg.activation))
+        checkpoint = cfg.algo.name == "bp_ckpt"
+        return cls(stack, num_classes, checkpoint, cfg.trainer.grad_accum_steps)
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the net on (x, y); trainer.compile compiles this function."""
-        return F.cross_entropy(self.model(x), y)
+        return F.cross_entropy(self.net(x), y)
 
-    def compile(self) -> None:
+    def compile_step(self) -> None:
         self.objective = torch.compile(self.objective)
 
-    def train_epoch(self, x, y, batch_size: int, layer: int | None = None) -> dict[str, float]:
-        """One pass over (x, y); BP always trains every layer, so `layer` must be None."""
-        self.model.train()
+    def train_epoch(self, x, y, optimizer, batch_size: int, layer: int | None = None) -> dict:
+        """BP always trains every layer, so `layer` must be None."""
+        self.train()
         total_loss, batches = 0.0, 0
         for idx in minibatches(len(x), batch_size, x.device):
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             # Each micro-batch's loss is weighted by its share of the batch, so the summed
             # gradient is the whole batch's while only one micro-batch's graph is held.
             for part in idx.tensor_split(min(self.accum_steps, len(idx))):
                 loss = self.objective(x[part], y[part]) * (len(part) / len(idx))
                 loss.backward()
                 total_loss = total_loss + loss.detach()
-            self.optimizer.step()
+            optimizer.step()
             batches += 1
         return {"train_loss": (total_loss / batches).item()}
 
     @torch.no_grad()
     def predict_all(self, x: torch.Tensor, chunk: int = 10000) -> dict[str, torch.Tensor]:
-        self.model.eval()
-        return {"output": torch.cat([self.model(part).argmax(1) for part in x.split(chunk)])}
+        self.eval()
+        return {"output": torch.cat([self.net(part).argmax(1) for part in x.split(chunk)])}

@@ -117,7 +117,7 @@ def app(cfg: DictConfig) -> float:
         sys.exit(1)
 
 
-def _reuse(cfg: DictConfig, done, tags: dict) -> float:
+def _reuse(cfg: DictConfig, done, tags: dict, passes: int) -> float:
     """Record the job as skipped: a FINISHED run that points to `done`, the run holding the
     result, and carries its final metrics, so that every combination of a sweep has its row of
     numbers in the MLflow UI (the tag ffbench.skipped tells copies from measurements)."""
@@ -129,7 +129,7 @@ def _reuse(cfg: DictConfig, done, tags: dict) -> float:
         "result of these settings; the metrics are copied from it.",
     }
     with tracking.job_run(cfg, tags) as run:
-        tracking.log_metrics(done.data.metrics, step=len(experiment.training_plan(cfg)))
+        tracking.log_metrics(done.data.metrics, step=passes)
     message = f"reused run {original} ({done.info.run_name}): FINISHED with the same settings"
     log.info(message)
     console.print(
@@ -152,13 +152,12 @@ def run(cfg: DictConfig) -> float:
     done = None
     if cfg.resume and sweeping:
         done = tracking.finished_run(cfg, tags["ffbench.settings_hash"])
+    passes = len(experiment.training_plan(job))
     if done is not None:
-        return _reuse(cfg, done, tags)
-    model = job.algorithm.model
+        return _reuse(cfg, done, tags, passes)
     # A fresh meter per job: its peaks start at zero even when a sweep shares the process.
-    memory = PeakMemory(device, model.parameters()) if cfg.measure.memory else None
+    memory = PeakMemory(device, job.learner.parameters()) if cfg.measure.memory else None
     with tracking.job_run(cfg, tags) as run, _progress() as progress:
-        passes = len(experiment.training_plan(cfg))
         bar = progress.add_task(run.info.run_name, total=passes, loss=0.0, val=0.0)
 
         last = {}
@@ -173,7 +172,7 @@ def run(cfg: DictConfig) -> float:
 
         final = experiment.train(job, on_epoch, memory)
         if memory is not None:
-            final |= memory.metrics() | static_memory_mb(job.algorithm.optimizer)
+            final |= memory.metrics() | static_memory_mb(job.optimizer)
             tracking.set_tag("ffbench.peak_rss_method", memory.method)
             if memory.method != "vmhwm":
                 log.warning(

@@ -20,9 +20,6 @@ import torch
 from ffbench import download
 from ffbench.errors import FFBenchError
 
-IDX_SETS = ("mnist", "fashion_mnist", "kmnist")
-NAMES = ("digits", *IDX_SETS, "cifar10")
-
 
 @dataclass
 class Splits:
@@ -78,14 +75,7 @@ class Splits:
 
 def load(cfg) -> Splits:
     """Load the data set named by `cfg.name` (a DatasetConfig)."""
-    if cfg.name == "digits":
-        splits = load_digits(cfg.val_size, cfg.test_size, cfg.split_seed)
-    elif cfg.name in IDX_SETS or cfg.name == "cifar10":
-        files = download.fetch(cfg.name, cfg.root, cfg.mirror, cfg.checksums)
-        reader = idx_splits if cfg.name in IDX_SETS else cifar10_splits
-        splits = reader(cfg.name, files, cfg.val_size, cfg.split_seed)
-    else:
-        raise FFBenchError(f"dataset.name={cfg.name} is unknown: choose one of {', '.join(NAMES)}")
+    splits = LOADERS[cfg.name](cfg)
     return splits.standardized() if cfg.normalize else splits
 
 
@@ -229,6 +219,30 @@ def cifar10_splits(name: str, files: dict[str, bytes], val_size: int, seed: int)
     _check_val_size(val_size, len(x), name)
     (xt, yt), (xv, yv) = _split(x, y, [val_size], seed)
     return Splits(name, xt, yt, xv, yv, xs, ys, image_shape=(32, 32), channels=3)
+
+
+def _bundled_digits(cfg) -> Splits:
+    return load_digits(cfg.val_size, cfg.test_size, cfg.split_seed)
+
+
+def _downloaded(reader):
+    """A loader that fetches the data set's verified files, then reads them with `reader`."""
+
+    def load_files(cfg) -> Splits:
+        files = download.fetch(cfg.name, cfg.root, cfg.mirror, cfg.checksums)
+        return reader(cfg.name, files, cfg.val_size, cfg.split_seed)
+
+    return load_files
+
+
+# dataset.name -> loader(DatasetConfig); the files of the downloaded ones: download.REGISTRY
+LOADERS = {
+    "digits": _bundled_digits,
+    "mnist": _downloaded(idx_splits),
+    "fashion_mnist": _downloaded(idx_splits),
+    "kmnist": _downloaded(idx_splits),
+    "cifar10": _downloaded(cifar10_splits),
+}
 
 
 def minibatches(n: int, batch_size: int, device: torch.device):

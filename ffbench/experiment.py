@@ -1,6 +1,6 @@
-"""One job, from a resolved config to its numbers: check the config, load the data, build the
-net and the learning rule, train epoch by epoch, evaluate. Nothing here logs or prints:
-`on_epoch` receives each epoch's metrics and the caller decides what to do with them."""
+"""One job, from a resolved config to its numbers: load the data, build the learner and its
+optimizer, train epoch by epoch, evaluate. Nothing here logs or prints: `on_epoch` receives
+each epoch's metrics and the caller decides what to do with them."""
 
 import math
 from collections.abc import Callable
@@ -10,14 +10,15 @@ from dataclasses import dataclass
 import torch
 
 from ffbench import data as datasets
-from ffbench.activations import make_activation
 from ffbench.bp import Backprop
 from ffbench.errors import FFBenchError
-from ffbench.ff import ForwardForward, goodness_units, input_features
+from ffbench.ff import ForwardForward
 from ffbench.flops import train_flops_per_example
-from ffbench.goodness import default_theta
+from ffbench.learner import Learner
 from ffbench.measure import PeakMemory, Stopwatch
-from ffbench.models import make_stack
+
+# algo.name -> the learner class
+LEARNERS = {"ff": ForwardForward, "bp": Backprop, "bp_ckpt": Backprop}
 
 
 @dataclass
@@ -25,7 +26,8 @@ class Job:
     cfg: object
     device: torch.device
     data: datasets.Splits
-    algorithm: ForwardForward | Backprop
+    learner: Learner
+    optimizer: torch.optim.Optimizer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,60 +49,46 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# optimizer.name -> (OptimizerConfig -> torch class and its options)
+OPTIMIZERS = {
+    "adam": lambda cfg: (torch.optim.Adam, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}),
+    "sgd": lambda cfg: (
+        torch.optim.SGD,
+        {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay},
+    ),
+}
+
+
 def make_optimizer(param_groups: list[dict], cfg) -> torch.optim.Optimizer:
-    """Adam or SGD; the fused implementation (one kernel for all tensors, ~3x faster than the
-    default on CPU) wherever this torch has one for the parameters' device."""
-    if cfg.name == "adam":
-        kind, options = torch.optim.Adam, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    else:
-        kind = torch.optim.SGD
-        options = {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
+    """The optimizer an OptimizerConfig names; the fused implementation (one kernel for all
+    tensors) wherever this torch has one for the parameters' device."""
+    kind, options = OPTIMIZERS[cfg.name](cfg)
     try:
         return kind(param_groups, fused=True, **options)
     except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
         return kind(param_groups, **options)
 
 
-def build_algorithm(cfg, num_features: int, num_classes: int, image_shape: tuple, device):
-    """The net, its learning rule and its optimizer, as the config asks."""
-    m = cfg.model
-    activation = make_activation(cfg.activation)
-    inputs = input_features(cfg, num_features, num_classes, image_shape)
-    stack = make_stack(m, inputs, image_shape, activation).to(device)
-    if cfg.algo.name == "ff":
-        theta = cfg.algo.theta
-        if theta is None:  # per layer: a spatial layer's units depend on its position
-            units = goodness_units(stack, cfg.goodness)
-            theta = [default_theta(cfg.goodness.name, u, m.norm) for u in units]
-        algorithm = ForwardForward(stack, num_classes, image_shape, cfg.algo, cfg.goodness, theta)
-    else:
-        checkpoint = cfg.algo.name == "bp_ckpt"
-        algorithm = Backprop(stack, num_classes, checkpoint, cfg.trainer.grad_accum_steps)
+def build_learner(cfg, num_features: int, num_classes: int, image_shape: tuple, device):
+    """The learner the config asks for, on `device`, compiled if trainer.compile says so."""
+    learner = LEARNERS[cfg.algo.name].from_config(cfg, num_features, num_classes, image_shape)
+    learner = learner.to(device)
     if cfg.trainer.compile:
-        algorithm.compile()
-    groups = algorithm.param_groups(readout_lr=cfg.algo.readout_lr)
-    algorithm.optimizer = make_optimizer(groups, cfg.optimizer)
-    return algorithm
+        learner.compile_step()
+    return learner
 
 
-def compose_config(overrides=()):
-    """The config `ffbench` would run with these overrides, for scripts and tests."""
-    from hydra import compose, initialize_config_module
-
-    from ffbench.config import register_schemas
-
-    register_schemas()
-    with initialize_config_module(config_module="ffbench.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+# torch's own choice of CPU threads, before any job changed it
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 def configure_torch(cfg, device: torch.device) -> None:
-    """Process-wide torch settings from the TrainerConfig `cfg`."""
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    """Process-wide torch settings from the TrainerConfig `cfg`, every one of them set by
+    every job, so that no job inherits another's in a sweep that shares the process."""
+    torch.set_num_threads(cfg.num_threads or DEFAULT_THREADS)
     # FF's softplus gradients underflow into subnormal floats, which the CPU's matrix unit
-    # handles many times slower: flushing them to zero halved the time of FF's weight
-    # gradients in `make bench`, and changes no value above 1e-38.
+    # handles many times slower (docs/performance.md); flushing them to zero changes no
+    # value above 1e-38.
     torch.set_flush_denormal(True)
     if cfg.precision == "tf32" and device.type != "cuda":
         raise FFBenchError(
@@ -132,36 +120,41 @@ def prepare(cfg, device: torch.device) -> Job:
         raise FFBenchError(f"{splits.name} has too few features to write a label into for FF")
     configure_torch(cfg.trainer, device)
     torch.manual_seed(cfg.trainer.seed)  # every job starts from the same random state
-    algorithm = build_algorithm(
+    learner = build_learner(
         cfg, splits.num_features, splits.num_classes, splits.image_shape, device
     )
-    return Job(cfg, device, splits.to(device), algorithm)
+    optimizer = make_optimizer(learner.param_groups(), cfg.optimizer)
+    return Job(cfg, device, splits.to(device), learner, optimizer)
 
 
-def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
-    """Multiplier of the base learning rate in `epoch` (1-based) of `epochs`. linear_decay:
-    1 for the first half, then down in equal steps to 1/epochs of it in the last epoch."""
-    if schedule == "constant":
-        return 1.0
+def constant(epoch: int, epochs: int) -> float:
+    return 1.0
+
+
+def linear_decay(epoch: int, epochs: int) -> float:
+    """1 for the first half, then down in equal steps to 1/epochs in the last epoch."""
     return min(1.0, 2.0 * (epochs - epoch + 1) / epochs)
 
 
-def accuracies(algorithm, x: torch.Tensor, y: torch.Tensor, split: str) -> dict[str, float]:
-    """`{split}_accuracy` from the headline evaluation and, for FF, `{split}_accuracy_{name}`
-    for each of its evaluations (goodness, readout) beside it."""
-    predictions = algorithm.predict_all(x)
+# trainer.lr_schedule -> multiplier of the base learning rate in epoch (1-based) of epochs
+LR_SCHEDULES = {"constant": constant, "linear_decay": linear_decay}
+
+
+def accuracies(learner: Learner, x: torch.Tensor, y: torch.Tensor, split: str) -> dict:
+    """`{split}_accuracy` from the learner's headline evaluation and, for a learner that
+    reports each of its evaluations (FF: goodness, readout), `{split}_accuracy_{name}`."""
+    predictions = learner.predict_all(x)
     found = {name: (p == y).float().mean().item() for name, p in predictions.items()}
-    metrics = {f"{split}_accuracy": found[algorithm.evaluation]}
-    if isinstance(algorithm, ForwardForward):
+    metrics = {f"{split}_accuracy": found[learner.evaluation]}
+    if learner.reports_each_evaluation:
         metrics |= {f"{split}_accuracy_{name}": value for name, value in found.items()}
     return metrics
 
 
-def training_plan(cfg) -> list[tuple[int | None, int]]:
+def training_plan(job: Job) -> list[tuple[int | None, int]]:
     """(layer to train or None for all, epoch) for each pass over the training data."""
-    sequential = cfg.algo.name == "ff" and cfg.algo.schedule == "sequential"
-    layers = range(cfg.model.depth) if sequential else [None]
-    return [(layer, epoch) for layer in layers for epoch in range(1, cfg.trainer.epochs + 1)]
+    epochs = range(1, job.cfg.trainer.epochs + 1)
+    return [(layer, epoch) for layer in job.learner.stages() for epoch in epochs]
 
 
 def train(
@@ -174,15 +167,17 @@ def train(
     `step` counting passes). Validation accuracy is measured after each pass and handed to
     `on_epoch`; its last value is the run's final one, so it is not repeated here. `memory`,
     if given, is entered around each pass's training, like the stopwatch."""
-    cfg, d, algorithm = job.cfg.trainer, job.data, job.algorithm
-    plan = training_plan(job.cfg)
+    cfg, d, learner = job.cfg.trainer, job.data, job.learner
+    plan = training_plan(job)
     stopwatch = Stopwatch(job.device)  # times training only, never evaluation
     for step, (layer, epoch) in enumerate(plan, start=1):
-        factor = lr_factor(cfg.lr_schedule, epoch, cfg.epochs)
-        for group in algorithm.optimizer.param_groups:
+        factor = LR_SCHEDULES[cfg.lr_schedule](epoch, cfg.epochs)
+        for group in job.optimizer.param_groups:
             group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
         with memory or nullcontext(), stopwatch, autocast(cfg, job.device):
-            metrics = algorithm.train_epoch(d.x_train, d.y_train, cfg.batch_size, layer)
+            metrics = learner.train_epoch(
+                d.x_train, d.y_train, job.optimizer, cfg.batch_size, layer
+            )
         if not math.isfinite(metrics["train_loss"]):
             raise FFBenchError(
                 f"training diverged: train_loss is {metrics['train_loss']} at epoch {step}; "
@@ -191,13 +186,13 @@ def train(
         metrics["epoch_time_s"] = stopwatch.last
         metrics["lr_factor"] = factor
         with autocast(cfg, job.device):
-            metrics |= accuracies(algorithm, d.x_val, d.y_val, "val")
+            metrics |= accuracies(learner, d.x_val, d.y_val, "val")
         on_epoch(step, metrics)
     with autocast(cfg, job.device):
-        final = accuracies(algorithm, d.x_test, d.y_test, "test")
-        final |= accuracies(algorithm, d.x_train, d.y_train, "train")
+        final = accuracies(learner, d.x_test, d.y_test, "test")
+        final |= accuracies(learner, d.x_train, d.y_train, "train")
     examples = len(plan) * len(d.x_train)
-    inputs = input_features(job.cfg, d.num_features, d.num_classes, d.image_shape)
+    inputs = learner.stack.in_features  # the data's, plus FF's label planes if any
     useful = train_flops_per_example(job.cfg, inputs, d.num_classes, d.image_shape)
     useful *= examples
     return final | {

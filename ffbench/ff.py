@@ -9,15 +9,25 @@ Each layer pushes its score (signed goodness, see goodness.py) above theta for p
 below it for negatives. A layer's input is detached and normalised, so no gradient and no
 goodness crosses layers, and each layer's loss is back-propagated right after its forward
 pass: only the current layer's activations are ever held for a backward pass.
+
+The learner is assembled from parts, each chosen by one config key from a registry here or in
+goodness.py, so that a new variant is a new entry rather than a new branch:
+
+- how the label enters the input: LABEL_INPUTS (algo.label_input);
+- how negative data are made: NEGATIVES (algo.negatives);
+- each layer's objective: goodness.GOODNESS (goodness.name) and goodness.LOSSES (algo.loss);
+- PeerNorm (algo.peer_norm) and the linear Readout (algo.readout).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ffbench.activations import make_activation
 from ffbench.data import minibatches
-from ffbench.goodness import make_goodness, make_loss
-from ffbench.models import LayerStack, positions
+from ffbench.goodness import LOSSES, default_theta, make_goodness
+from ffbench.learner import Learner
+from ffbench.models import LayerStack, make_stack, positions
 
 PEER_MOMENTUM = 0.9  # smoothing of the per-unit mean activity in peer normalisation
 
@@ -46,13 +56,6 @@ def label_plane_size(image_shape: tuple) -> int:
     """Pixels of one label plane (algo.label_input=planes): one image plane, or 1 feature
     when the data have no image shape."""
     return image_shape[0] * image_shape[1] if len(image_shape) == 2 else 1
-
-
-def input_features(cfg, num_features: int, num_classes: int, image_shape: tuple) -> int:
-    """Inputs of the first layer: the data's features, plus FF's label planes if any."""
-    if cfg.algo.name == "ff" and cfg.algo.label_input == "planes":
-        return num_features + num_classes * label_plane_size(image_shape)
-    return num_features
 
 
 def random_wrong_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -92,6 +95,93 @@ def hybrid_images(
     return mask * x + (1 - mask) * x.roll(1, dims=0)
 
 
+def colour_planes(image_shape: tuple, num_features: int) -> int:
+    """Colour planes of channel-first rows of `num_features` (1 for grey images, and for data
+    that are not (H, W) images): the label is written into each plane."""
+    plane = label_plane_size(image_shape)
+    if len(image_shape) != 2 or num_features % plane:
+        return 1
+    return num_features // plane
+
+
+# How the label enters the input (algo.label_input). Each writes a label into raw data rows,
+# or the neutral label (every class at 1 / classes) for the label-free pass of the read-out.
+
+
+class PixelLabels:
+    """The one-hot label in the first pixels of every colour plane (the paper)."""
+
+    def __init__(self, num_classes: int, strength: float, image_shape: tuple, num_features: int):
+        self.num_classes, self.strength = num_classes, strength
+        self.channels = colour_planes(image_shape, num_features)
+
+    def in_features(self, num_features: int) -> int:
+        return num_features
+
+    def with_label(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return embed_labels(x, labels, self.num_classes, self.strength, self.channels)
+
+    def neutral(self, x: torch.Tensor) -> torch.Tensor:
+        return embed_neutral(x, self.num_classes, self.channels)
+
+
+class PlaneLabels:
+    """One extra input plane per class, constant over the image, one-hot: every position of a
+    conv or locally connected layer sees the label."""
+
+    def __init__(self, num_classes: int, strength: float, image_shape: tuple, num_features: int):
+        self.num_classes, self.strength = num_classes, strength
+        self.plane = label_plane_size(image_shape)
+
+    def in_features(self, num_features: int) -> int:
+        return num_features + self.num_classes * self.plane
+
+    def with_label(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        one_hot = F.one_hot(labels, self.num_classes).to(x.dtype) * self.strength
+        return torch.cat([x, one_hot.repeat_interleave(self.plane, dim=1)], dim=1)
+
+    def neutral(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.num_classes
+        return torch.cat([x, x.new_full((len(x), c * self.plane), 1.0 / c)], dim=1)
+
+
+LABEL_INPUTS = {"pixels": PixelLabels, "planes": PlaneLabels}
+
+
+# How negative data are made (algo.negatives): (learner, x, y, read-out features) ->
+# (positive rows, negative rows). `features` is the read-out's input (None without one).
+
+
+def random_label(ff: "ForwardForward", x, y, features) -> tuple:
+    """The image with its true label, and with a wrong label drawn uniformly."""
+    wrong = random_wrong_labels(y, ff.num_classes)
+    return ff.labels.with_label(x, y), ff.labels.with_label(x, wrong)
+
+
+@torch.no_grad()
+def _hard_wrong_labels(ff: "ForwardForward", y, features) -> torch.Tensor:
+    return sample_wrong_labels(ff.readout(features), y)
+
+
+def hard_label(ff: "ForwardForward", x, y, features) -> tuple:
+    """As random_label, the wrong label drawn from the read-out's softmax on the neutral pass
+    (the reference code's way: one pass rather than one per label)."""
+    wrong = _hard_wrong_labels(ff, y, features)
+    return ff.labels.with_label(x, y), ff.labels.with_label(x, wrong)
+
+
+def hybrid(ff: "ForwardForward", x, y, features) -> tuple:
+    """Unsupervised: the real image against a hybrid of two images (no label anywhere)."""
+    return x, hybrid_images(x, ff.image_shape, ff.blur_steps, ff.channels)
+
+
+NEGATIVES = {"random_label": random_label, "hard_label": hard_label, "hybrid": hybrid}
+UNSUPERVISED = ("hybrid",)  # negatives that need no label in the input
+
+
+# Each layer's objective: goodness of the whole layer or per position, threshold, loss.
+
+
 def _per_position(stack: LayerStack, goodness_cfg) -> bool:
     return getattr(goodness_cfg, "spatial", "whole") == "position" and stack.shapes is not None
 
@@ -120,133 +210,137 @@ def make_layer_goodness(stack: LayerStack, goodness_cfg) -> list:
     return [per_position_goodness(make_goodness(goodness_cfg, c), c) for c in units]
 
 
-class ForwardForward:
-    def __init__(
-        self,
-        stack: LayerStack,
-        num_classes: int,
-        image_shape: tuple,
-        cfg,
-        goodness_cfg,
-        theta: float | list[float],
-    ):
-        """`cfg` is the AlgoConfig, `goodness_cfg` the GoodnessConfig; `theta` is resolved:
-        one for every layer, or one per layer (default thetas follow each layer's units)."""
-        self.model = stack
-        self.num_classes = num_classes
-        self.image_shape = image_shape
-        self.cfg = cfg
-        self.supervised = cfg.negatives != "hybrid"
+class PeerNorm(nn.Module):
+    """Pushes each unit's running mean activity towards its layer's mean: no dead units.
+    The running means are buffers, so they are saved with the learner."""
+
+    def __init__(self, depth: int, coefficient: float):
+        super().__init__()
+        self.coefficient = coefficient
+        for index in range(depth):
+            self.register_buffer(f"mean{index}", None)  # set by the first minibatch
+
+    def loss(self, index: int, a_pos: torch.Tensor) -> torch.Tensor:
+        mean = a_pos.mean(dim=0)
+        previous = getattr(self, f"mean{index}")
+        if previous is not None:
+            mean = PEER_MOMENTUM * previous + (1 - PEER_MOMENTUM) * mean
+        setattr(self, f"mean{index}", mean.detach())
+        return self.coefficient * (mean.mean() - mean).pow(2).mean()
+
+
+class Readout(nn.Linear):
+    """Linear softmax classifier on the normalised activities of the evaluated layers, with no
+    gradient into the FF layers."""
+
+    @torch.no_grad()
+    def set_gradient(self, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Set the cross-entropy gradient in closed form and return the loss: autograd would
+        keep `features` (every evaluated layer's activities) for a backward pass, which is
+        exactly the memory FF exists to avoid. Float32 throughout, even under bf16 autocast:
+        the gradient must match the parameter's dtype."""
+        with torch.autocast(features.device.type, enabled=False):
+            logits = self(features)
+            error = torch.softmax(logits, dim=1)
+            error[torch.arange(len(y), device=y.device), y] -= 1.0
+            error /= len(y)  # d(mean cross-entropy) / d(logits)
+            self.weight.grad = error.T @ features
+            self.bias.grad = error.sum(dim=0)
+            return F.cross_entropy(logits, y)
+
+
+class ForwardForward(Learner):
+    reports_each_evaluation = True  # goodness and read-out side by side
+
+    def __init__(self, cfg, stack: LayerStack, labels, thetas: list[float], data_shape: tuple):
+        """`cfg` is the resolved config; `labels` how the label enters the input (None for
+        unsupervised negatives); `thetas` one threshold per layer, in goodness units;
+        `data_shape` is (features, classes, image shape) of the data, before any label."""
+        super().__init__()
+        num_features, self.num_classes, self.image_shape = data_shape
+        self.stack, self.labels = stack, labels
+        self.channels = colour_planes(self.image_shape, num_features)
+        self.blur_steps = cfg.algo.hybrid_blur_steps
+        self.negatives = NEGATIVES[cfg.algo.negatives]
         depth = len(stack.layers)
         # Per layer: the goodness (of the whole layer, or per position: (batch, positions)),
         # theta in score units and the loss. All layers of an MLP get the same ones.
-        self.goodnesses = make_layer_goodness(stack, goodness_cfg)
-        self.sign = -1.0 if goodness_cfg.inverted else 1.0
-        thetas = theta if isinstance(theta, list | tuple) else [theta] * depth
+        self.goodnesses = make_layer_goodness(stack, cfg.goodness)
+        self.sign = -1.0 if cfg.goodness.inverted else 1.0
         self.thetas = [self.sign * t for t in thetas]
-        self.losses = [make_loss(cfg, t) for t in self.thetas]
-        self.running_mean = [None] * depth  # peer normalisation state
+        self.losses = [LOSSES[cfg.algo.loss](cfg.algo, t) for t in self.thetas]
+        self.peer = PeerNorm(depth, cfg.algo.peer_norm) if cfg.algo.peer_norm > 0 else None
+        self.sequential = cfg.algo.schedule == "sequential"
         # The first hidden layer mostly sees the label pixels themselves, so the paper leaves
         # it out of the evaluation (goodness sum and read-out) when there are layers above it.
-        self.eval_from = 1 if cfg.eval_skip_first and depth > 1 else 0
-        device = stack.layers[0].weight.device
+        self.eval_from = 1 if cfg.algo.eval_skip_first and depth > 1 else 0
         self.readout = None  # trained only if asked for: it costs a label-free forward pass
-        if cfg.readout:
+        if cfg.algo.readout:
             evaluated = sum(layer.out_features for layer in stack.layers[self.eval_from :])
-            self.readout = nn.Linear(evaluated, num_classes).to(device)
-        self.evaluation = cfg.evaluation
-        self.optimizer = None  # set by the caller, over param_groups()
+            self.readout = Readout(evaluated, self.num_classes)
+        self.readout_lr = cfg.algo.readout_lr
+        self.evaluation = cfg.algo.evaluation
 
-    def param_groups(self, readout_lr: float) -> list[dict]:
-        groups = [{"params": list(self.model.parameters())}]
+    @classmethod
+    def from_config(cls, cfg, num_features: int, num_classes: int, image_shape: tuple):
+        a = cfg.algo
+        labels = None  # unsupervised: positives and negatives carry no label
+        if a.negatives not in UNSUPERVISED:
+            labels = LABEL_INPUTS[a.label_input](
+                num_classes, a.label_strength, image_shape, num_features
+            )
+        inputs = num_features if labels is None else labels.in_features(num_features)
+        stack = make_stack(cfg.model, inputs, image_shape, make_activation(cfg.activation))
+        thetas = [a.theta] * cfg.model.depth
+        if a.theta is None:  # per layer: a spatial layer's units depend on its position
+            units = goodness_units(stack, cfg.goodness)
+            thetas = [default_theta(cfg.goodness.name, u, cfg.model.norm) for u in units]
+        return cls(cfg, stack, labels, thetas, (num_features, num_classes, image_shape))
+
+    def param_groups(self) -> list[dict]:
+        groups = [{"params": list(self.stack.parameters())}]
         if self.readout is not None:
-            groups.append({"params": list(self.readout.parameters()), "lr": readout_lr})
+            groups.append({"params": list(self.readout.parameters()), "lr": self.readout_lr})
         return groups
 
-    @property
-    def plane_size(self) -> int:
-        return label_plane_size(self.image_shape)
-
-    def channels(self, x: torch.Tensor) -> int:
-        """Colour planes of the channel-first input rows (1 for grey images): the label is
-        written into each plane."""
-        if len(self.image_shape) != 2 or x.shape[1] % self.plane_size:
-            return 1
-        return x.shape[1] // self.plane_size
-
-    def with_label(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """x with `labels` written in, as algo.label_input says."""
-        c, strength = self.num_classes, self.cfg.label_strength
-        if self.cfg.label_input == "planes":
-            one_hot = F.one_hot(labels, c).to(x.dtype) * strength
-            return torch.cat([x, one_hot.repeat_interleave(self.plane_size, dim=1)], dim=1)
-        return embed_labels(x, labels, c, strength, self.channels(x))
-
-    def without_label(self, x: torch.Tensor) -> torch.Tensor:
-        """x with every label input at 1 / classes: no label, for the read-out."""
-        c = self.num_classes
-        if self.cfg.label_input == "planes":
-            return torch.cat([x, x.new_full((len(x), c * self.plane_size), 1.0 / c)], dim=1)
-        return embed_neutral(x, c, self.channels(x))
+    def stages(self) -> list[int | None]:
+        return list(range(len(self.stack.layers))) if self.sequential else [None]
 
     def score(self, a: torch.Tensor, index: int = 0) -> torch.Tensor:
         return self.sign * self.goodnesses[index](a)
 
-    def compile(self) -> None:
+    def compile_step(self) -> None:
         # One compiled graph per layer index and batch shape: allow one per layer, and more.
-        torch._dynamo.config.cache_size_limit = max(64, 4 * len(self.model.layers))
+        torch._dynamo.config.cache_size_limit = max(64, 4 * len(self.stack.layers))
         self.layer_objective = torch.compile(self.layer_objective)
 
     def layer_objective(self, index: int, h: torch.Tensor, n: int) -> tuple:
         """Activities, scores and FF loss of layer `index` on [positives; negatives] (n each).
         One function, so that trainer.compile can fuse its element-wise work."""
-        a = self.model.layer(index, h)
+        a = self.stack.layer(index, h)
         s = self.score(a.float(), index)  # goodness in float32 even if the layer ran in bf16
         return a, s, self.losses[index](s[:n], s[n:])
 
-    def _negative_data(self, x: torch.Tensor, y: torch.Tensor, features: torch.Tensor) -> tuple:
-        if not self.supervised:
-            blur = self.cfg.hybrid_blur_steps
-            return x, hybrid_images(x, self.image_shape, blur, self.channels(x))
-        if self.cfg.negatives == "hard_label":
-            # As in the reference code: the read-out's softmax on the neutral pass, one pass
-            # rather than one per label.
-            with torch.no_grad():
-                wrong = sample_wrong_labels(self.readout(features), y)
-        else:
-            wrong = random_wrong_labels(y, self.num_classes)
-        return self.with_label(x, y), self.with_label(x, wrong)
-
-    def _peer_loss(self, index: int, a_pos: torch.Tensor) -> torch.Tensor:
-        """Push each unit's running mean activity towards the layer's mean: no dead units."""
-        mean = a_pos.mean(dim=0)
-        previous = self.running_mean[index]
-        if previous is not None:
-            mean = PEER_MOMENTUM * previous.detach() + (1 - PEER_MOMENTUM) * mean
-        self.running_mean[index] = mean
-        return self.cfg.peer_norm * (mean.mean() - mean).pow(2).mean()
-
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, layers: range) -> torch.Tensor:
+    def train_step(self, x, y, optimizer, layers: range) -> dict[str, torch.Tensor]:
         """One minibatch; trains the `layers` given (all, or one in the sequential schedule).
-
-        Returns statistics: one row (loss, mean positive goodness, mean negative goodness,
-        separation) per trained layer, then the read-out's loss (0 without a read-out).
-        """
+        Returns each trained layer's loss, mean goodness of positives and of negatives and
+        separation (the share of examples on the right side of theta), and the read-out's
+        loss, as tensors: reading them would wait for the device."""
         n = len(x)
         # The read-out's input for this step, before any update (None without a read-out).
         features = self.features(x) if self.readout is not None else None
-        pos, neg = self._negative_data(x, y, features)
+        pos, neg = self.negatives(self, x, y, features)
         h = torch.cat([pos, neg])  # one pass for positives and negatives together
-        self.optimizer.zero_grad(set_to_none=True)
-        rows = []
+        optimizer.zero_grad(set_to_none=True)
+        stats = {}
         for index in range(layers[-1] + 1):
             if index not in layers:  # a frozen lower layer (sequential schedule)
                 with torch.no_grad():
-                    h = self.model.layer(index, h)
+                    h = self.stack.layer(index, h)
                 continue
             a, s, loss = self.layer_objective(index, h, n)
-            if self.cfg.peer_norm > 0:
-                loss = loss + self._peer_loss(index, a[:n])
+            if self.peer is not None:
+                loss = loss + self.peer.loss(index, a[:n])
             # Backward now frees this layer's graph before the next layer is computed.
             loss.backward()
             h = a.detach()
@@ -254,49 +348,29 @@ class ForwardForward:
                 g = self.sign * s  # the goodness itself, without computing it again
                 theta = self.thetas[index]
                 separation = ((s[:n] > theta).float().mean() + (s[n:] < theta).float().mean()) / 2
-                rows.append(torch.stack([loss, g[:n].mean(), g[n:].mean(), separation]).detach())
-        readout_loss = torch.zeros((), device=x.device)
+                stats |= {
+                    f"layer{index}_loss": loss.detach(),
+                    f"layer{index}_goodness_pos": g[:n].mean(),
+                    f"layer{index}_goodness_neg": g[n:].mean(),
+                    f"layer{index}_separation": separation,
+                }
         if self.readout is not None:
-            readout_loss = self._readout_gradient(features, y)
+            stats["readout_loss"] = self.readout.set_gradient(features, y)
         # Gradients of different layers never mix, so one step after all layers equals a
         # step per layer, and lets the optimizer update every tensor in one fused call.
-        self.optimizer.step()
-        return torch.cat([torch.stack(rows).flatten(), readout_loss.detach().view(1)])
+        optimizer.step()
+        return stats
 
-    @torch.no_grad()
-    def _readout_gradient(self, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy gradient of the linear read-out, in closed form: autograd would keep
-        `features` (every evaluated layer's activities) for a backward pass, which is exactly
-        the memory FF exists to avoid. Float32 throughout, even under bf16 autocast: the
-        gradient must match the parameter's dtype."""
-        with torch.autocast(features.device.type, enabled=False):
-            logits = self.readout(features)
-            error = torch.softmax(logits, dim=1)
-            error[torch.arange(len(y), device=y.device), y] -= 1.0
-            error /= len(y)  # d(mean cross-entropy) / d(logits)
-            self.readout.weight.grad = error.T @ features
-            self.readout.bias.grad = error.sum(dim=0)
-            return F.cross_entropy(logits, y)
-
-    def train_epoch(self, x, y, batch_size: int, layer: int | None = None) -> dict[str, float]:
-        """One pass over (x, y); `layer` trains only that layer (sequential schedule)."""
-        self.model.train()
-        layers = range(len(self.model.layers)) if layer is None else range(layer, layer + 1)
-        total, batches = 0.0, 0
+    def train_epoch(self, x, y, optimizer, batch_size: int, layer: int | None = None) -> dict:
+        self.train()
+        layers = range(len(self.stack.layers)) if layer is None else range(layer, layer + 1)
+        totals, batches = {}, 0
         for idx in minibatches(len(x), batch_size, x.device):
-            total = total + self.train_step(x[idx], y[idx], layers)
+            for name, value in self.train_step(x[idx], y[idx], optimizer, layers).items():
+                totals[name] = totals.get(name, 0.0) + value
             batches += 1
-        values = (total / batches).tolist()  # the epoch's only host synchronisation
-        readout_loss = values.pop()
-        metrics = {"readout_loss": readout_loss} if self.readout is not None else {}
-        for i, index in enumerate(layers):
-            loss, g_pos, g_neg, separation = values[4 * i : 4 * i + 4]
-            metrics |= {
-                f"layer{index}_loss": loss,
-                f"layer{index}_goodness_pos": g_pos,
-                f"layer{index}_goodness_neg": g_neg,
-                f"layer{index}_separation": separation,
-            }
+        means = (torch.stack(list(totals.values())) / batches).tolist()  # one host sync
+        metrics = dict(zip(totals, means, strict=True))
         metrics["train_loss"] = sum(metrics[f"layer{i}_loss"] for i in layers)
         return metrics
 
@@ -304,10 +378,10 @@ class ForwardForward:
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The read-out's input: normalised activities of the evaluated layers, computed
         without a graph, so no read-out gradient reaches the FF layers."""
-        if self.supervised:
-            x = self.without_label(x)
-        activities = self.model(x)[self.eval_from :]
-        return torch.cat([self.model.norm(a.float()) for a in activities], dim=1)
+        if self.labels is not None:
+            x = self.labels.neutral(x)
+        activities = self.stack(x)[self.eval_from :]
+        return torch.cat([self.stack.norm(a.float()) for a in activities], dim=1)
 
     @torch.no_grad()
     def label_goodness(self, x: torch.Tensor) -> torch.Tensor:
@@ -317,9 +391,9 @@ class ForwardForward:
         """
         n, c = len(x), self.num_classes
         labels = torch.arange(c, device=x.device).repeat(n)
-        h = self.with_label(x.repeat_interleave(c, dim=0), labels)
+        h = self.labels.with_label(x.repeat_interleave(c, dim=0), labels)
         total = torch.zeros(n * c, device=x.device)
-        for index, a in enumerate(self.model(h)):
+        for index, a in enumerate(self.stack(h)):
             if index >= self.eval_from:
                 g = self.goodnesses[index](a.float())
                 total += g if g.dim() == 1 else g.sum(dim=1)  # per position: summed
@@ -327,15 +401,15 @@ class ForwardForward:
 
     @torch.no_grad()
     def predict_all(self, x: torch.Tensor, chunk: int = 1000) -> dict[str, torch.Tensor]:
-        """Predicted labels by every evaluation that applies (goodness needs labels)."""
-        self.model.eval()
+        """Predicted labels by the read-out (if trained) and by goodness (if labels are used)."""
+        self.eval()
         parts = x.split(chunk)
         predictions = {}
         if self.readout is not None:
             predictions["readout"] = torch.cat(
                 [self.readout(self.features(p)).argmax(1) for p in parts]
             )
-        if self.supervised:
+        if self.labels is not None:
             predictions["goodness"] = torch.cat(
                 [(self.sign * self.label_goodness(p)).argmax(1) for p in parts]
             )

@@ -74,8 +74,8 @@ def symba_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, alpha: float) -> torch.
     return F.softplus(-alpha * (s_pos - s_neg)).mean()
 
 
-def make_loss(cfg, theta: float):
-    """Loss (s_pos, s_neg) -> scalar for an AlgoConfig; `theta` is already signed."""
-    if cfg.loss == "symba":
-        return functools.partial(symba_loss, alpha=cfg.alpha)
-    return functools.partial(threshold_loss, theta=theta)
+# algo.loss -> (AlgoConfig, theta) -> loss(s_pos, s_neg); theta is in score units (signed)
+LOSSES = {
+    "threshold": lambda cfg, theta: functools.partial(threshold_loss, theta=theta),
+    "symba": lambda cfg, theta: functools.partial(symba_loss, alpha=cfg.alpha),
+}

@@ -29,8 +29,6 @@ from torch.utils.checkpoint import checkpoint as recompute_in_backward
 from ffbench.activations import NORMALISATIONS
 from ffbench.errors import FFBenchError
 
-SPATIAL = ("conv", "local")
-
 
 def spatial_shapes(
     in_shape: tuple, channels: int, kernel: int, stride: int, padding: int, depth: int
@@ -161,19 +159,20 @@ class BlackBox(nn.Module):
         self.kind, self.step, self.straight_through = kind, step, straight_through
         self.register_buffer("offset", torch.rand(units) if kind == "quantize" else None)
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "sign":
-            return torch.sign(x)
-        if self.kind == "quantize":
-            return torch.floor(x / self.step + self.offset) * self.step
-        return _numpy(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            out = self.transform(x.detach()).to(x.dtype)
+            out = BLACKBOXES[self.kind](self, x.detach()).to(x.dtype)
         if self.straight_through and x.requires_grad:
             return x + (out - x).detach()
         return out
+
+
+# model.blackbox -> transform(black box, x)
+BLACKBOXES = {
+    "sign": lambda box, x: torch.sign(x),
+    "quantize": lambda box, x: torch.floor(x / box.step + box.offset) * box.step,
+    "numpy": lambda box, x: _numpy(x),
+}
 
 
 class LayerStack(nn.Module):
@@ -192,6 +191,7 @@ class LayerStack(nn.Module):
         instead (`width` unused). `blackbox` (kind, after, step, straight_through) inserts a
         BlackBox on the input of hidden layer `after` (0-based: after the `after`-th layer)."""
         super().__init__()
+        self.in_features = in_features
         self.activation = activation
         self.norm = NORMALISATIONS[norm]  # between hidden layers, and before BP's head
         self.input_norm = self.norm  # the data: always one vector
@@ -204,7 +204,7 @@ class LayerStack(nn.Module):
             )
         else:
             s = spatial
-            kind = {"conv": Conv, "local": LocallyConnected}[s["kind"]]
+            kind = LAYERS[s["kind"]]
             self.shapes = spatial_shapes(
                 s["in_shape"], s["channels"], s["kernel"], s["stride"], s["padding"], depth
             )
@@ -243,6 +243,10 @@ class LayerStack(nn.Module):
         return activities
 
 
+# model.name -> the layer class of every hidden layer
+LAYERS = {"mlp": nn.Linear, "conv": Conv, "local": LocallyConnected}
+
+
 class Classifier(nn.Module):
     """BP's network: the same stack plus a linear output layer on the normalised top layer.
 
@@ -268,7 +272,7 @@ def make_stack(m, features: int, image_shape: tuple, activation: Callable) -> La
     """The LayerStack a ModelConfig `m` asks for, on rows of `features` from images of
     `image_shape` ((H, W), or (C, H, W) channel-first)."""
     spatial = None
-    if m.name in SPATIAL:
+    if m.name != "mlp":
         spatial = {
             "kind": m.name,
             "in_shape": image_chw(image_shape, features),

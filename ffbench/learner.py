@@ -1,0 +1,49 @@
+"""What a learning rule is to the rest of ffbench: the interface FF and BP both implement.
+
+A learner is an `nn.Module` that owns its `LayerStack` and everything else it trains (BP's
+output layer, FF's read-out), so one `state_dict()` saves and restores all of it. The
+experiment builds it with `from_config`, gives `param_groups()` to the optimizer, calls
+`train_epoch` once per pass and reads `predict_all` to score it; nothing else is shared.
+"""
+
+import torch
+from torch import nn
+
+from ffbench.models import LayerStack
+
+
+class Learner(nn.Module):
+    stack: LayerStack
+    evaluation: str
+    """The prediction reported as `{split}_accuracy` (a key of predict_all)."""
+    reports_each_evaluation: bool = False
+    """Also report every prediction of predict_all as `{split}_accuracy_{name}`."""
+
+    @classmethod
+    def from_config(cls, cfg, num_features: int, num_classes: int, image_shape: tuple):
+        """The learner the resolved config asks for, on rows of `num_features` from images of
+        `image_shape` ((H, W) or (C, H, W); () if the data are not images)."""
+        raise NotImplementedError
+
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups (a group may set its own learning rate)."""
+        return [{"params": list(self.parameters())}]
+
+    def stages(self) -> list[int | None]:
+        """The layer each stage of training trains (None: all), each for trainer.epochs."""
+        return [None]
+
+    def train_epoch(
+        self, x, y, optimizer: torch.optim.Optimizer, batch_size: int, layer: int | None = None
+    ) -> dict[str, float]:
+        """One pass over (x, y) in random minibatches; returns the epoch's mean statistics,
+        `train_loss` among them."""
+        raise NotImplementedError
+
+    def predict_all(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predicted labels of `x`, by each way this learner can predict."""
+        raise NotImplementedError
+
+    def compile_step(self) -> None:
+        """torch.compile the computation of a training step (trainer.compile)."""
+        raise NotImplementedError
