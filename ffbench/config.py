@@ -10,6 +10,7 @@ option tables of `ffbench --help` and docs/options.md are generated from the sam
 
 import difflib
 import importlib.resources
+import typing
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields, is_dataclass
 
@@ -408,7 +409,9 @@ def _default(f) -> str:
 
 
 def _type(f) -> str:
-    return str(f.type).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    """`str`, `int or null`, ...: no `|`, which would split a Markdown table's cell."""
+    names = [t.__name__ for t in typing.get_args(f.type)] or [f.type.__name__]
+    return " or ".join("null" if name == "NoneType" else name for name in names)
 
 
 def options_markdown() -> str:
