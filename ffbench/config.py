@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from ffbench import data, experiment, ff, goodness, models
+from ffbench import data, experiment, ff_data, goodness, models
 from ffbench.activations import ACTIVATIONS, NORMALISATIONS
 from ffbench.errors import FFBenchError
 
@@ -136,7 +136,7 @@ class AlgoConfig:
     negatives: str = key(
         "random_label",
         "FF: wrong label drawn uniformly, from the read-out's beliefs (hard), or hybrid images (unsupervised).",
-        ff.NEGATIVES,
+        ff_data.NEGATIVES,
     )
     hybrid_blur_steps: int = key(
         6,
@@ -154,7 +154,7 @@ class AlgoConfig:
     label_input: str = key(
         "pixels",
         "FF: the label one-hot in the first pixels (paper), or as one extra input plane per class.",
-        ff.LABEL_INPUTS,
+        ff_data.LABEL_INPUTS,
     )
     label_strength: float = key(
         1.0, "FF: value written into the true label's input (the others get 0)."

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from ffbench import config, data, experiment, ff, goodness, models
+from ffbench import config, data, experiment, ff_data, goodness, models
 from ffbench.activations import ACTIVATIONS
 from ffbench.config import BOUNDS, GROUPS, compose, options_markdown, schema_keys, validate
 from ffbench.errors import FFBenchError
@@ -34,8 +34,8 @@ def test_every_key_has_a_one_line_doc():
         ("model.name", models.LAYERS),
         ("algo.name", experiment.LEARNERS),
         ("algo.loss", goodness.LOSSES),
-        ("algo.negatives", ff.NEGATIVES),
-        ("algo.label_input", ff.LABEL_INPUTS),
+        ("algo.negatives", ff_data.NEGATIVES),
+        ("algo.label_input", ff_data.LABEL_INPUTS),
         ("goodness.name", goodness.GOODNESS),
         ("activation.name", ACTIVATIONS),
         ("optimizer.name", experiment.OPTIMIZERS),
