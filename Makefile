@@ -1,5 +1,5 @@
 # ffbench: `make run` and `make test` install everything they need on first use.
-# Tested with Python 3.11 and torch 2.13.0 (CPU build).
+# Tested with Python 3.11 and torch 2.13.0 (CPU build). `make help` lists the targets.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,29 +7,59 @@ TORCH_VERSION := 2.13.0
 # Where pip finds a CPU build of torch; e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # on a machine whose pip would otherwise fetch the (multi-GB) CUDA build.
 TORCH_INDEX ?=
+# The exact versions CI tested (`make lock` regenerates it); `make install CONSTRAINTS=`
+# installs the newest versions pyproject.toml's ranges allow instead.
+CONSTRAINTS ?= constraints.txt
+PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 STORE ?= $(CURDIR)/outputs/mlflow.db  # the store `make ui` opens
 UI_PORT ?= 5000
 
-.PHONY: install run test test-slow test-browser bench bench-memory lint format ui clean
+.DEFAULT_GOAL := install
+.PHONY: help install lock run test test-unit test-e2e test-slow test-browser bench bench-memory \
+	lint format ui clean
 
-install: $(STAMP)
+help:  ## this list
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+install: $(STAMP)  ## create .venv and install ffbench with the versions in constraints.txt
+
+# torch comes first, from TORCH_INDEX if set (the constraints then apply in the second step,
+# whose versions win: the torch index need not carry the pinned versions of torch's own deps).
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),$(PIN))
+	$(BIN)/pip install -q -e '.[dev]' $(PIN)
 	touch $@
+
+lock:  ## reinstall .venv with the newest versions pyproject.toml allows and pin them in constraints.txt
+	rm -rf $(VENV)
+	$(MAKE) install CONSTRAINTS=
+	{ echo "# Exact versions for \`make install\` (pip -c), so that a fresh clone gets what CI tests."; \
+	  echo "# Regenerate: \`make lock\` (a fresh .venv with the newest versions pyproject.toml allows,"; \
+	  echo "# then pip freeze --exclude-editable), run \`make test\`, commit. Written on $$($(BIN)/python -c 'import platform as p; print("Python", p.python_version(), p.system(), p.machine())');"; \
+	  echo "# where a pinned version has no build for your platform: make install CONSTRAINTS="; \
+	  $(BIN)/pip freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/'; \
+	} > constraints.txt
+	touch $(STAMP)
 
 run: install  ## FF on the bundled digits data set, recorded in outputs/mlflow.db
 	$(BIN)/ffbench
 
-test: install  ## the test suite (a few minutes on 2 CPU cores)
-	$(BIN)/pytest
+test: install  ## unit tests, then end-to-end tests (a few minutes on 2 CPU cores)
+	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/e2e
+
+test-unit: install  ## fast tests of the pieces, in process (seconds)
+	$(BIN)/pytest tests/unit
+
+test-e2e: install  ## the installed command end to end: real SQLite stores, MLflow servers, launchers
+	$(BIN)/pytest tests/e2e
 
 test-browser: install  ## headless Chromium (Debian's `chromium`) on the MLflow UI; screenshots in outputs/ui/
-	$(BIN)/pytest -m slow -rs tests/test_ui.py
+	$(BIN)/pytest -m slow -rs $(wildcard tests/test_ui.py tests/*/test_ui.py)
 
 test-slow: install  ## long checks: real MNIST accuracy, e.g. FFBENCH_DATA=../shared/data/mnist
 	$(BIN)/pytest -m slow -v
@@ -40,16 +70,16 @@ bench: install  ## training speed against matmul throughput (minutes), JSON in o
 bench-memory: install  ## FF against BP / checkpointed BP in memory at depth 16, width 2000 (minutes)
 	$(BIN)/python benchmarks/memory.py
 
-lint: install
+lint: install  ## ruff: style and formatting check (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: install
+format: install  ## ruff: fix what can be fixed, format the code
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-ui: install  ## the MLflow UI on the local store, http://127.0.0.1:5000
+ui: install  ## the MLflow UI on the local store, http://127.0.0.1:5000 (STORE=PATH, UI_PORT=N)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE) --host 127.0.0.1 --port $(UI_PORT)
 
-clean:
+clean:  ## remove .venv and build leftovers (outputs/ stays)
 	rm -rf $(VENV) build *.egg-info
