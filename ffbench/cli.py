@@ -96,8 +96,8 @@ def main() -> None:
     try:
         app()
     finally:
-        # Nothing is collected after this point: tearing torch's and mlflow's objects down one
-        # by one took 1.3 s of the default run's 10 at exit, and the OS frees them at once.
+        # Nothing is collected after this point: the OS frees torch's and mlflow's objects at
+        # once, faster than tearing them down one by one (docs/performance.md).
         gc.freeze()
 
 

@@ -101,8 +101,8 @@ class LocallyConnected(nn.Module):
         image = F.pad(x.reshape(-1, *self.in_shape), (p, p, p, p))
         windows = image.unfold(2, k, s).unfold(3, k, s)  # a view: (batch, C_in, H', W', k, k)
         n, c, h, w = windows.shape[:4]
-        # one copy into (positions, batch, fan-in), ordered as nn.Conv2d orders its weights:
-        # 9x faster on CPU than F.unfold followed by a transpose
+        # one copy into (positions, batch, fan-in), ordered as nn.Conv2d orders its weights
+        # (faster on CPU than F.unfold followed by a transpose: docs/performance.md)
         patches = windows.permute(2, 3, 0, 1, 4, 5).reshape(h * w, n, c * k * k)
         out = _ContiguousGrad.apply(torch.bmm(patches, self.weight))  # (positions, batch, C_out)
         return (out.permute(1, 2, 0) + self.bias).flatten(1)  # (batch, C_out * positions)
@@ -111,7 +111,7 @@ class LocallyConnected(nn.Module):
 class _ContiguousGrad(torch.autograd.Function):
     """Identity whose backward makes the gradient contiguous: the gradient arrives through a
     permutation, and bmm's backward on CPU would otherwise copy it one position at a time
-    (10x slower on the CIFAR-10 net)."""
+    (docs/performance.md)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
