@@ -129,7 +129,7 @@ def _reuse(cfg: DictConfig, done, tags: dict) -> float:
         "result of these settings; the metrics are copied from it.",
     }
     with tracking.job_run(cfg, tags) as run:
-        tracking.log_metrics(done.data.metrics, step=len(experiment.training_plan(cfg)))
+        run.log_metrics(done.data.metrics, step=len(experiment.training_plan(cfg)))
     message = f"reused run {original} ({done.info.run_name}): FINISHED with the same settings"
     log.info(message)
     console.print(
@@ -165,7 +165,7 @@ def run(cfg: DictConfig) -> float:
 
         def on_epoch(epoch: int, metrics: dict) -> None:
             last.update(metrics)
-            tracking.log_epoch(metrics, step=epoch)
+            run.log_epoch(metrics, step=epoch)
             log.info("epoch %d %s", epoch, _pairs(metrics))
             progress.update(
                 bar, completed=epoch, loss=metrics["train_loss"], val=metrics["val_accuracy"]
@@ -174,13 +174,13 @@ def run(cfg: DictConfig) -> float:
         final = experiment.train(job, on_epoch, memory)
         if memory is not None:
             final |= memory.metrics() | static_memory_mb(job.algorithm.optimizer)
-            tracking.set_tag("ffbench.peak_rss_method", memory.method)
+            run.set_tag("ffbench.peak_rss_method", memory.method)
             if memory.method != "vmhwm":
                 log.warning(
                     "peak RSS read by %s: no resettable /proc high-water mark", memory.method
                 )
         final["wall_time_s"] = time.perf_counter() - start
-        tracking.log_metrics(final, step=passes)
+        run.log_metrics(final, step=passes)
     final["val_accuracy"] = last["val_accuracy"]
     log.info("final %s", _pairs(final))
     console.print(_summary(run.info.run_name, final))
