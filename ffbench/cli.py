@@ -5,6 +5,7 @@ ffbench algo=bp dataset=mnist dataset.root=../shared/data/mnist
 ffbench -m algo=ff,bp activation=relu,gelu
 """
 
+import functools
 import gc
 import logging
 import signal
@@ -133,9 +134,27 @@ def _reuse(cfg: DictConfig, done, tags: dict) -> float:
     message = f"reused run {original} ({done.info.run_name}): FINISHED with the same settings"
     log.info(message)
     console.print(
-        f"{run.info.run_name}: {message}; not trained (resume=false trains anyway)", soft_wrap=True
+        f"{run.info.run_name}: {message}; not trained (skip_finished=false trains anyway)",
+        soft_wrap=True,
     )
     return done.data.metrics["val_accuracy"]
+
+
+def _skip_finished(cfg: DictConfig) -> bool:
+    """cfg.skip_finished, unless the key's old name `resume` is given: then that, with a warning."""
+    if cfg.resume is None:
+        return cfg.skip_finished
+    _warn_resume_renamed(cfg.resume)
+    return cfg.resume
+
+
+@functools.cache  # once per process, not once per job of a sweep
+def _warn_resume_renamed(value: bool) -> None:
+    given = str(value).lower()
+    print(
+        f"ffbench: warning: resume={given} is deprecated: use skip_finished={given} instead",
+        file=sys.stderr,
+    )
 
 
 def run(cfg: DictConfig) -> float:
@@ -150,7 +169,7 @@ def run(cfg: DictConfig) -> float:
     # result. A single run is a request to train (perhaps after editing the code): it always does.
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     done = None
-    if cfg.resume and sweeping:
+    if _skip_finished(cfg) and sweeping:
         done = tracking.finished_run(cfg, tags["ffbench.settings_hash"])
     if done is not None:
         return _reuse(cfg, done, tags)

@@ -200,9 +200,11 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
-    resume: bool = True
+    skip_finished: bool = True
     """Sweeps: skip a job whose relevant settings (ffbench/settings.py) already have a FINISHED run
     in the experiment: it is recorded as skipped, pointing to that run. false trains anyway."""
+    resume: bool | None = None
+    """Deprecated: the old name of skip_finished; when given, it wins, with a warning."""
 
 
 def register_schemas() -> None:
