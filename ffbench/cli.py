@@ -5,6 +5,7 @@ ffbench algo=bp dataset=mnist dataset.root=../shared/data/mnist
 ffbench -m algo=ff,bp activation=relu,gelu
 """
 
+import functools
 import gc
 import logging
 import signal
@@ -129,13 +130,31 @@ def _reuse(cfg: DictConfig, done, tags: dict, passes: int) -> float:
         "result of these settings; the metrics are copied from it.",
     }
     with tracking.job_run(cfg, tags) as run:
-        tracking.log_metrics(done.data.metrics, step=passes)
+        run.log_metrics(done.data.metrics, step=passes)
     message = f"reused run {original} ({done.info.run_name}): FINISHED with the same settings"
     log.info(message)
     console.print(
-        f"{run.info.run_name}: {message}; not trained (resume=false trains anyway)", soft_wrap=True
+        f"{run.info.run_name}: {message}; not trained (skip_finished=false trains anyway)",
+        soft_wrap=True,
     )
     return done.data.metrics["val_accuracy"]
+
+
+def _skip_finished(cfg: DictConfig) -> bool:
+    """cfg.skip_finished, unless the key's old name `resume` is given: then that, with a warning."""
+    if cfg.resume is None:
+        return cfg.skip_finished
+    _warn_resume_renamed(cfg.resume)
+    return cfg.resume
+
+
+@functools.cache  # once per process, not once per job of a sweep
+def _warn_resume_renamed(value: bool) -> None:
+    given = str(value).lower()
+    print(
+        f"ffbench: warning: resume={given} is deprecated: use skip_finished={given} instead",
+        file=sys.stderr,
+    )
 
 
 def run(cfg: DictConfig) -> float:
@@ -150,7 +169,7 @@ def run(cfg: DictConfig) -> float:
     # result. A single run is a request to train (perhaps after editing the code): it always does.
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     done = None
-    if cfg.resume and sweeping:
+    if _skip_finished(cfg) and sweeping:
         done = tracking.finished_run(cfg, tags["ffbench.settings_hash"])
     passes = len(experiment.training_plan(job))
     if done is not None:
@@ -164,7 +183,7 @@ def run(cfg: DictConfig) -> float:
 
         def on_epoch(epoch: int, metrics: dict) -> None:
             last.update(metrics)
-            tracking.log_epoch(metrics, step=epoch)
+            run.log_epoch(metrics, step=epoch)
             log.info("epoch %d %s", epoch, _pairs(metrics))
             progress.update(
                 bar, completed=epoch, loss=metrics["train_loss"], val=metrics["val_accuracy"]
@@ -173,13 +192,13 @@ def run(cfg: DictConfig) -> float:
         final = experiment.train(job, on_epoch, memory)
         if memory is not None:
             final |= memory.metrics() | static_memory_mb(job.optimizer)
-            tracking.set_tag("ffbench.peak_rss_method", memory.method)
+            run.set_tag("ffbench.peak_rss_method", memory.method)
             if memory.method != "vmhwm":
                 log.warning(
                     "peak RSS read by %s: no resettable /proc high-water mark", memory.method
                 )
         final["wall_time_s"] = time.perf_counter() - start
-        tracking.log_metrics(final, step=passes)
+        run.log_metrics(final, step=passes)
     final["val_accuracy"] = last["val_accuracy"]
     log.info("final %s", _pairs(final))
     console.print(_summary(run.info.run_name, final))

@@ -7,7 +7,7 @@ ffbench-report --tracking-uri http://127.0.0.1:5000 --experiment mnist --out fig
 Runs are grouped by the settings that vary between them (the keys of their command-line
 overrides, valued from their params), seeds aside: one row per setting and algorithm, mean ±
 standard deviation over its runs, FF's row next to BP's. Failed, killed or unfinished runs are
-listed apart, never averaged. tracking.SweepRun ends every multirun with the same report,
+listed apart, never averaged. sweep.SweepRun ends every multirun with the same report,
 written into the sweep folder and logged to the parent run.
 """
 
@@ -23,6 +23,8 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from ffbench import store
 
 ALGOS = ("ff", "bp", "bp_ckpt")  # row and colour order; any other algorithm follows
 SEED = "trainer.seed"  # averaged over, never a setting
@@ -102,7 +104,7 @@ def is_result(run) -> bool:
 def _measurements(runs, keys: list[str]) -> list:
     """One run per row and measurement. A skipped job (cli._reuse) carries the numbers of the
     run it points to: it stands for that run in another row (BP at another goodness) or in a
-    resumed sweep, but beside that run, or beside another copy of it, it would count twice."""
+    rerun of the sweep, but beside that run, or beside another copy of it, it would count twice."""
     seen, kept = set(), []
     for run in sorted(runs, key=lambda r: SKIPPED in r.data.tags):  # originals first
         measured = run.data.tags.get("ffbench.result_run_id", run.info.run_id)
@@ -332,8 +334,6 @@ def load(uri: str, experiment: str, sweep: str | None) -> tuple[list, Path | Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ffbench import tracking  # tracking imports this module: import it back only here
-
     parser = argparse.ArgumentParser(
         prog="ffbench-report",
         description=__doc__,
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     # An unreachable tracking server: a clear error within seconds, not minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    uri = tracking.tracking_uri(argparse.Namespace(uri=args.tracking_uri), ".")
+    uri = store.tracking_uri(argparse.Namespace(uri=args.tracking_uri), ".")
     try:
         runs, folder = load(uri, args.experiment, args.sweep)
     except (LookupError, MlflowException) as err:

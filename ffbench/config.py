@@ -284,8 +284,11 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
-    resume: bool = key(
+    skip_finished: bool = key(
         True, "Sweeps: skip a job whose settings already have a FINISHED run (false: train anyway)."
+    )
+    resume: bool | None = key(
+        None, "Deprecated: the old name of skip_finished; when given, it wins."
     )
 
 

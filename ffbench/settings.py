@@ -1,11 +1,11 @@
-"""Which settings a run's result depends on, and their hash: the key of resume and dedupe.
+"""Which settings a run's result depends on, and their hash: how a sweep skips finished jobs.
 
 Two jobs with the same hash would record the same result, so the second one reuses the first
 one's run instead of training (cli.run). The hash covers the whole resolved config except
 
 - where things are kept, not what is computed: `tracking.*`, `dataset.root`, `dataset.mirror`
   and `dataset.checksums` (where the data set that `dataset.name` names is kept, fetched from
-  and verified against) and the `resume` switch itself;
+  and verified against) and the `skip_finished` switch itself (and its old name `resume`);
 - settings the job ignores, in IGNORED below (e.g. `goodness` and every FF key for BP).
 
 `trainer.device` enters as the device the job resolved (`auto` becomes `cpu` or `cuda`), since
@@ -13,7 +13,7 @@ numerics, times and the CUDA memory figures differ between devices; `measure.mem
 since a run without memory figures cannot stand in for one that was asked to record them.
 A key not listed here counts, so a forgotten rule costs a duplicate run, never a wrong reuse.
 Not in the hash: the code version (tag ffbench.git_commit) and the machine; after changing the
-code, run with resume=false.
+code, run with skip_finished=false.
 """
 
 import hashlib
@@ -37,8 +37,17 @@ def _no_blackbox(cfg) -> bool:
     return cfg.model.blackbox == "none"
 
 
-# Never part of a result: where runs and data are kept, and whether to resume.
-LOCATIONS = ("tracking", "dataset.root", "dataset.mirror", "dataset.checksums", "resume")
+# Never part of a result: where runs and data are kept, and whether to skip finished jobs
+# (under either name: hashes stay as they were before `resume` became `skip_finished`, so the
+# FINISHED runs recorded before the rename are still found).
+LOCATIONS = (
+    "tracking",
+    "dataset.root",
+    "dataset.mirror",
+    "dataset.checksums",
+    "skip_finished",
+    "resume",
+)
 # (key, when the job ignores it); a key may have several. Every AlgoConfig key but `name` is
 # FF's (conf/algo/bp.yaml).
 IGNORED = (

@@ -23,7 +23,7 @@ from conftest import (
 )
 from mlflow.tracking import MlflowClient
 
-from ffbench import preflight
+from ffbench.store import ready_store
 
 REPO = Path(__file__).resolve().parents[1]
 # One torch thread per job: jobs side by side on a busy 2-core machine, each with a thread
@@ -196,7 +196,7 @@ def _open_store_at(args) -> str:
     while time.time() < start:  # every process set up, then all at the same instant
         time.sleep(0.001)
     try:
-        preflight.ready_store(uri)
+        ready_store(uri)
         MlflowClient(uri).search_experiments()
     except Exception as err:
         return f"{type(err).__name__}: {err}"[:300]

@@ -14,7 +14,8 @@ import pytest
 from conftest import QUICK, all_runs, clean_env, run_ffbench, store
 from mlflow.entities import Param
 
-from ffbench import compare, tracking
+from ffbench import compare
+from ffbench.sweep import SweepRun
 
 REPORT = shutil.which("ffbench-report", path=str(Path(sys.executable).parent)) or "ffbench-report"
 PICTURES = ("accuracy_per_epoch.png", "accuracy_vs_time.png")
@@ -152,7 +153,7 @@ def test_a_failing_report_leaves_the_sweep_status_alone(sweep, monkeypatch, capl
         raise RuntimeError("no picture today")
 
     monkeypatch.setattr(compare, "report", broken)
-    closing = tracking.SweepRun()
+    closing = SweepRun()
     closing.client, closing.run_id, closing.sweep_dir = client, parent.info.run_id, sweep.cwd
     closing._close()
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"

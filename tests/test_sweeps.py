@@ -1,5 +1,5 @@
-"""No duplicate work and resume: a job whose relevant settings already have a FINISHED run in
-the experiment is recorded as skipped instead of trained; failed runs never count."""
+"""No duplicate work (skip_finished): a sweep job whose relevant settings already have a FINISHED
+run in the experiment is recorded as skipped instead of trained; failed runs never count."""
 
 import shutil
 import subprocess
@@ -68,12 +68,24 @@ def test_bp_is_trained_once_per_sweep_and_a_rerun_trains_nothing(workdir):
     assert pointed == [r.info.run_id for r in originals]
     assert {r.info.status for r in all_runs(workdir)} == {"FINISHED"}
 
-    # resume=false: every job trains, the bp duplicate too
-    fresh = run_ffbench(workdir, *SWEEP, "resume=false")
+    # skip_finished=false: every job trains, the bp duplicate too
+    fresh = run_ffbench(workdir, *SWEEP, "skip_finished=false")
     assert fresh.returncode == 0, fresh.stderr
     fresh_jobs = _jobs(workdir)[8:]
     assert len(_trained(fresh_jobs)) == 4
     assert [r.data.tags["ffbench.settings_hash"] for r in fresh_jobs] == hashes
+
+
+def test_the_old_name_resume_still_works_with_a_warning(workdir):
+    sweep = ["-m", "algo=bp", *QUICK]
+    assert run_ffbench(workdir, *sweep).returncode == 0
+    old = run_ffbench(workdir, *sweep, "resume=false")
+    assert old.returncode == 0, old.stderr
+    assert len(_trained(_jobs(workdir))) == 2  # trained again, as with skip_finished=false
+    [warning] = [line for line in old.stderr.splitlines() if "resume" in line]
+    assert warning == (
+        "ffbench: warning: resume=false is deprecated: use skip_finished=false instead"
+    )
 
 
 def test_rerun_after_a_failed_job_trains_only_that_one(workdir):
@@ -100,7 +112,7 @@ def test_settings_hash_ignores_what_the_algorithm_ignores():
     bp = _hash("algo=bp")
     for same in ("goodness=meansq", "algo.loss=symba", "algo.theta=3", "tracking.experiment=x"):
         assert _hash("algo=bp", same) == bp, same
-    assert _hash("algo=bp", "resume=false", "dataset.root=/elsewhere") == bp
+    assert _hash("algo=bp", "skip_finished=false", "resume=false", "dataset.root=/elsewhere") == bp
     assert _hash("algo=ff") != _hash("algo=ff", "goodness=meansq")
     assert _hash("algo=ff") == _hash("algo=ff", "trainer.grad_accum_steps=4")  # BP only
     assert _hash("activation=relu", "activation.nu=3") == _hash("activation=relu")

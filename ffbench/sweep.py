@@ -1,0 +1,65 @@
+"""The parent MLflow run of a sweep: a Hydra callback (conf/config.yaml,
+hydra.callbacks.mlflow_sweep) that opens it before the first job, once every job has passed
+its checks, and closes it after the last one, with the comparison report of its jobs, FINISHED
+only if every job was."""
+
+import atexit
+import logging
+import os
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+from ffbench import compare, preflight, store
+from ffbench.tracking import PARENT_ENV, git_commit
+
+
+class SweepRun(Callback):
+    """Hydra callback: a parent MLflow run around a multirun, FINISHED only if every job was."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        launch_dir = config.hydra.runtime.cwd
+        try:  # every job composes and the server answers, or nothing is written
+            preflight.check_sweep(config)
+            self.client = store.connect(config.tracking, launch_dir)
+        except Exception as err:  # Hydra would only warn about a callback's error, and go on
+            preflight.exit_with(err)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        self.sweep_dir = sweep_dir.resolve()
+        run = self.client.create_run(
+            store.experiment_id(self.client, config.tracking, launch_dir),
+            run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
+            tags={
+                "ffbench.sweep_dir": str(sweep_dir.resolve()),
+                "ffbench.overrides": " ".join(config.hydra.overrides.task),
+                "ffbench.git_commit": git_commit(),
+            },
+        )
+        self.run_id = run.info.run_id
+        # The jobs find their parent here (tracking.job_run), also in other processes.
+        os.environ[PARENT_ENV] = self.run_id
+        # A failing job makes Hydra raise before on_multirun_end: close the parent at exit.
+        atexit.register(self._close)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        parent = self.client.get_run(self.run_id).info
+        if parent.status != "RUNNING":
+            return
+        children = self.client.search_runs(
+            [parent.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'",
+        )
+        statuses = [child.info.status for child in children]
+        for status in ("FINISHED", "FAILED", "KILLED"):
+            self.client.log_metric(self.run_id, f"jobs_{status.lower()}", statuses.count(status))
+        try:  # the comparison table and pictures, into the sweep folder and the parent run
+            for path in compare.report(children, self.client, self.sweep_dir):
+                self.client.log_artifact(self.run_id, str(path))
+        except Exception as err:  # a picture is not worth losing the sweep's status over
+            logging.getLogger("ffbench").warning("no comparison report: %s", err)
+        ok = bool(statuses) and all(s == "FINISHED" for s in statuses)
+        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+        os.environ.pop(PARENT_ENV, None)
