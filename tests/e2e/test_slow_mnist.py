@@ -4,7 +4,7 @@ four IDX files, e.g. FFBENCH_DATA=../shared/data/mnist make test-slow."""
 import os
 
 import pytest
-from conftest import all_runs, clean_env, run_ffbench
+from helpers import all_runs, clean_env, run_ffbench
 
 pytestmark = [
     pytest.mark.slow,

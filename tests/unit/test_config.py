@@ -1,15 +1,14 @@
 """Every option of every config group composes against the typed schema and passes checks."""
 
-from pathlib import Path
-
 import pytest
+from helpers import REPO
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 
 from ffbench.config import NON_NEGATIVE, POSITIVE, register_schemas, validate
 from ffbench.errors import FFBenchError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = REPO / "conf"
 GROUP_OPTIONS = sorted(
     (group.name, option.stem)
     for group in CONF.iterdir()

@@ -1,22 +1,15 @@
-"""Data sets: download once from a mirror (a local HTTP server here), verify, reuse; CIFAR-10
-from its python tarball; validation split, training-only normalisation statistics, FF's label
-embedding for colour images; end-to-end runs on generated CIFAR-10 files; real Fashion-MNIST
-from Debian's dataset-fashion-mnist when it is installed."""
+"""Data sets: download once from a mirror (an HTTP server on a thread of this process),
+verify, reuse; CIFAR-10 from its python tarball; validation split, training-only
+normalisation statistics, FF's label embedding for colour images; real Fashion-MNIST from
+Debian's dataset-fashion-mnist when it is installed. Runs on generated CIFAR-10 files are in
+tests/e2e/test_datasets.py."""
 
 import gzip
-import hashlib
-import http.server
-import io
-import pickle
-import socket
-import tarfile
-import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import all_runs, make_mnist, run_ffbench, write_md5sums
+from helpers import free_port, leftovers, make_cifar, make_mnist, md5, write_md5sums
 
 from ffbench import data, download
 from ffbench.download import Checksum, Source
@@ -27,57 +20,8 @@ from ffbench.ff import embed_labels, embed_neutral
 IDX_NAMES = [f"{stem}.gz" for stem in download.IDX_STEMS]
 
 
-def md5(raw: bytes) -> str:
-    return hashlib.md5(raw).hexdigest()
-
-
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
-
-
-class Mirror:
-    """A mirror on 127.0.0.1 serving `files` (name -> bytes); `truncate` names files it cuts
-    off halfway (the connection closes mid-file); `hits` counts requests by name."""
-
-    def __init__(self):
-        self.files, self.truncate, self.hits = {}, set(), []
-        mirror = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                name = self.path.rsplit("/", 1)[-1]
-                mirror.hits.append(name)
-                if name not in mirror.files:
-                    self.send_error(404)
-                    return
-                body = mirror.files[name]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if name in mirror.truncate else body)
-                self.close_connection = True
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/data/"
-        serve = self.server.serve_forever
-        threading.Thread(target=serve, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-
-@pytest.fixture
-def mirror():
-    server = Mirror()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
-
-
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}/"
+    return f"http://127.0.0.1:{free_port()}/"  # nothing listens there
 
 
 def tiny_idx(tmp_path: Path) -> tuple[dict[str, bytes], Source]:
@@ -196,36 +140,6 @@ def test_an_idx_header_that_promises_more_is_named():
         data.parse_idx(raw, "labels")
 
 
-# CIFAR-10 in its real python format: pickled dicts, b"data" uint8 (N, 3072) stored as red,
-# green and blue planes, b"labels" a list; the class is drawn as a bright red row 2 + 3*label.
-
-
-def cifar_batch(n: int, rng) -> dict:
-    labels = rng.integers(0, 10, n)
-    images = rng.integers(0, 80, (n, 3, 32, 32), dtype=np.uint8)
-    for i, label in enumerate(labels):
-        images[i, 0, 2 + 3 * label, :] = 255
-    return {b"data": images.reshape(n, -1), b"labels": labels.tolist()}
-
-
-def make_cifar(folder: Path, n=40, n_test=40, seed=0) -> dict[str, bytes]:
-    """cifar-10-batches-py/ and cifar-10-python.tar.gz in `folder`; returns every member."""
-    rng = np.random.default_rng(seed)
-    members = {f"data_batch_{i}": pickle.dumps(cifar_batch(n, rng)) for i in range(1, 6)}
-    members["test_batch"] = pickle.dumps(cifar_batch(n_test, rng))
-    members["batches.meta"] = pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]})
-    (folder / "cifar-10-batches-py").mkdir(parents=True)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, raw in members.items():
-            (folder / "cifar-10-batches-py" / name).write_bytes(raw)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
-    (folder / "cifar-10-python.tar.gz").write_bytes(buffer.getvalue())
-    return members
-
-
 def test_cifar10_from_the_tarball_or_the_extracted_folder(mirror, tmp_path):
     made = tmp_path / "made"
     members = make_cifar(made)
@@ -280,38 +194,6 @@ def test_ff_writes_the_label_into_every_colour_channel():
         assert torch.equal(colour[:, channel, 10:], x.view(4, 3, 16)[:, channel, 10:])
     neutral = embed_neutral(x, 10, channels=3).view(4, 3, 16)
     assert torch.all(neutral[:, :, :10] == 0.1)
-
-
-@pytest.mark.parametrize("algo", ["ff", "bp"])
-def test_cifar10_runs_end_to_end(workdir, tmp_path, mirror, algo):
-    made = tmp_path / "made"
-    make_cifar(made)
-    sums = write_md5sums(made / "cifar-10-batches-py", tmp_path / "sums.md5")
-    tarball = (made / "cifar-10-python.tar.gz").read_bytes()
-    (tmp_path / "sums.md5").write_text(sums + f"{md5(tarball)}  cifar-10-python.tar.gz\n")
-    # FF reads the prepared folder; BP downloads the tarball from the mirror into its cache
-    where = [f"dataset.root={made}"]
-    if algo == "bp":
-        mirror.files = {"cifar-10-python.tar.gz": tarball}
-        where = [f"dataset.root={tmp_path / 'cache'}", f"dataset.mirror={mirror.url}"]
-    result = run_ffbench(
-        workdir,
-        f"algo={algo}",
-        "dataset=cifar10",
-        *where,
-        f"dataset.checksums={tmp_path / 'sums.md5'}",
-        "dataset.val_size=20",
-        "trainer.epochs=1",
-        "model.width=32",
-        "trainer.batch_size=20",
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    [run] = all_runs(workdir)
-    assert run.info.status == "FINISHED" and run.data.params["dataset"] == "cifar10"
-    assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
-    if algo == "bp":
-        assert mirror.hits == ["cifar-10-python.tar.gz"]
-        assert leftovers(tmp_path / "cache") == sorted(["cifar10", "cifar-10-python.tar.gz"])
 
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_ff
+from helpers import SMALL_FF, make_learner
 
 from ffbench.activations import ACTIVATIONS, NORMALISATIONS
 from ffbench.bp import Backprop
@@ -11,10 +11,6 @@ from ffbench.ff import embed_labels, random_wrong_labels
 from ffbench.goodness import GOODNESS, default_theta, threshold_loss
 from ffbench.measure import PeakMemory
 from ffbench.models import LayerStack
-
-
-def ff_net(depth=3, width=16, features=20, skip_first=True):
-    return make_ff(depth, width, features, overrides=[f"algo.eval_skip_first={skip_first}"])
 
 
 def test_wrong_labels_are_never_the_true_label_and_cover_all_others():
@@ -51,7 +47,7 @@ def test_goodness_loss_and_normalisation_values():
 
 
 def test_no_gradient_crosses_layers_in_ff_but_does_in_bp():
-    ff = ff_net()
+    ff = make_learner(SMALL_FF)
     x, y = torch.rand(8, 20), torch.randint(0, 10, (8,))
     ff.train_step(x, y, range(3))
     # each layer's gradient comes from its own loss alone: recompute layer 2's loss on the
@@ -71,7 +67,7 @@ def test_no_gradient_crosses_layers_in_ff_but_does_in_bp():
 
 def test_train_step_only_updates_through_local_losses():
     """After one step, a layer's update equals what its own loss alone would give."""
-    ff = ff_net(depth=2)
+    ff = make_learner([*SMALL_FF, "model.depth=2"])
     before = [p.detach().clone() for p in ff.model.parameters()]
     torch.manual_seed(1)
     x, y = torch.rand(8, 20), torch.randint(0, 10, (8,))
@@ -81,7 +77,7 @@ def test_train_step_only_updates_through_local_losses():
 
 @pytest.mark.parametrize("skip_first", [True, False])
 def test_batched_label_goodness_matches_the_naive_loop(skip_first):
-    ff = ff_net(skip_first=skip_first)
+    ff = make_learner([*SMALL_FF, f"algo.eval_skip_first={skip_first}"])
     x = torch.rand(7, 20)
     batched = ff.label_goodness(x)
     first = 1 if skip_first else 0
@@ -94,11 +90,11 @@ def test_batched_label_goodness_matches_the_naive_loop(skip_first):
 
 
 def test_state_dict_holds_every_layer_and_reloads_to_the_same_predictions(tmp_path):
-    ff = ff_net(depth=3)
+    ff = make_learner(SMALL_FF)
     keys = set(ff.model.state_dict())
     assert {f"layers.{i}.weight" for i in range(3)} <= keys
     torch.save(ff.model.state_dict(), tmp_path / "ff.pt")
-    other = ff_net(depth=3)
+    other = make_learner(SMALL_FF)
     torch.nn.init.zeros_(other.model.layers[0].weight)
     other.model.load_state_dict(torch.load(tmp_path / "ff.pt"))
     x = torch.rand(30, 20)
@@ -109,7 +105,7 @@ def test_state_dict_holds_every_layer_and_reloads_to_the_same_predictions(tmp_pa
 
 def test_ff_learns_a_separable_toy_problem():
     torch.manual_seed(0)
-    ff = make_ff(depth=2, width=64, features=40, overrides=["optimizer.lr=0.01"])
+    ff = make_learner(["algo=ff", "model.depth=2", "model.width=64", "optimizer.lr=0.01"], 40)
     y = torch.randint(0, 10, (512,))
     x = torch.rand(512, 40) * 0.1
     x[torch.arange(512), 10 + y] += 1.0  # class shows as one bright feature
