@@ -27,10 +27,12 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from ffbench import experiment
 from ffbench.config import validate
+from ffbench.download import IDX_STEMS
 
 REPO = Path(__file__).resolve().parents[1]
 FFBENCH = shutil.which("ffbench", path=str(Path(sys.executable).parent)) or "ffbench"
@@ -247,6 +249,22 @@ def md5(raw: bytes) -> str:
 def leftovers(folder: Path) -> list[str]:
     """Every name under `folder`, sorted; [] if it does not exist."""
     return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+def real_mnist() -> str:
+    """$FFBENCH_DATA where it holds the four files of real MNIST (in it or in its mnist/, as
+    published or decompressed); the calling test is skipped otherwise."""
+    root = os.environ.get("FFBENCH_DATA")
+    if not root:
+        pytest.skip(
+            "FFBENCH_DATA is not set: point it at real MNIST (FFBENCH_DATA=../shared/data/mnist)"
+        )
+    for folder in (Path(root), Path(root) / "mnist"):
+        if all(
+            (folder / f"{stem}.gz").is_file() or (folder / stem).is_file() for stem in IDX_STEMS
+        ):
+            return root
+    pytest.skip(f"FFBENCH_DATA={root} holds no MNIST files (train-images-idx3-ubyte.gz, ...)")
 
 
 class Mirror:

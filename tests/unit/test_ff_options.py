@@ -12,6 +12,7 @@ from helpers import SMALL_FF, make_learner
 from ffbench import experiment
 from ffbench.activations import ACTIVATIONS, tdist
 from ffbench.config import validate
+from ffbench.errors import FFBenchError
 from ffbench.ff import (
     embed_neutral,
     hybrid_images,
@@ -216,5 +217,8 @@ def test_label_planes_with_hybrid_negatives_say_what_to_set():
     cfg = experiment.compose_config(
         ["algo.negatives=hybrid", "algo.evaluation=readout", "algo.label_input=planes"]
     )
-    with pytest.raises(Exception, match="set algo.label_input=pixels"):
+    with pytest.raises(FFBenchError) as err:
         validate(cfg)
+    assert str(err.value) == (
+        "algo.negatives=hybrid is unsupervised and writes no label: set algo.label_input=pixels"
+    )

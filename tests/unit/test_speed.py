@@ -63,5 +63,9 @@ def test_tf32_without_cuda_says_what_to_set():
 
 
 def test_subnormal_floats_are_flushed_for_speed():
+    """The flag is process-wide and an earlier job may have set it: clear it, then prepare a
+    job, which must set it itself."""
+    torch.set_flush_denormal(False)
+    assert torch.tensor(1e-40).item() != 0.0  # kept while nothing flushes
     digits_job(QUICK)
     assert torch.tensor(1e-40).item() == 0.0  # a subnormal float32 becomes zero
