@@ -66,20 +66,29 @@ def make_layer_goodness(stack: LayerStack, goodness_cfg) -> list:
 
 class PeerNorm(nn.Module):
     """Pushes each unit's running mean activity towards its layer's mean: no dead units.
-    The running means are buffers, so they are saved with the learner."""
+    A layer's first minibatch sets its running mean; later ones blend into it. The means are
+    buffers and the started flags extra state, so both are saved with the learner."""
 
-    def __init__(self, depth: int, coefficient: float):
+    def __init__(self, units: list[int], coefficient: float):
         super().__init__()
         self.coefficient = coefficient
-        for index in range(depth):
-            self.register_buffer(f"mean{index}", None)  # set by the first minibatch
+        self.started = [False] * len(units)  # Python flags: testing a tensor would sync
+        for index, n in enumerate(units):
+            self.register_buffer(f"mean{index}", torch.zeros(n))
+
+    def get_extra_state(self) -> dict:
+        return {"started": self.started}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.started = list(state["started"])
 
     def loss(self, index: int, a_pos: torch.Tensor) -> torch.Tensor:
         mean = a_pos.mean(dim=0)
         previous = getattr(self, f"mean{index}")
-        if previous is not None:
+        if self.started[index]:
             mean = PEER_MOMENTUM * previous + (1 - PEER_MOMENTUM) * mean
-        setattr(self, f"mean{index}", mean.detach())
+        previous.copy_(mean.detach())
+        self.started[index] = True
         return self.coefficient * (mean.mean() - mean).pow(2).mean()
 
 
@@ -123,7 +132,10 @@ class ForwardForward(Learner):
         self.sign = -1.0 if cfg.goodness.inverted else 1.0
         self.thetas = [self.sign * t for t in thetas]
         self.losses = [LOSSES[cfg.algo.loss](cfg.algo, t) for t in self.thetas]
-        self.peer = PeerNorm(depth, cfg.algo.peer_norm) if cfg.algo.peer_norm > 0 else None
+        self.peer = None
+        if cfg.algo.peer_norm > 0:
+            units = [layer.out_features for layer in stack.layers]
+            self.peer = PeerNorm(units, cfg.algo.peer_norm)
         self.sequential = cfg.algo.schedule == "sequential"
         # The first hidden layer mostly sees the label pixels themselves, so the paper leaves
         # it out of the evaluation (goodness sum and read-out) when there are layers above it.

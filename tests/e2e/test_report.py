@@ -1,6 +1,6 @@
 """The comparison report: printed and logged at the end of a real sweep (FF and BP, two seeds,
 on the bundled digits), and `ffbench-report` reading that store back, numbers checked against
-the runs' own metrics."""
+the runs' own metrics. A sweep whose report fails is in tests/unit/test_report.py."""
 
 import re
 import shutil
@@ -11,11 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import QUICK, all_runs, clean_env, run_ffbench, store
+from helpers import QUICK, all_runs, clean_env, run_ffbench, store
 from mlflow.entities import Param
-
-from ffbench import compare
-from ffbench.sweep import SweepRun
 
 REPORT = shutil.which("ffbench-report", path=str(Path(sys.executable).parent)) or "ffbench-report"
 PICTURES = ("accuracy_per_epoch.png", "accuracy_vs_time.png")
@@ -140,21 +137,3 @@ def test_unknown_experiment_or_sweep_or_no_runs_is_one_line_and_exit_1(sweep, wo
         [line] = result.stderr.strip().splitlines()
         assert line.startswith(f"ffbench-report: error: {message}")
     assert not list(workdir.iterdir())  # no store created where there was none
-
-
-def test_a_failing_report_leaves_the_sweep_status_alone(sweep, monkeypatch, caplog):
-    client = store(sweep.cwd)
-    experiment = client.create_experiment("closing")
-    parent = client.create_run(experiment)
-    job = client.create_run(experiment, tags={"mlflow.parentRunId": parent.info.run_id})
-    client.set_terminated(job.info.run_id, "FINISHED")
-
-    def broken(*args):
-        raise RuntimeError("no picture today")
-
-    monkeypatch.setattr(compare, "report", broken)
-    closing = SweepRun()
-    closing.client, closing.run_id, closing.sweep_dir = client, parent.info.run_id, sweep.cwd
-    closing._close()
-    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
-    assert "no comparison report: no picture today" in caplog.text

@@ -1,83 +1,36 @@
-"""Data sets: download once from a mirror (a local HTTP server here), verify, reuse; CIFAR-10
-from its python tarball; validation split, training-only normalisation statistics, FF's label
-embedding for colour images; end-to-end runs on generated CIFAR-10 files; real Fashion-MNIST
-from Debian's dataset-fashion-mnist when it is installed."""
+"""Data sets: download once from a mirror (an HTTP server on a thread of this process),
+verify, reuse; the registry's checksums refuse look-alike files; CIFAR-10 from its python
+tarball; validation split, training-only normalisation statistics, FF's label embedding for
+colour images; real MNIST from $FFBENCH_DATA and real Fashion-MNIST from Debian's
+dataset-fashion-mnist when they are there. Runs on generated CIFAR-10 files are in
+tests/e2e/test_datasets.py."""
 
 import gzip
-import hashlib
-import http.server
-import io
-import pickle
-import socket
-import tarfile
-import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import all_runs, make_mnist, run_ffbench, write_md5sums
+from helpers import (
+    free_port,
+    leftovers,
+    make_cifar,
+    make_mnist,
+    md5,
+    real_mnist,
+    write_md5sums,
+)
 
 from ffbench import data, download
+from ffbench.config import compose
 from ffbench.download import Checksum, Source
 from ffbench.errors import FFBenchError
-from ffbench.experiment import compose_config
-from ffbench.ff import embed_labels, embed_neutral
+from ffbench.ff_data import embed_labels, embed_neutral
 
 IDX_NAMES = [f"{stem}.gz" for stem in download.IDX_STEMS]
 
 
-def md5(raw: bytes) -> str:
-    return hashlib.md5(raw).hexdigest()
-
-
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
-
-
-class Mirror:
-    """A mirror on 127.0.0.1 serving `files` (name -> bytes); `truncate` names files it cuts
-    off halfway (the connection closes mid-file); `hits` counts requests by name."""
-
-    def __init__(self):
-        self.files, self.truncate, self.hits = {}, set(), []
-        mirror = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                name = self.path.rsplit("/", 1)[-1]
-                mirror.hits.append(name)
-                if name not in mirror.files:
-                    self.send_error(404)
-                    return
-                body = mirror.files[name]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if name in mirror.truncate else body)
-                self.close_connection = True
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/data/"
-        serve = self.server.serve_forever
-        threading.Thread(target=serve, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-
-@pytest.fixture
-def mirror():
-    server = Mirror()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
-
-
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}/"
+    return f"http://127.0.0.1:{free_port()}/"  # nothing listens there
 
 
 def tiny_idx(tmp_path: Path) -> tuple[dict[str, bytes], Source]:
@@ -88,26 +41,37 @@ def tiny_idx(tmp_path: Path) -> tuple[dict[str, bytes], Source]:
     return files, Source("tiny", sums, mirrors=("http://127.0.0.1:9/never/",))
 
 
-def test_the_registry_holds_real_checksums():
-    for source in download.REGISTRY.values():
-        assert source.mirrors and all(m.endswith("/") for m in source.mirrors)
-        sums = [*source.files.values(), *([source.archive[1]] if source.archive else [])]
-        for checksum in sums:
-            for value in (checksum.md5, checksum.raw_md5):
-                assert value is None or (len(value) == 32 and int(value, 16) >= 0)
-    assert download.REGISTRY["mnist"].files["train-images-idx3-ubyte.gz"].md5 == (
-        "f68b3c2dcbeaaa9fbdd348bbdeb94873"
-    )
-    assert download.REGISTRY["cifar10"].archive[1].md5 == "c58f30108f718f92721af3b95e74349a"
+@pytest.mark.parametrize("name", sorted(download.REGISTRY))
+def test_the_registry_checksums_refuse_look_alike_files(name, tmp_path):
+    """Files in the data set's real format that are not the data set (generated here) are
+    refused by the built-in checksums: the first file is named with the MD5 it should have."""
+    source = download.REGISTRY[name]
+    first = next(iter(source.files))
+    if source.archive:
+        make_cifar(tmp_path)
+        victim = tmp_path / source.archive_dir / first
+    else:
+        make_mnist(tmp_path, n_train=60, n_test=20)
+        victim = tmp_path / first
+    with pytest.raises(FFBenchError) as err:
+        download.fetch(name, str(tmp_path))
+    message = str(err.value)
+    assert message.startswith(f"{victim} fails its checksum (MD5 {md5(victim.read_bytes())}")
+    assert f"expected {source.files[first].md5}" in message and "\n" not in message
 
 
-@pytest.mark.skipif(
-    not Path("/work/shared/data/mnist/train-images-idx3-ubyte.gz").exists(),
-    reason="no real MNIST on this machine",
-)
-def test_real_mnist_recompressed_copy_passes_the_decompressed_checksums():
-    files = download.fetch("mnist", "/work/shared/data/mnist")
-    assert len(files["train-images-idx3-ubyte.gz"]) == 16 + 60000 * 784
+@pytest.mark.slow
+def test_real_mnist_passes_the_registry_checksums():
+    """The four files of real MNIST in $FFBENCH_DATA (published, compressed again or stored
+    decompressed) pass the built-in checksums and hold every example."""
+    files = download.fetch("mnist", real_mnist())
+    sizes = {name: len(content) for name, content in files.items()}
+    assert sizes == {
+        "train-images-idx3-ubyte.gz": 16 + 60000 * 784,
+        "train-labels-idx1-ubyte.gz": 8 + 60000,
+        "t10k-images-idx3-ubyte.gz": 16 + 10000 * 784,
+        "t10k-labels-idx1-ubyte.gz": 8 + 10000,
+    }
 
 
 def test_downloads_once_then_reuses_the_verified_copy(mirror, tmp_path):
@@ -196,36 +160,6 @@ def test_an_idx_header_that_promises_more_is_named():
         data.parse_idx(raw, "labels")
 
 
-# CIFAR-10 in its real python format: pickled dicts, b"data" uint8 (N, 3072) stored as red,
-# green and blue planes, b"labels" a list; the class is drawn as a bright red row 2 + 3*label.
-
-
-def cifar_batch(n: int, rng) -> dict:
-    labels = rng.integers(0, 10, n)
-    images = rng.integers(0, 80, (n, 3, 32, 32), dtype=np.uint8)
-    for i, label in enumerate(labels):
-        images[i, 0, 2 + 3 * label, :] = 255
-    return {b"data": images.reshape(n, -1), b"labels": labels.tolist()}
-
-
-def make_cifar(folder: Path, n=40, n_test=40, seed=0) -> dict[str, bytes]:
-    """cifar-10-batches-py/ and cifar-10-python.tar.gz in `folder`; returns every member."""
-    rng = np.random.default_rng(seed)
-    members = {f"data_batch_{i}": pickle.dumps(cifar_batch(n, rng)) for i in range(1, 6)}
-    members["test_batch"] = pickle.dumps(cifar_batch(n_test, rng))
-    members["batches.meta"] = pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]})
-    (folder / "cifar-10-batches-py").mkdir(parents=True)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, raw in members.items():
-            (folder / "cifar-10-batches-py" / name).write_bytes(raw)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
-    (folder / "cifar-10-python.tar.gz").write_bytes(buffer.getvalue())
-    return members
-
-
 def test_cifar10_from_the_tarball_or_the_extracted_folder(mirror, tmp_path):
     made = tmp_path / "made"
     members = make_cifar(made)
@@ -264,8 +198,8 @@ def test_normalisation_statistics_come_from_the_training_split_only(tmp_path):
     )
     assert torch.allclose(scaled.x_test, expected_test.view(-1, 3072))  # training statistics
     # MNIST keeps its pixels in [0, 1] by default; CIFAR-10 is standardised by default
-    assert not compose_config(["dataset=mnist"]).dataset.normalize
-    assert compose_config(["dataset=cifar10"]).dataset.normalize
+    assert not compose(["dataset=mnist"]).dataset.normalize
+    assert compose(["dataset=cifar10"]).dataset.normalize
 
 
 def test_ff_writes_the_label_into_every_colour_channel():
@@ -282,38 +216,6 @@ def test_ff_writes_the_label_into_every_colour_channel():
     assert torch.all(neutral[:, :, :10] == 0.1)
 
 
-@pytest.mark.parametrize("algo", ["ff", "bp"])
-def test_cifar10_runs_end_to_end(workdir, tmp_path, mirror, algo):
-    made = tmp_path / "made"
-    make_cifar(made)
-    sums = write_md5sums(made / "cifar-10-batches-py", tmp_path / "sums.md5")
-    tarball = (made / "cifar-10-python.tar.gz").read_bytes()
-    (tmp_path / "sums.md5").write_text(sums + f"{md5(tarball)}  cifar-10-python.tar.gz\n")
-    # FF reads the prepared folder; BP downloads the tarball from the mirror into its cache
-    where = [f"dataset.root={made}"]
-    if algo == "bp":
-        mirror.files = {"cifar-10-python.tar.gz": tarball}
-        where = [f"dataset.root={tmp_path / 'cache'}", f"dataset.mirror={mirror.url}"]
-    result = run_ffbench(
-        workdir,
-        f"algo={algo}",
-        "dataset=cifar10",
-        *where,
-        f"dataset.checksums={tmp_path / 'sums.md5'}",
-        "dataset.val_size=20",
-        "trainer.epochs=1",
-        "model.width=32",
-        "trainer.batch_size=20",
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    [run] = all_runs(workdir)
-    assert run.info.status == "FINISHED" and run.data.params["dataset"] == "cifar10"
-    assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
-    if algo == "bp":
-        assert mirror.hits == ["cifar-10-python.tar.gz"]
-        assert leftovers(tmp_path / "cache") == sorted(["cifar10", "cifar-10-python.tar.gz"])
-
-
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -324,7 +226,7 @@ DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 def test_real_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
     monkeypatch.delenv("FFBENCH_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty cache: nothing downloaded
-    cfg = compose_config(["dataset=fashion_mnist", f"dataset.mirror={closed_port_url()}"])
+    cfg = compose(["dataset=fashion_mnist", f"dataset.mirror={closed_port_url()}"])
     splits = data.load(cfg.dataset)
     assert (len(splits.x_train), len(splits.x_val), len(splits.x_test)) == (55000, 5000, 10000)
     assert splits.y_test[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]  # the official order

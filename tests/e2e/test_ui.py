@@ -9,9 +9,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, mlflow_server, rest, run_ffbench
+from helpers import QUICK, REPO, mlflow_server, rest, run_ffbench
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's `chromium` package
 SCREENSHOTS = REPO / "outputs" / "ui"  # git-ignored, like all of outputs/
 CHILDREN = {"ff": "ff-sumsq-relu-digits", "bp": "bp-relu-digits"}

@@ -1,20 +1,15 @@
 """Accuracy on real MNIST (`make test-slow`, minutes): needs FFBENCH_DATA pointing at the
 four IDX files, e.g. FFBENCH_DATA=../shared/data/mnist make test-slow."""
 
-import os
-
 import pytest
-from conftest import all_runs, clean_env, run_ffbench
+from helpers import all_runs, clean_env, real_mnist, run_ffbench
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.environ.get("FFBENCH_DATA"), reason="FFBENCH_DATA is not set"),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("algo", ["ff", "bp"])
 def test_quick_mnist_reaches_97_percent(workdir, algo):
-    env = clean_env(FFBENCH_DATA=os.environ["FFBENCH_DATA"])
+    env = clean_env(FFBENCH_DATA=real_mnist())
     result = run_ffbench(workdir, "+experiment=quick_mnist", f"algo={algo}", env=env, timeout=1800)
     assert result.returncode == 0, result.stderr
     [run] = all_runs(workdir)

@@ -1,7 +1,7 @@
 """Bad input: a clear error, a non-zero exit, and no lost, corrupt or RUNNING MLflow records."""
 
 import pytest
-from conftest import QUICK, all_runs, clean_env, run_ffbench, write_md5sums
+from helpers import QUICK, all_runs, clean_env, run_ffbench, write_md5sums
 
 # Without normalisation between layers, a huge SGD step makes activities overflow to NaN.
 DIVERGE = ["model.norm=none", "optimizer=sgd"]

@@ -1,17 +1,19 @@
-"""Every FF option does what it says: goodness functions, losses, activations, negatives,
-evaluations, peer normalisation, schedules and learning-rate schedules."""
+"""Every FF option does what it says, on hand-made tensors and tiny nets: goodness functions,
+losses, activations, negatives, evaluations, peer normalisation, schedules and learning-rate
+schedules. That each option learns the digits is in tests/e2e/test_ff_options.py."""
 
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_algorithm, make_ff
+from helpers import SMALL_FF, make_learner, make_trainable
 
-from ffbench import experiment
+from ffbench import experiment, ff_data
 from ffbench.activations import ACTIVATIONS, tdist
-from ffbench.config import validate
-from ffbench.ff import (
+from ffbench.config import compose, validate
+from ffbench.errors import FFBenchError
+from ffbench.ff_data import (
     embed_neutral,
     hybrid_images,
     hybrid_masks,
@@ -63,7 +65,7 @@ def test_losses_known_values():
 def test_inverted_objective_rewards_low_goodness_for_positives():
     """With inverted=true the score is -goodness: a quiet positive and a loud negative give a
     small loss, the opposite a large one."""
-    net = make_ff(overrides=["goodness.inverted=true"])
+    net = make_learner([*SMALL_FF, "goodness.inverted=true"])
     quiet, loud = torch.zeros(1, 4), torch.full((1, 4), 3.0)
     good = net.losses[0](net.score(quiet), net.score(loud))
     bad = net.losses[0](net.score(loud), net.score(quiet))
@@ -130,86 +132,46 @@ def test_hybrid_images_take_each_pixel_from_one_of_two_images():
 
 
 def test_readout_sees_no_label_and_sends_no_gradient_into_ff_layers():
-    net = make_ff()
+    net = make_learner(SMALL_FF)
     x, y = torch.rand(16, 20), torch.randint(0, 10, (16,))
     assert torch.allclose(embed_neutral(x, 10)[:, :10], torch.full((16, 10), 0.1))
     loss = F.cross_entropy(net.readout(net.features(x)), y)
     loss.backward()
     assert net.readout.weight.grad is not None
-    assert all(p.grad is None for p in net.model.parameters())
+    assert all(p.grad is None for p in net.stack.parameters())
 
 
 def test_peer_normalisation_penalises_unequal_units_only():
-    net = make_ff(overrides=["algo.peer_norm=0.03"])
-    assert net._peer_loss(0, torch.ones(8, 16)).item() == 0.0
-    net.running_mean = [None] * 3
+    net = make_learner([*SMALL_FF, "algo.peer_norm=0.03"])
+    assert net.peer.loss(0, torch.ones(8, 16)).item() == 0.0
+    net.peer.started = [False] * 3  # forget that minibatch
     uneven = torch.zeros(8, 16)
     uneven[:, 0] = 16.0
-    assert net._peer_loss(0, uneven).item() == pytest.approx(0.03 * (15 * 1 + 15**2) / 16)
+    assert net.peer.loss(0, uneven).item() == pytest.approx(0.03 * (15 * 1 + 15**2) / 16)
 
 
 def test_sequential_schedule_trains_one_layer_at_a_time():
-    net = make_ff()
-    before = [layer.weight.detach().clone() for layer in net.model.layers]
-    net.train_epoch(torch.rand(64, 20), torch.randint(0, 10, (64,)), 16, layer=1)
+    net, optimizer = make_trainable(SMALL_FF)
+    before = [layer.weight.detach().clone() for layer in net.stack.layers]
+    net.train_epoch(torch.rand(64, 20), torch.randint(0, 10, (64,)), optimizer, 16, layer=1)
     changed = [
-        not torch.equal(b, layer.weight) for b, layer in zip(before, net.model.layers, strict=True)
+        not torch.equal(b, layer.weight) for b, layer in zip(before, net.stack.layers, strict=True)
     ]
     assert changed == [False, True, False]
 
 
 def test_linear_decay_schedule():
-    factors = [experiment.lr_factor("linear_decay", e, 10) for e in range(1, 11)]
+    factors = [experiment.LR_SCHEDULES["linear_decay"](e, 10) for e in range(1, 11)]
     assert factors[:6] == [1.0] * 6 and factors[-1] == pytest.approx(0.2)
     assert factors == sorted(factors, reverse=True)
-    assert experiment.lr_factor("constant", 10, 10) == 1.0
-
-
-def train_on_digits(overrides: list[str]) -> dict:
-    cfg = experiment.compose_config(overrides)
-    validate(cfg)
-    job = experiment.prepare(cfg, torch.device("cpu"))
-    history = []
-    final = experiment.train(job, lambda step, metrics: history.append(metrics))
-    return final | {"history": history}
-
-
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        ["algo.negatives=random_label", "algo.evaluation=goodness"],
-        ["algo.negatives=random_label", "algo.evaluation=readout"],
-        ["algo.negatives=hard_label", "algo.evaluation=goodness"],
-        ["algo.negatives=hard_label", "algo.evaluation=readout"],
-        ["algo.negatives=hybrid", "algo.evaluation=readout"],
-        ["algo.loss=symba"],
-        ["goodness.inverted=true"],
-        ["goodness=split"],
-        ["goodness=sumabs"],
-        ["activation=tdist"],
-        ["algo.schedule=sequential"],
-    ],
-    ids=lambda o: " ".join(o),
-)
-def test_each_option_learns_the_digits(overrides):
-    result = train_on_digits(["trainer.epochs=15", "model.width=128", *overrides])
-    assert result["test_accuracy"] > 0.75  # chance is 0.1
-    keys = {"test_accuracy_readout"} | (
-        {"test_accuracy_goodness"} if "hybrid" not in str(overrides) else set()
-    )
-    assert keys <= result.keys()
-    last = result["history"][-1]
-    assert "layer1_goodness_pos" in last and "layer1_separation" in last and "readout_loss" in last
-    if "algo.schedule=sequential" in overrides:
-        assert len(result["history"]) == 2 * 15  # each of the 2 layers trains 15 epochs
-        assert "layer0_loss" not in last  # the last passes train the top layer only
+    assert experiment.LR_SCHEDULES["constant"](10, 10) == 1.0
 
 
 def test_closed_form_readout_gradient_equals_autograd():
-    net = make_ff()
+    net = make_learner(SMALL_FF)
     x, y = torch.rand(16, 20), torch.randint(0, 10, (16,))
     features = net.features(x)
-    loss = net._readout_gradient(features, y)
+    loss = net.readout.set_gradient(features, y)
     closed = (net.readout.weight.grad.clone(), net.readout.bias.grad.clone())
     net.readout.zero_grad()
     expected = F.cross_entropy(net.readout(features), y)
@@ -222,10 +184,9 @@ def test_closed_form_readout_gradient_equals_autograd():
 def test_colour_images_get_the_label_and_the_hybrid_mask_in_every_channel():
     """Rows of 3 channel-first 4x4 planes: positives carry the label in each plane, negatives
     a wrong one, and a hybrid takes the same pixel from the same image in every channel."""
-    ff = make_algorithm(48, ["algo=ff", "model.depth=2", "model.width=16"])
-    ff.image_shape = (4, 4)
+    ff = make_learner(["algo=ff", "model.depth=2", "model.width=16"], 48, image_shape=(4, 4))
     x, y = torch.rand(8, 48), torch.randint(0, 10, (8,))
-    pos, neg = ff._negative_data(x, y, None)
+    pos, neg = ff.negatives(ff, x, y, None)
     for planes, labels in ((pos.view(8, 3, 16), y), (neg.view(8, 3, 16), None)):
         hot = planes[:, :, :10].argmax(dim=2)  # (examples, channels)
         assert (hot == hot[:, :1]).all()  # one label, the same in every channel
@@ -233,35 +194,27 @@ def test_colour_images_get_the_label_and_the_hybrid_mask_in_every_channel():
             assert (hot[:, 0] == labels).all()
         else:
             assert (hot[:, 0] != y).all()
-    assert ff.channels(x) == 3
-    ff.supervised = False
-    real, hybrid = ff._negative_data(x, y, None)
+    assert ff.channels == 3
+    real, hybrid = ff_data.hybrid(ff, x, y, None)
     from_first = (hybrid == x).view(8, 3, 16)
     assert (from_first == from_first[:, :1]).all()
 
 
-def test_conv_net_learns_the_digits_with_label_planes():
-    result = train_on_digits(["trainer.epochs=15", "model=conv", "algo.label_input=planes"])
-    assert result["test_accuracy_goodness"] > 0.5  # chance is 0.1; measured 0.72 on validation
-
-
 def test_label_planes_add_one_constant_plane_per_class():
-    ff = make_algorithm(
-        48, ["algo=ff", "model.depth=2", "model.width=16", "algo.label_input=planes"]
-    )
-    ff.image_shape = (4, 4)
+    overrides = ["algo=ff", "model.depth=2", "model.width=16", "algo.label_input=planes"]
+    ff = make_learner(overrides, 48, image_shape=(4, 4))
     x, y = torch.rand(5, 48), torch.tensor([0, 3, 9, 3, 1])
-    planes = ff.with_label(x, y)[:, 48:].view(5, 10, 16)
-    assert torch.equal(ff.with_label(x, y)[:, :48], x)  # the image itself is untouched
+    planes = ff.labels.with_label(x, y)[:, 48:].view(5, 10, 16)
+    assert torch.equal(ff.labels.with_label(x, y)[:, :48], x)  # the image itself is untouched
     assert torch.equal(planes, F.one_hot(y, 10).float()[:, :, None].expand(5, 10, 16))
-    assert torch.equal(ff.without_label(x)[:, 48:], torch.full((5, 160), 0.1))
-    cfg = experiment.compose_config(["algo=ff", "algo.label_input=planes"])
-    assert experiment.input_features(cfg, 48, 10, (4, 4)) == 48 + 10 * 16  # 10 planes of 4x4
+    assert torch.equal(ff.labels.neutral(x)[:, 48:], torch.full((5, 160), 0.1))
+    assert ff.stack.in_features == 48 + 10 * 16  # 10 planes of 4x4
 
 
 def test_label_planes_with_hybrid_negatives_say_what_to_set():
-    cfg = experiment.compose_config(
-        ["algo.negatives=hybrid", "algo.evaluation=readout", "algo.label_input=planes"]
-    )
-    with pytest.raises(Exception, match="set algo.label_input=pixels"):
+    cfg = compose(["algo.negatives=hybrid", "algo.evaluation=readout", "algo.label_input=planes"])
+    with pytest.raises(FFBenchError) as err:
         validate(cfg)
+    assert str(err.value) == (
+        "algo.negatives=hybrid is unsupervised and writes no label: set algo.label_input=pixels"
+    )

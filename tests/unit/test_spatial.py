@@ -1,80 +1,49 @@
-"""Spatial models (model=conv, model=local), per-position goodness and the black box: they
-learn the digits with FF and BP, FF stays layer-local, the FLOP count is the hand count, and
-bad sizes or an impossible BP fail with one line."""
+"""Spatial models (model=conv, model=local), per-position goodness and the black box, on tiny
+nets: FF stays layer-local, the FLOP count is the hand count, and bad sizes or an impossible BP
+are refused with one line. That they learn the digits, and the command line's answers, are in
+tests/e2e/test_spatial.py."""
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import all_runs, run_ffbench
+from helpers import CPU, make_learner, make_trainable
 
-from ffbench import experiment
 from ffbench.activations import NORMALISATIONS
 from ffbench.analytic import saved_activation_bytes
-from ffbench.config import validate
+from ffbench.config import compose, validate
 from ffbench.errors import FFBenchError
-from ffbench.ff import embed_labels, per_position_goodness
+from ffbench.ff import per_position_goodness
+from ffbench.ff_data import embed_labels
 from ffbench.flops import goodness_eval_flops_per_example, train_flops_per_example
 from ffbench.goodness import GOODNESS
 from ffbench.measure import PeakMemory
-from ffbench.models import per_position
+from ffbench.models import BLACKBOXES, per_position
 
-CPU = torch.device("cpu")
-ONE_THREAD = "trainer.num_threads=1"  # a tiny net: more threads than work only adds waiting
+ROWS = {"features": 64, "image_shape": (8, 8)}  # the digits: 8x8 single-channel rows
 SMALL = ["model.channels=8", "model.kernel=3", "model.stride=1", "model.padding=1", "model.depth=3"]
-
-
-def build(*overrides, features=64, shape=(8, 8)):
-    """A learner on 8x8 single-channel rows, built by the real config and experiment code."""
-    cfg = experiment.compose_config(list(overrides))
-    validate(cfg)
-    torch.manual_seed(0)
-    return experiment.build_algorithm(cfg, features, 10, shape, CPU)
-
-
-def train_on_digits(*overrides) -> dict:
-    cfg = experiment.compose_config([ONE_THREAD, *overrides])
-    validate(cfg)
-    return experiment.train(experiment.prepare(cfg, CPU), lambda step, metrics: None)
-
-
-@pytest.mark.parametrize("model", ["conv", "local"])
-@pytest.mark.parametrize("algo", ["ff", "bp"])
-def test_spatial_models_learn_the_digits(model, algo):
-    epochs = 10 if algo == "ff" else 3
-    final = train_on_digits(f"model={model}", f"algo={algo}", f"trainer.epochs={epochs}")
-    # measured: FF conv 0.74 local 0.84 (goodness), BP conv 0.97 local 0.975; chance is 0.1
-    assert final["test_accuracy"] > (0.5 if algo == "ff" else 0.85)
-    assert final["train_gflops_per_s"] > 0
-
-
-def test_per_position_goodness_learns_the_digits():
-    final = train_on_digits(
-        "model=conv", "goodness.spatial=position", "model.norm_scope=position", "trainer.epochs=10"
-    )
-    assert final["test_accuracy"] > 0.5  # measured 0.77
 
 
 @pytest.mark.parametrize("model", ["conv", "local"])
 def test_no_gradient_crosses_layers_in_ff(model):
     """Each layer's gradient after a training step is the gradient of its own loss alone, on
     its detached input; the same losses through the whole graph would give another one."""
-    ff = build("algo=ff", f"model={model}", *SMALL)
+    ff, optimizer = make_trainable(["algo=ff", f"model={model}", *SMALL], **ROWS)
     x, y = torch.rand(8, 64), torch.randint(0, 10, (8,))
     pos = embed_labels(x, y, 10, 1.0)
     neg = embed_labels(x, (y + 3) % 10, 10, 1.0)
-    ff._negative_data = lambda x, y, features: (pos, neg)
-    ff.optimizer.step = lambda: None  # keep the weights: compare the gradients themselves
-    ff.train_step(x, y, range(3))
-    layers = ff.model.layers
+    ff.negatives = lambda learner, x, y, features: (pos, neg)
+    optimizer.step = lambda: None  # keep the weights: compare the gradients themselves
+    ff.train_step(x, y, optimizer, range(3))
+    layers = ff.stack.layers
     h, through = torch.cat([pos, neg]), torch.cat([pos, neg])
     total = 0
     for k, layer in enumerate(layers):
-        a = ff.model.layer(k, h)
+        a = ff.stack.layer(k, h)
         s = ff.score(a, k)
         own = torch.autograd.grad(ff.losses[k](s[:8], s[8:]), [layer.weight])[0]
         assert torch.allclose(layer.weight.grad, own, atol=1e-6), k
         h = a.detach()
-        through = ff.model.layer(k, through)  # no detach: a gradient could flow down
+        through = ff.stack.layer(k, through)  # no detach: a gradient could flow down
         s = ff.score(through, k)
         total = total + ff.losses[k](s[:8], s[8:])
     end_to_end = torch.autograd.grad(total, [layers[0].weight])[0]
@@ -90,24 +59,33 @@ def test_per_position_goodness_and_normalisation_on_a_hand_built_tensor():
     assert torch.allclose(normed.pow(2).mean(dim=0), torch.ones(2))  # each position's channels
     assert torch.allclose(normed[:, 1], torch.tensor([2.0, 0.0]) / 2**0.5)
     # in an FF net: theta per position = channels; the loss is averaged over positions
-    ff = build("algo=ff", "model=conv", "goodness.spatial=position", "model.norm_scope=position")
+    ff = make_learner(
+        ["algo=ff", "model=conv", "goodness.spatial=position", "model.norm_scope=position"], **ROWS
+    )
     assert ff.thetas == [32.0, 32.0]
     s_pos, s_neg = torch.tensor([[40.0, 30.0]]), torch.tensor([[20.0, 35.0]])
     expected = F.softplus(torch.tensor([-8.0, 2.0, -12.0, 3.0])).mean()
     assert torch.allclose(ff.losses[0](s_pos, s_neg), expected)
-    whole = build("algo=ff", "model=conv")
+    whole = make_learner(["algo=ff", "model=conv"], **ROWS)
     assert whole.thetas == [32.0 * 4 * 4, 32.0 * 2 * 2]  # sumsq: the layer's units
 
 
 @pytest.mark.parametrize("spatial", ["whole", "position"])
 def test_batched_label_goodness_matches_the_naive_loop_for_conv(spatial):
-    ff = build(
-        "algo=ff", "model=conv", *SMALL, f"goodness.spatial={spatial}", "model.norm_scope=position"
+    ff = make_learner(
+        [
+            "algo=ff",
+            "model=conv",
+            *SMALL,
+            f"goodness.spatial={spatial}",
+            "model.norm_scope=position",
+        ],
+        **ROWS,
     )
     x = torch.rand(5, 64)
     batched = ff.label_goodness(x)
     for label in range(10):
-        activities = ff.model(embed_labels(x, torch.full((5,), label), 10, 1.0))
+        activities = ff.stack(embed_labels(x, torch.full((5,), label), 10, 1.0))
         naive = sum(a.pow(2).sum(dim=1) for a in activities[1:])  # sumsq, summed over positions
         assert torch.allclose(batched[:, label], naive, rtol=1e-5)
     assert torch.equal(ff.predict_all(x)["goodness"], batched.argmax(1))
@@ -125,22 +103,20 @@ def test_flops_of_a_small_spatial_net_equal_a_hand_count(model):
         ("bp", "true"): 2 * total + 2 * macs[1] + 2 * total + 6 * top * 10,
     }
     for (algo, readout), flops in expected.items():
-        cfg = experiment.compose_config(
-            [f"model={model}", f"algo={algo}", f"algo.readout={readout}", *sizes]
-        )
+        cfg = compose([f"model={model}", f"algo={algo}", f"algo.readout={readout}", *sizes])
         assert train_flops_per_example(cfg, 64, 10, (8, 8)) == flops
     assert goodness_eval_flops_per_example(cfg, 64, 10, (8, 8)) == 10 * 2 * total
     with pytest.raises(ValueError, match="image shape"):
         train_flops_per_example(cfg, 64, 10)
     # the layers really do that many multiply-adds: the weights' sizes x positions
-    stack = build(f"model={model}", "algo=bp", *sizes).model.stack
+    stack = make_learner([f"model={model}", "algo=bp", *sizes], **ROWS).stack
     if model == "local":
         assert [layer.weight.numel() for layer in stack.layers] == macs
 
 
 def test_locally_connected_layer_equals_a_convolution_with_the_same_filters_everywhere():
-    ff = build("algo=ff", "model=local", *SMALL)
-    layer = ff.model.layers[1]
+    ff = make_learner(["algo=ff", "model=local", *SMALL], **ROWS)
+    layer = ff.stack.layers[1]
     conv = torch.nn.Conv2d(8, 8, 3, 1, 1)
     with torch.no_grad():  # copy the conv's filters into every position
         layer.weight.copy_(conv.weight.flatten(1).T.expand_as(layer.weight))
@@ -153,39 +129,26 @@ def test_checkpointed_bp_on_a_local_net_computes_the_same_gradients():
     x, y = torch.rand(6, 64), torch.randint(0, 10, (6,))
     grads = []
     for algo in ("bp", "bp_ckpt"):
-        bp = build(f"algo={algo}", "model=local", *SMALL)
-        F.cross_entropy(bp.model(x), y).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in bp.model.parameters()]))
+        bp = make_learner([f"algo={algo}", "model=local", *SMALL], **ROWS)
+        F.cross_entropy(bp.net(x), y).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in bp.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["sign", "quantize", "numpy"])
 def test_the_black_box_has_no_gradient_unless_straight_through(kind):
-    box = build("algo=ff", f"model.blackbox={kind}", "model.width=16").model.blackbox
+    box = make_learner(
+        ["algo=ff", f"model.blackbox={kind}", "model.width=16"], **ROWS
+    ).stack.blackbox
     x = torch.randn(4, 16, requires_grad=True)
     assert not box(x).requires_grad  # autograd cannot see through it
     assert not torch.equal(box(x), x)
     box.straight_through = True
     out = box(x)
     out.sum().backward()
-    assert torch.allclose(out, box.transform(x.detach())) and torch.equal(x.grad, torch.ones(4, 16))
-
-
-@pytest.mark.parametrize("kind", ["sign", "quantize", "numpy"])
-def test_ff_learns_through_a_black_box(kind):
-    final = train_on_digits(f"model.blackbox={kind}", "model.width=128", "trainer.epochs=20")
-    # measured: sign 0.71, quantize 0.87, numpy 0.86; without a black box 0.87; chance 0.1
-    assert final["test_accuracy"] > 0.6
-
-
-def test_bp_learns_through_a_black_box_only_with_a_straight_through_estimator():
-    final = train_on_digits(
-        "algo=bp",
-        "model.blackbox=quantize",
-        "model.blackbox_grad=straight_through",
-        "trainer.epochs=3",
+    assert torch.allclose(out, BLACKBOXES[kind](box, x.detach())) and torch.equal(
+        x.grad, torch.ones(4, 16)
     )
-    assert final["test_accuracy"] > 0.8  # measured 0.97 (0.98 without the black box)
 
 
 @pytest.mark.parametrize(
@@ -200,50 +163,28 @@ def test_bp_learns_through_a_black_box_only_with_a_straight_through_estimator():
 )
 def test_impossible_settings_are_refused_before_training(overrides, message):
     with pytest.raises(FFBenchError, match=message):
-        validate(experiment.compose_config(overrides))
+        validate(compose(overrides))
 
 
 def test_a_kernel_larger_than_a_layer_input_says_what_to_set():
     with pytest.raises(
         FFBenchError, match=r"model.kernel=5 is larger than the 4x4 input of hidden layer 2"
     ):
-        build("model=conv", "model.depth=3", "model.padding=0", "model.stride=1", "model.kernel=5")
+        make_learner(
+            ["model=conv", "model.depth=3", "model.padding=0", "model.stride=1", "model.kernel=5"],
+            **ROWS,
+        )
     with pytest.raises(FFBenchError, match="set model=mlp"):
-        build("model=conv", shape=(64,))
-
-
-def test_command_line_bad_settings_fail_with_one_line_and_straight_through_is_logged(workdir):
-    result = run_ffbench(workdir, "model=local", "model.kernel=9", "model.padding=0")
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        "ffbench: error: model.kernel=9 is larger than the 8x8 input of hidden layer 1 "
-        "(model.padding=0): set model.kernel=8 or less, a larger model.padding, "
-        "a smaller model.stride or model.depth"
-    ]
-    result = run_ffbench(workdir, "algo=bp", "model.blackbox=sign")
-    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
-    assert "algo=bp cannot train through model.blackbox=sign" in result.stderr
-    assert all_runs(workdir) == []  # nothing recorded, nothing trained
-    result = run_ffbench(
-        workdir,
-        "algo=bp",
-        "model=conv",
-        "model.blackbox=sign",
-        "model.blackbox_grad=straight_through",
-        "trainer.epochs=1",
-        ONE_THREAD,
-    )
-    assert result.returncode == 0, result.stderr
-    [run] = all_runs(workdir)
-    assert run.data.params["model.blackbox_grad"] == "straight_through"
-    assert run.data.params["model"] == "conv" and run.data.metrics["train_gflops_per_s"] > 0
+        make_learner(["model=conv"], 64)
 
 
 def test_analytic_memory_covers_ff_through_a_black_box_and_refuses_the_rest():
-    ff = build("algo=ff", "model.blackbox=sign", "model.width=16", features=20, shape=(4, 5))
+    ff, optimizer = make_trainable(
+        ["algo=ff", "model.blackbox=sign", "model.width=16"], 20, image_shape=(4, 5)
+    )
     x, y = torch.rand(8, 20), torch.randint(0, 10, (8,))
-    with PeakMemory(CPU, ff.model.parameters()) as memory:
-        ff.train_epoch(x, y, 8)
+    with PeakMemory(CPU, ff.parameters()) as memory:
+        ff.train_epoch(x, y, optimizer, 8)
     assert memory.saved.peak_bytes == saved_activation_bytes("ff", 8, 16, 2, 20, blackbox="sign")
     with pytest.raises(ValueError, match="model=mlp only"):
         saved_activation_bytes("ff", 8, 16, 2, 64, model="conv")

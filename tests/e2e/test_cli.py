@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     FFBENCH,
     QUICK,
+    REPO,
     all_runs,
     clean_env,
     free_port,
@@ -132,12 +133,11 @@ def test_help_lists_every_group(workdir):
 
 def test_non_editable_install_finds_its_configs(workdir, tmp_path):
     """`pip install .` (not -e) into a fresh venv: its console script runs from elsewhere."""
-    repo = Path(__file__).resolve().parents[1]
     source = tmp_path / "source"  # a clean copy, so the build leaves nothing in the checkout
     source.mkdir()
     for part in ("pyproject.toml", "README.md", "ffbench", "conf"):
-        copy = shutil.copytree if (repo / part).is_dir() else shutil.copy
-        copy(repo / part, source / part)
+        copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
+        copy(REPO / part, source / part)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next((venv / "lib").glob("python*/site-packages"))
@@ -168,10 +168,9 @@ def test_non_editable_install_finds_its_configs(workdir, tmp_path):
 def test_make_ui_serves_the_recorded_runs(workdir):
     """`make ui` starts a real MLflow server on 127.0.0.1 that shows what ffbench recorded."""
     assert run_ffbench(workdir, *QUICK).returncode == 0
-    repo = Path(__file__).resolve().parents[1]
     port = free_port()
     db = workdir / "outputs" / "mlflow.db"
-    command = ["make", "-s", "-C", repo, "ui", f"STORE={db}", f"UI_PORT={port}"]
+    command = ["make", "-s", "-C", REPO, "ui", f"STORE={db}", f"UI_PORT={port}"]
     with serving(command, port, timeout=90) as url:
         experiment = rest(url, "experiments/get-by-name", experiment_name="ffbench")["experiment"]
         runs = rest(url, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]

@@ -4,7 +4,7 @@ import gzip
 
 import pytest
 import torch
-from conftest import make_mnist
+from helpers import make_mnist
 
 from ffbench.data import load_digits, load_mnist
 from ffbench.download import REGISTRY, folders

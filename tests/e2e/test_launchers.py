@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (
+from helpers import (
     FFBENCH,
     QUICK,
+    REPO,
     all_runs,
     clean_env,
     free_port,
@@ -25,7 +26,6 @@ from mlflow.tracking import MlflowClient
 
 from ffbench.store import ready_store
 
-REPO = Path(__file__).resolve().parents[1]
 # One torch thread per job: jobs side by side on a busy 2-core machine, each with a thread
 # per core, spend seconds per epoch spinning instead of milliseconds.
 FAST = QUICK

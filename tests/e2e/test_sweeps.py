@@ -1,21 +1,20 @@
-"""No duplicate work (skip_finished): a sweep job whose relevant settings already have a FINISHED
-run in the experiment is recorded as skipped instead of trained; failed runs never count."""
+"""No duplicate work (skip_finished): a sweep job whose relevant settings already have a FINISHED run in
+the experiment is recorded as skipped instead of trained; failed runs never count; every run
+carries the commit of the code (read by running git). Which settings count as the same job
+is in tests/unit/test_sweeps.py."""
 
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, all_runs, run_ffbench
+from helpers import QUICK, REPO, all_runs, run_ffbench
 
 from ffbench import tracking
-from ffbench.experiment import compose_config
-from ffbench.settings import settings_hash
 
 SWEEP = ["-m", "algo=ff,bp", "goodness=sumsq,meansq", *QUICK]
 # As in test_bad_input: without normalisation a huge SGD step overflows to NaN.
 DIVERGE = ["model.norm=none", "optimizer=sgd"]
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _jobs(workdir: Path) -> list:
@@ -102,23 +101,6 @@ def test_rerun_after_a_failed_job_trains_only_that_one(workdir):
     assert [r.info.status for r in fine] == ["FINISHED", "FINISHED"]
     assert _trained(fine) == fine[:1]
     assert fine[1].data.tags["ffbench.result_run_id"] == fine[0].info.run_id
-
-
-def _hash(*overrides: str, device: str = "cpu") -> str:
-    return settings_hash(compose_config(overrides), device)
-
-
-def test_settings_hash_ignores_what_the_algorithm_ignores():
-    bp = _hash("algo=bp")
-    for same in ("goodness=meansq", "algo.loss=symba", "algo.theta=3", "tracking.experiment=x"):
-        assert _hash("algo=bp", same) == bp, same
-    assert _hash("algo=bp", "skip_finished=false", "resume=false", "dataset.root=/elsewhere") == bp
-    assert _hash("algo=ff") != _hash("algo=ff", "goodness=meansq")
-    assert _hash("algo=ff") == _hash("algo=ff", "trainer.grad_accum_steps=4")  # BP only
-    assert _hash("activation=relu", "activation.nu=3") == _hash("activation=relu")
-    for other in ("algo=bp_ckpt", "trainer.seed=1", "optimizer.lr=0.01", "measure.memory=false"):
-        assert _hash("algo=bp", other) != bp, other
-    assert _hash("algo=bp", device="cuda") != bp
 
 
 def test_git_commit_of_this_checkout_or_unknown(tmp_path, monkeypatch):

@@ -1,0 +1,70 @@
+"""The useful-FLOP count behind train_gflops_per_s and the speed benchmark, and the speed
+options: no read-out, tf32, subnormals flushed. What a run records, bf16 autocast and
+torch.compile, which train whole jobs, are in tests/e2e/test_speed.py."""
+
+import pytest
+import torch
+from helpers import QUICK, SMALL_FF, digits_job, make_trainable
+
+from ffbench.config import compose, validate
+from ffbench.errors import FFBenchError
+from ffbench.flops import goodness_eval_flops_per_example, train_flops_per_example
+
+MACS = 64 * 32 + 32 * 32  # two hidden layers of 32 units on 64 features
+HEAD = 32 * 10
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        # forward + weight gradient, positive and negative
+        (["algo=ff", "algo.readout=false"], 8 * MACS),
+        # the read-out's label-free pass and its own product and gradient (layer 2 only)
+        (["algo=ff"], 8 * MACS + 2 * MACS + 4 * 32 * 10),
+        (["algo=ff", "algo.negatives=hard_label"], 8 * MACS + 2 * MACS + 4 * 32 * 10),
+        (
+            ["algo=ff", "algo.schedule=sequential", "algo.readout=false"],
+            (8 * 64 * 32 + 8 * 32 * 32 + 4 * 64 * 32) / 2,
+        ),
+        (["algo=bp"], 2 * MACS + 2 * 32 * 32 + 2 * MACS + 6 * HEAD),
+        (["algo=bp_ckpt"], 2 * MACS + 2 * 32 * 32 + 2 * MACS + 6 * HEAD),  # recompute is overhead
+    ],
+)
+def test_training_flops_per_example(overrides, expected):
+    cfg = compose([*overrides, "model.depth=2", "model.width=32"])
+    assert train_flops_per_example(cfg, 64, 10) == expected
+
+
+def test_goodness_evaluation_flops_cover_every_label():
+    cfg = compose(["model.depth=2", "model.width=32"])
+    assert goodness_eval_flops_per_example(cfg, 64, 10) == 10 * 2 * MACS
+
+
+def test_ff_without_readout_has_no_readout_pass_metric_or_prediction():
+    ff, optimizer = make_trainable([*SMALL_FF, "algo.readout=false"])
+    assert ff.readout is None and len(optimizer.param_groups) == 1
+    x, y = torch.rand(64, 20), torch.randint(0, 10, (64,))
+    metrics = ff.train_epoch(x, y, optimizer, 32)
+    assert "readout_loss" not in metrics and "layer2_loss" in metrics
+    assert set(ff.predict_all(x)) == {"goodness"}
+
+
+@pytest.mark.parametrize("needs", ["algo.evaluation=readout", "algo.negatives=hard_label"])
+def test_readout_off_is_refused_where_the_readout_is_needed(needs):
+    cfg = compose(["algo.readout=false", needs])
+    with pytest.raises(FFBenchError, match=f"{needs} needs the read-out: set algo.readout=true"):
+        validate(cfg)
+
+
+def test_tf32_without_cuda_says_what_to_set():
+    with pytest.raises(FFBenchError, match="trainer.precision=tf32 needs a CUDA device"):
+        digits_job([*QUICK, "trainer.precision=tf32", "trainer.device=cpu"])
+
+
+def test_subnormal_floats_are_flushed_for_speed():
+    """The flag is process-wide and an earlier job may have set it: clear it, then prepare a
+    job, which must set it itself."""
+    torch.set_flush_denormal(False)
+    assert torch.tensor(1e-40).item() != 0.0  # kept while nothing flushes
+    digits_job(QUICK)
+    assert torch.tensor(1e-40).item() == 0.0  # a subnormal float32 becomes zero
