@@ -1,10 +1,12 @@
-"""The unit tier's promise, checked: no test here starts a process (the installed commands,
-servers, git and compiler workers belong in tests/e2e)."""
+"""The unit tier's promises, checked and kept: no test here starts a process (the installed
+commands, servers, git and compiler workers belong in tests/e2e), and torch computes on one
+thread (tiny tensors: more threads only add waiting, much of it on a busy 2-core machine)."""
 
 import os
 import subprocess
 
 import pytest
+import torch
 
 # ctypes.util.find_library runs `ldconfig -p` to find a library: ffbench.measure looks up the
 # C library that way for malloc_trim. A lookup, not a process a test starts.
@@ -26,3 +28,12 @@ def no_processes(monkeypatch):
     monkeypatch.setattr(subprocess.Popen, "_execute_child", only_library_lookups)
     monkeypatch.setattr(os, "fork", refuse)
     monkeypatch.setattr(os, "posix_spawn", refuse)
+
+
+@pytest.fixture(autouse=True, scope="package")
+def one_thread():
+    """For the tests of this folder only: the e2e tests after them get the thread count back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
