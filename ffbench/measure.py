@@ -10,6 +10,7 @@ Three figures, from the most exact to the most practical:
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import math
 import resource
@@ -53,17 +54,24 @@ def _current_rss_mb() -> float:
     return psutil.Process().memory_info().rss / MB
 
 
+@functools.cache  # find_library runs `ldconfig -p`: once per process is enough
+def _malloc_trim():
+    """glibc's malloc_trim, or None where there is none."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
 def _return_free_memory() -> None:
     """Give memory freed by earlier jobs back to the OS, so it does not count in this job's RSS.
 
     glibc keeps freed heap pages mapped; malloc_trim returns them. Elsewhere this is a no-op.
     """
     gc.collect()
-    libc = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(libc).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _larger(old: float | None, new: float) -> float:
