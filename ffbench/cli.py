@@ -88,8 +88,22 @@ def _pairs(metrics: dict) -> str:
     return " ".join(f"{k}={v:.5g}" for k, v in metrics.items())
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+class _Stop:
+    """Ctrl-C and SIGTERM. The handler raises KeyboardInterrupt at once, but one raised while
+    a weakref finalizer runs (the saved-tensor counter has many) is printed and dropped by
+    Python: the signal is remembered too, and the end of the epoch raises it again."""
+
+    signal: str | None = None
+
+    @classmethod
+    def handle(cls, signum, frame):
+        cls.signal = signal.Signals(signum).name
+        cls.check()
+
+    @classmethod
+    def check(cls) -> None:
+        if cls.signal is not None:
+            raise KeyboardInterrupt(f"stopped by signal {cls.signal}")
 
 
 def main() -> None:
@@ -106,7 +120,8 @@ def main() -> None:
 def app(cfg: DictConfig) -> float:
     # SIGTERM (a scheduler's kill, `kill PID`) unwinds like Ctrl-C, so the MLflow run is
     # closed as KILLED with its metrics so far instead of being left RUNNING.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, _Stop.handle)
+    signal.signal(signal.SIGINT, _Stop.handle)
     try:
         return run(cfg)
     except FFBenchError as err:
@@ -182,6 +197,7 @@ def run(cfg: DictConfig) -> float:
         last = {}
 
         def on_epoch(epoch: int, metrics: dict) -> None:
+            _Stop.check()  # a stop the epoch's finalizers swallowed
             last.update(metrics)
             run.log_epoch(metrics, step=epoch)
             log.info("epoch %d %s", epoch, _pairs(metrics))

@@ -98,10 +98,10 @@ def test_submitit_local_jobs_are_separate_processes_under_one_parent(workdir):
     assert len(list(workdir.glob("outputs/multirun/*/*/.submitit/*/*_result.pkl"))) == 2
 
 
-def test_slurm_settings_in_the_readme_compose(workdir):
-    """The README's submitit_slurm command gives a valid launcher config (no cluster here):
-    composed with --cfg, which takes no -m and so no swept keys."""
-    readme = (REPO / "README.md").read_text().replace("\\\n", " ")
+def test_slurm_settings_in_the_docs_compose(workdir):
+    """docs/clusters.md's submitit_slurm command gives a valid launcher config (no cluster
+    here): composed with --cfg, which takes no -m and so no swept keys."""
+    readme = (REPO / "docs" / "clusters.md").read_text().replace("\\\n", " ")
     start = "ffbench -m hydra/launcher=submitit_slurm "
     [line] = [s for s in readme.splitlines() if s.startswith(start)]
     command = shlex.split(line.split("#")[0])
