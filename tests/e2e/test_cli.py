@@ -21,6 +21,8 @@ from helpers import (
     store,
 )
 
+from ffbench.config import options_text
+
 FINAL_METRICS = {
     "test_accuracy",
     "val_accuracy",
@@ -117,9 +119,12 @@ def test_environment_overrides_store_and_experiment(workdir, tmp_path):
     assert run.info.status == "FINISHED"
 
 
-def test_help_lists_every_group(workdir):
+def test_help_lists_every_group_and_the_schema_s_keys(workdir):
+    """Groups from the registries; the key table is the schema's, generated (options_text)."""
     result = run_ffbench(workdir, "--help")
     assert result.returncode == 0
+    assert options_text() in result.stdout
+    assert "  model.kernel = 5  [positive]" in result.stdout
     for line in (
         "algo: bp, bp_ckpt, ff",
         "dataset: cifar10, digits, fashion_mnist, kmnist, mnist",
