@@ -292,6 +292,7 @@ class Config:
     )
 
 
+# The config groups: one option each; a researcher compares runs by them (params and tags).
 GROUPS = ("dataset", "model", "algo", "goodness", "activation", "optimizer")
 
 
@@ -319,8 +320,9 @@ def register_schemas() -> None:
     OmegaConf.register_new_resolver(
         "ffbench_options", lambda: options_text().replace("$", "$$"), replace=True
     )
+    keys = dict(schema_keys())
     for group in GROUPS:
-        for name in dict(sections())[group].__dataclass_fields__["name"].metadata["choices"]:
+        for name in keys[f"{group}.name"].metadata["choices"]:
             if not _has_yaml(group, name):
                 store.store(group=group, name=name, node={"name": name})
 

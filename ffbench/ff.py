@@ -25,7 +25,7 @@ from torch import nn
 
 from ffbench.activations import make_activation
 from ffbench.data import minibatches
-from ffbench.ff_data import LABEL_INPUTS, NEGATIVES, UNSUPERVISED, colour_planes
+from ffbench.ff_data import LABEL_INPUTS, NEGATIVES, UNSUPERVISED
 from ffbench.goodness import LOSSES, default_theta, make_goodness
 from ffbench.learner import Learner
 from ffbench.models import LayerStack, make_stack, positions
@@ -115,14 +115,15 @@ class Readout(nn.Linear):
 class ForwardForward(Learner):
     reports_each_evaluation = True  # goodness and read-out side by side
 
-    def __init__(self, cfg, stack: LayerStack, labels, thetas: list[float], data_shape: tuple):
+    def __init__(
+        self, cfg, stack: LayerStack, labels, thetas: list[float], num_classes: int, image_shape
+    ):
         """`cfg` is the resolved config; `labels` how the label enters the input (None for
         unsupervised negatives); `thetas` one threshold per layer, in goodness units;
-        `data_shape` is (features, classes, image shape) of the data, before any label."""
+        `image_shape` that of the data ((H, W) or (C, H, W); () if not images)."""
         super().__init__()
-        num_features, self.num_classes, self.image_shape = data_shape
+        self.num_classes, self.image_shape = num_classes, image_shape
         self.stack, self.labels = stack, labels
-        self.channels = colour_planes(self.image_shape, num_features)
         self.blur_steps = cfg.algo.hybrid_blur_steps
         self.negatives = NEGATIVES[cfg.algo.negatives]
         depth = len(stack.layers)
@@ -161,7 +162,7 @@ class ForwardForward(Learner):
         if a.theta is None:  # per layer: a spatial layer's units depend on its position
             units = goodness_units(stack, cfg.goodness)
             thetas = [default_theta(cfg.goodness.name, u, cfg.model.norm) for u in units]
-        return cls(cfg, stack, labels, thetas, (num_features, num_classes, image_shape))
+        return cls(cfg, stack, labels, thetas, num_classes, image_shape)
 
     def param_groups(self) -> list[dict]:
         groups = [{"params": list(self.stack.parameters())}]

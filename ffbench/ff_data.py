@@ -154,7 +154,8 @@ def hard_label(ff: "ForwardForward", x, y, features) -> tuple:
 
 def hybrid(ff: "ForwardForward", x, y, features) -> tuple:
     """Unsupervised: the real image against a hybrid of two images (no label anywhere)."""
-    return x, hybrid_images(x, ff.image_shape, ff.blur_steps, ff.channels)
+    channels = colour_planes(ff.image_shape, x.shape[1])
+    return x, hybrid_images(x, ff.image_shape, ff.blur_steps, channels)
 
 
 NEGATIVES = {"random_label": random_label, "hard_label": hard_label, "hybrid": hybrid}

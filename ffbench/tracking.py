@@ -21,9 +21,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from ffbench import store
+from ffbench.config import GROUPS
 
 # The config groups a researcher compares runs by; each becomes a param and a tag.
-GROUPS = ("algo", "dataset", "model", "goodness", "activation", "optimizer")
 # A multirun's parent run id, handed to its jobs (also to jobs in other processes).
 PARENT_ENV = "FFBENCH_PARENT_RUN_ID"
 
@@ -86,7 +86,8 @@ class JobRun:
     """The MLflow run of one job, as job_run yields it: what the job records goes through it.
 
     Per-epoch metrics wait in the run's own queue and reach the store at most once a second, as
-    one batch: a round trip per epoch (15 ms on SQLite) costs more than an epoch of a small net.
+    one batch: a round trip per epoch costs more than an epoch of a small net
+    (docs/performance.md).
     job_run sends what is left when the run ends, however it ends. The queue belongs to the run,
     so that the jobs of a sweep sharing a process share nothing."""
 

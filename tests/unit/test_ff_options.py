@@ -194,7 +194,7 @@ def test_colour_images_get_the_label_and_the_hybrid_mask_in_every_channel():
             assert (hot[:, 0] == labels).all()
         else:
             assert (hot[:, 0] != y).all()
-    assert ff.channels == 3
+    assert ff.labels.channels == 3
     real, hybrid = ff_data.hybrid(ff, x, y, None)
     from_first = (hybrid == x).view(8, 3, 16)
     assert (from_first == from_first[:, :1]).all()
