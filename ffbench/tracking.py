@@ -7,6 +7,7 @@ Where the runs go is store.py's job; the parent run of a sweep is sweep.py's.
 
 import functools
 import os
+import socket
 import subprocess
 import time
 import traceback
@@ -23,7 +24,6 @@ from omegaconf import OmegaConf
 from ffbench import store
 from ffbench.config import GROUPS
 
-# The config groups a researcher compares runs by; each becomes a param and a tag.
 # A multirun's parent run id, handed to its jobs (also to jobs in other processes).
 PARENT_ENV = "FFBENCH_PARENT_RUN_ID"
 
@@ -134,6 +134,8 @@ def job_run(cfg, tags: dict | None = None):
         "ffbench.output_dir": hydra.runtime.output_dir,
         "ffbench.overrides": " ".join(hydra.overrides.task),
         "ffbench.git_commit": git_commit(),
+        # where the job ran, to find its process (and logs) on a shared machine or cluster
+        "ffbench.process": f"{socket.gethostname()}:{os.getpid()}",
         **(tags or {}),
     }
     parent = None

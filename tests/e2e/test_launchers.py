@@ -77,13 +77,15 @@ def test_joblib_workers_write_every_job_to_one_sqlite_store(workdir):
     text = all_text(workdir, result)
     assert not [t for t in TROUBLE if t in text], text[-3000:]
     assert_one_finished_sweep(workdir, seeds)
-    # The jobs really ran side by side: some two children overlap in time.
-    jobs = [r.info for r in all_runs(workdir) if "mlflow.parentRunId" in r.data.tags]
-    assert any(
-        a.start_time < b.end_time and b.start_time < a.end_time
-        for i, a in enumerate(jobs)
-        for b in jobs[i + 1 :]
-    ), "no two jobs ran at the same time"
+    # Two worker processes shared the jobs. (Not asserted through overlapping start and end
+    # times: a run's open window is short next to a job's set-up, so two workers can take
+    # turns without their runs ever overlapping.)
+    processes = {
+        r.data.tags["ffbench.process"]
+        for r in all_runs(workdir)
+        if "mlflow.parentRunId" in r.data.tags
+    }
+    assert len(processes) >= 2, processes
 
 
 def test_submitit_local_jobs_are_separate_processes_under_one_parent(workdir):
