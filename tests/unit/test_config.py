@@ -52,6 +52,36 @@ def test_memory_depth_preset_composes_and_sweeps_algorithms_and_depths():
     assert dict(cfg.hydra.sweeper.params) == {"algo": "ff,bp,bp_ckpt", "model.depth": "1,2,4,8,16"}
 
 
+STUDIES = {"mnist_mlp": "mnist", "fashion_mnist_mlp": "fashion_mnist"}
+
+
+@pytest.mark.parametrize(("study", "dataset"), STUDIES.items())
+def test_a_study_gives_ff_and_bp_the_same_search(study, dataset):
+    """Both algorithms swept over one learning-rate grid (4+ values spanning 30x or more) and
+    three seeds, on the same 2 x 500 net and budget; its runs in an experiment of their own."""
+    cfg = compose("config", overrides=[f"+study={study}"], return_hydra_config=True)
+    validate(cfg)
+    params = dict(cfg.hydra.sweeper.params)
+    assert params.keys() == {"algo", "optimizer.lr", "trainer.seed"}
+    assert params["algo"] == "ff,bp" and params["trainer.seed"] == "0,1,2"
+    grid = sorted(float(lr) for lr in params["optimizer.lr"].split(","))
+    assert len(grid) >= 4 and grid[-1] / grid[0] >= 30
+    assert (cfg.dataset.name, cfg.model.name, cfg.model.depth, cfg.model.width) == (
+        dataset,
+        "mlp",
+        2,
+        500,
+    )
+    assert cfg.optimizer.name == "adam" and cfg.tracking.experiment == f"study-{study}"
+    bp = compose("config", overrides=[f"+study={study}", "algo=bp"])
+    assert bp.trainer == cfg.trainer and bp.optimizer == cfg.optimizer  # the same budget
+
+
+def test_the_command_line_narrows_a_study():
+    cfg = compose("config", overrides=["+study=mnist_mlp", "dataset=digits", "trainer.epochs=1"])
+    assert (cfg.dataset.name, cfg.trainer.epochs, cfg.model.width) == ("digits", 1, 500)
+
+
 def test_defaults_are_ff_on_digits():
     cfg = compose("config")
     assert (cfg.algo.name, cfg.dataset.name, cfg.goodness.name) == ("ff", "digits", "sumsq")
