@@ -17,7 +17,7 @@ UI_PORT ?= 5000
 
 .DEFAULT_GOAL := install
 .PHONY: help install lock run test test-unit test-e2e test-slow test-browser bench bench-memory \
-	docs lint format ui clean
+	results docs lint format ui clean
 
 help:  ## this list
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -69,6 +69,9 @@ bench: install  ## training speed against matmul throughput (minutes), JSON in o
 
 bench-memory: install  ## FF against BP / checkpointed BP in memory at depth 16, width 2000 (minutes)
 	$(BIN)/python benchmarks/memory.py
+
+results: install  ## docs/results.md from the MLflow runs of the paper's net and the studies (benchmarks/results.py)
+	$(BIN)/python benchmarks/results.py
 
 docs: install  ## regenerate docs/options.md from the schema (a unit test fails when it is stale)
 	$(BIN)/python -c 'import pathlib, ffbench.config as c; pathlib.Path("docs/options.md").write_text(c.options_markdown())'

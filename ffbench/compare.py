@@ -3,21 +3,32 @@
 ffbench-report                                      experiment "ffbench" in ./outputs/mlflow.db
 ffbench-report --sweep outputs/multirun/DATE/TIME   one sweep (its folder or its parent run id)
 ffbench-report --tracking-uri http://127.0.0.1:5000 --experiment mnist --out figures/
+ffbench-report --sweep FOLDER --select val_accuracy  also the best setting of each algorithm
+ffbench-report --select val_accuracy --markdown results.md   the table as Markdown, with commands
 
 Runs are grouped by the settings that vary between them (the keys of their command-line
 overrides, valued from their params), seeds aside: one row per setting and algorithm, mean ±
 standard deviation over its runs, FF's row next to BP's. Failed, killed or unfinished runs are
 listed apart, never averaged. sweep.SweepRun ends every multirun with the same report,
 written into the sweep folder and logged to the parent run.
+
+--select METRIC keeps, for each algorithm, the setting with the best mean of METRIC over its
+seeds (a validation metric: selecting on test would make the test figures optimistic), so that
+FF and BP are compared each at its best after the same search (a study, conf/study/).
+--markdown writes the table as a Markdown section for docs/results.md (benchmarks/results.py):
+each row with the command that reruns it, its seeds and the commit that ran it.
 """
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from rich.console import Console
@@ -42,6 +53,15 @@ MEMORY = {
     "peak_rss_mb": "peak RSS (MB)",
 }
 TABLE_FILE = "comparison.txt"
+TITLE = "FF against BP: mean ± standard deviation over seeds"
+# The Markdown table's columns (docs/results.md): the selection's and the issue's figures.
+MARKDOWN = (
+    "val_accuracy",
+    "test_accuracy",
+    "peak_saved_activations_mb",
+    "peak_rss_mb",
+    "train_time_s",
+)
 SKIPPED = "ffbench.skipped"  # tag of a job not trained: its metrics are another run's
 
 
@@ -89,10 +109,15 @@ def _algo_rank(algo: str) -> tuple:
     return (ALGOS.index(algo) if algo in ALGOS else len(ALGOS), algo)
 
 
-def groups(runs, keys: list[str]) -> dict[str, list]:
-    """{label: its runs}, sorted by setting then algorithm."""
+def groups(runs, keys: list[str], algo_first: bool = False) -> dict[str, list]:
+    """{label: its runs}, sorted by setting then algorithm (or algorithm then setting)."""
+
+    def order(run) -> tuple:
+        by_setting = _order(run, keys)
+        return (_algo_rank(value(run, "algo")), by_setting) if algo_first else by_setting
+
     found: dict[str, list] = {}
-    for run in sorted(runs, key=lambda r: _order(r, keys)):
+    for run in sorted(runs, key=order):
         found.setdefault(label(run, keys), []).append(run)
     return found
 
@@ -114,36 +139,48 @@ def _measurements(runs, keys: list[str]) -> list:
     return kept
 
 
-def _values(runs, metric: str) -> list[float]:
+def metric_values(runs, metric: str) -> list[float]:
     return [run.data.metrics[metric] for run in runs if metric in run.data.metrics]
 
 
-def _cell(values: list[float], fmt: str) -> str:
+def column(metric: str) -> tuple:
+    """(header, format, better) of a metric: COLUMNS', else its name shortened (val_accuracy:
+    val acc), four decimals, and higher is better unless it is a loss or a time."""
+    if metric in COLUMNS:
+        return COLUMNS[metric]
+    header = metric.replace("_accuracy", " acc").replace("_", " ")
+    return header, ".4f", min if metric.endswith(("_loss", "_s")) else max
+
+
+def cell(values: list[float], fmt: str) -> str:
     if len(values) < 2:  # no spread to show
         return f"{values[0]:{fmt}}" if values else "-"
     return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
 
 
-def table(results, keys: list[str]) -> Table:
+def table(
+    results, keys: list[str], metrics=COLUMNS, title: str = TITLE, algo_first: bool = False
+) -> Table:
     """One row per setting and algorithm; the best mean of each column in bold green."""
-    rows = groups(results, keys)
-    shown = [m for m in COLUMNS if _values(results, m)]
+    rows = groups(results, keys, algo_first)
+    shown = [m for m in metrics if metric_values(results, m)]
     means = {
-        m: [statistics.mean(v) for runs in rows.values() if (v := _values(runs, m))] for m in shown
+        m: [statistics.mean(v) for runs in rows.values() if (v := metric_values(runs, m))]
+        for m in shown
     }
-    best = {m: COLUMNS[m][2](means[m]) for m in shown if len(means[m]) > 1}
-    out = Table(title="FF against BP: mean ± standard deviation over seeds")
+    best = {m: column(m)[2](means[m]) for m in shown if len(means[m]) > 1}
+    out = Table(title=title)
     out.add_column("setting")
     out.add_column("runs", justify="right")
     for metric in shown:
-        out.add_column(COLUMNS[metric][0], justify="right")
+        out.add_column(column(metric)[0], justify="right")
     labels = list(rows)
     for i, (name, runs) in enumerate(rows.items()):
         cells = []
         for metric in shown:
-            values = _values(runs, metric)
+            values = metric_values(runs, metric)
             top = values and statistics.mean(values) == best.get(metric)
-            cells.append(Text(_cell(values, COLUMNS[metric][1]), style="bold green" if top else ""))
+            cells.append(Text(cell(values, column(metric)[1]), style="bold green" if top else ""))
         # a rule under the last algorithm of a setting keeps FF and BP of one setting together
         following = rows[labels[i + 1]][0] if i + 1 < len(labels) else None
         last = following is None or label(following, keys, algo=False) != label(
@@ -151,6 +188,111 @@ def table(results, keys: list[str]) -> Table:
         )
         out.add_row(name, str(len(runs)), *cells, end_section=last)
     return out
+
+
+def select(results, keys: list[str], metric: str) -> list:
+    """The runs of each algorithm's best setting: the best mean of `metric` over the setting's
+    runs (its seeds). Of equal means the first setting in table order wins."""
+    settings: dict[str, list] = {}
+    for runs in groups(results, keys).values():
+        if metric_values(runs, metric):
+            settings.setdefault(value(runs[0], "algo"), []).append(runs)
+
+    def mean(runs) -> float:
+        return statistics.mean(metric_values(runs, metric))
+
+    better = column(metric)[2]
+    return [run for tried in settings.values() for run in better(tried, key=mean)]
+
+
+def edges(results, chosen, keys: list[str]) -> list[str]:
+    """A note for each selected number at the end of what its algorithm tried (the largest
+    learning rate, say): the best may lie beyond it, and the search should be wider."""
+    notes = []
+    for runs in groups(chosen, keys, algo_first=True).values():
+        algo = value(runs[0], "algo")
+        for key in keys:
+            tried = {_number(value(run, key)) for run in results if value(run, "algo") == algo}
+            picked = _number(value(runs[0], key))
+            if None in tried or len(tried) < 2 or picked not in (min(tried), max(tried)):
+                continue
+            end = "largest" if picked == max(tried) else "smallest"
+            notes.append(f"algo={algo}: {key}={value(runs[0], key)} is the {end} value tried")
+    return notes
+
+
+# The Markdown form (docs/results.md): what a reader needs to rerun a row and trust it.
+
+
+def command(runs) -> str:
+    """The `ffbench` command that reruns these runs (one setting, its seeds): their overrides,
+    each key once with its values comma-separated (then a sweep, -m: the seeds), the presets
+    (+study=, +experiment=) first."""
+    given: dict[str, list[str]] = {}
+    for run in sorted(runs, key=lambda r: _number(value(r, SEED)) or 0.0):
+        for item in run.data.tags.get("ffbench.overrides", "").split():
+            key, _, setting = item.partition("=")
+            if setting not in given.setdefault(key, []):
+                given[key].append(setting)
+    presets = [k for k in given if k.startswith("+") and "." not in k]
+    order = [*presets, *(k for k in given if k not in presets)]
+    sweep = ["-m"] if any(len(given[k]) > 1 for k in order) else []
+    return shlex.join(["ffbench", *sweep, *(f"{k}={','.join(given[k])}" for k in order)])
+
+
+def seeds(runs) -> str:
+    return ", ".join(sorted({value(run, SEED) for run in runs}, key=lambda v: _number(v) or 0.0))
+
+
+def commits(runs) -> str:
+    """The commit(s) of the code that made the runs, shortened; several if they differ. A
+    skipped job's commit is not that of the run it copies, so copies are only counted."""
+    measured = [run for run in runs if SKIPPED not in run.data.tags]
+    found = sorted({run.data.tags.get("ffbench.git_commit", "unknown") for run in measured})
+    text = ", ".join(f"`{c[:12]}{'-dirty' if c.endswith('-dirty') else ''}`" for c in found)
+    copies = len(runs) - len(measured)
+    return f"{text} (+{copies} copied from earlier runs)" if copies else text
+
+
+def markdown(
+    results, keys: list[str], title: str, where: str, metric: str | None = None, left_out: int = 0
+) -> str:
+    """A Markdown section: one row per setting and algorithm, or with `metric` each
+    algorithm's selected setting (`select`), with the command that reruns it, its seeds, the
+    MARKDOWN figures as mean ± sd over seeds and the commit. `where` says whose runs these are;
+    `left_out` counts the failed and unfinished runs, never averaged."""
+    chosen = select(results, keys, metric) if metric else results
+    rows = groups(chosen, keys, algo_first=bool(metric))
+    shown = [m for m in dict.fromkeys([metric, *MARKDOWN]) if m and metric_values(chosen, m)]
+    what = "every setting, each algorithm's row next to the other's"
+    if metric:
+        tried = Counter(value(runs[0], "algo") for runs in groups(results, keys).values())
+        counts = ", ".join(f"{algo} {n}" for algo, n in tried.items())
+        what = (
+            f"for each algorithm the setting with the best mean `{metric}` over its seeds "
+            f"(settings tried: {counts}), selected on validation, never on test"
+        )
+    lines = [f"## {title}", "", f"{where}: {what}. Mean ± standard deviation over seeds.", ""]
+    headers = ["algorithm", "command", "seeds", *(column(m)[0] for m in shown), "commit"]
+    lines += [
+        "| " + " | ".join(headers) + " |",
+        "|---|---|---|" + "---:|" * len(shown) + "---|",
+    ]
+    for runs in rows.values():
+        figures = [cell(metric_values(runs, m), column(m)[1]) for m in shown]
+        row = [value(runs[0], "algo"), f"`{command(runs)}`", seeds(runs), *figures, commits(runs)]
+        lines.append("| " + " | ".join(row) + " |")
+    notes = edges(results, chosen, keys) if metric else []
+    if notes:
+        lines += [
+            "",
+            "At the end of the range tried (a wider search might do better): "
+            + "; ".join(notes)
+            + ".",
+        ]
+    if left_out:
+        lines += ["", f"{left_out} failed, killed or unfinished runs are not averaged."]
+    return "\n".join(lines) + "\n"
 
 
 def failures(runs, keys: list[str]) -> Table:
@@ -252,22 +394,36 @@ def _save(figure, axes, path: Path) -> Path:
     return path
 
 
-def report(runs, client: MlflowClient, folder: Path) -> list[Path]:
+def split(runs) -> tuple[list[str], list, list]:
+    """(the settings' keys, the results with each measurement once, the runs that failed,
+    were killed or did not finish)."""
+    keys = swept(runs)
+    results = _measurements([run for run in runs if is_result(run)], keys)
+    return keys, results, [run for run in runs if not is_result(run)]
+
+
+def report(runs, client: MlflowClient, folder: Path, metric: str | None = None) -> list[Path]:
     """Print the tables and write them (comparison.txt) and the pictures into `folder`;
-    returns the files written, none when there are no runs."""
+    returns the files written, none when there are no runs. With `metric`, a second table of
+    each algorithm's best setting by it (`select`)."""
     if not runs:
         return []
     console = Console(record=True)
     if not console.is_terminal:  # a log file or a pipe: whole rows rather than wrapped cells
         console.width = 200
-    keys = swept(runs)
-    results = _measurements([run for run in runs if is_result(run)], keys)
-    rest = [run for run in runs if not is_result(run)]
+    keys, results, rest = split(runs)
     measured = [run for run in results if SKIPPED not in run.data.tags]
     if results:
         console.print(table(results, keys))
     if rest:
         console.print(failures(rest, keys))
+    if results and metric:
+        chosen = select(results, keys, metric)
+        title = f"Selected: each algorithm's setting with the best mean {metric} over seeds"
+        metrics = dict.fromkeys([metric, *COLUMNS])
+        console.print(table(chosen, keys, metrics, title, algo_first=True))
+        for note in edges(results, chosen, keys):
+            console.print(f"at the end of the range tried: {note}", highlight=False)
     folder.mkdir(parents=True, exist_ok=True)
     text = folder / TABLE_FILE
     text.write_text(console.export_text())
@@ -292,8 +448,9 @@ def report(runs, client: MlflowClient, folder: Path) -> list[Path]:
     return [text, *pictures.values()]
 
 
-def load(uri: str, experiment: str, sweep: str | None) -> tuple[list, Path | None]:
-    """The job runs of one sweep (and its folder) or of one experiment; LookupError if none."""
+def load(uri: str, experiment: str, sweep: str | None) -> tuple[list, Run | None]:
+    """The job runs of one sweep (and its parent run) or of one experiment (and None);
+    LookupError if none."""
     if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise LookupError(f"no MLflow store at {uri.removeprefix('sqlite:///')}")
     mlflow.set_tracking_uri(uri)
@@ -329,8 +486,7 @@ def load(uri: str, experiment: str, sweep: str | None) -> tuple[list, Path | Non
     )
     if not runs:
         raise LookupError(f"sweep {sweep} has no runs")
-    folder = parent.data.tags.get("ffbench.sweep_dir")
-    return runs, Path(folder) if folder else None
+    return runs, parent
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -351,14 +507,43 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, help="pictures: default the sweep folder, else outputs/report"
     )
+    parser.add_argument(
+        "--select",
+        metavar="METRIC",
+        help="also each algorithm's best setting by its mean METRIC over seeds (val_accuracy)",
+    )
+    parser.add_argument(
+        "--markdown", metavar="FILE", type=Path, help="write the table as a Markdown section"
+    )
+    parser.add_argument("--title", help="the Markdown section's heading")
     args = parser.parse_args(argv)
+    if args.select and args.select.startswith("test_"):
+        parser.error(
+            f"--select {args.select} would choose on the test set, whose figures must come from "
+            "runs it did not choose: select on validation (--select val_accuracy)"
+        )
     # An unreachable tracking server: a clear error within seconds, not minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     uri = store.tracking_uri(argparse.Namespace(uri=args.tracking_uri), ".")
     try:
-        runs, folder = load(uri, args.experiment, args.sweep)
+        runs, parent = load(uri, args.experiment, args.sweep)
+        if args.select and not any(args.select in run.data.metrics for run in runs):
+            raise LookupError(f"no run recorded {args.select}: nothing to select on")
     except (LookupError, MlflowException) as err:
         message = str(err.args[0] if isinstance(err, LookupError) else err.message)
         sys.exit(f"ffbench-report: error: {message.splitlines()[0]}")
-    report(runs, MlflowClient(uri), args.out or folder or Path("outputs", "report"))
+    folder = parent.data.tags.get("ffbench.sweep_dir") if parent else None
+    client = MlflowClient(uri)
+    written = report(runs, client, args.out or Path(folder or "outputs/report"), args.select)
+    if parent and args.select:  # the sweep's own record gets its selection
+        client.log_artifact(parent.info.run_id, str(written[0]))
+    if args.markdown:
+        where = f"sweep `{args.sweep}`" if args.sweep else f"experiment `{args.experiment}`"
+        keys, results, rest = split(runs)
+        title = args.title or f"FF against BP: {where}"
+        text = markdown(
+            results, keys, title, f"The runs of {where} in `{uri}`", args.select, len(rest)
+        )
+        args.markdown.write_text(text)
+        print(f"Markdown: {args.markdown}")

@@ -1,0 +1,166 @@
+"""A study narrowed from the command line and run for real on the digits (both algorithms, two
+learning rates, two seeds), then `ffbench-report --select val_accuracy --markdown`, checked
+against the MLflow store: the selected learning rate is the best by mean validation accuracy,
+the Markdown's figures are the store's means, its command reruns the very settings; and
+benchmarks/results.py builds docs/results.md from such a store."""
+
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from helpers import QUICK, REPO, all_runs, clean_env, run_ffbench, store
+
+REPORT = shutil.which("ffbench-report", path=str(Path(sys.executable).parent)) or "ffbench-report"
+LRS = ("0.001", "0.003")  # as the runs' params spell 1e-3 and 3e-3
+# metric: its format in the Markdown table, as in the printed one
+FIGURES = {
+    "val_accuracy": ".4f",
+    "test_accuracy": ".4f",
+    "peak_saved_activations_mb": ".3f",
+    "peak_rss_mb": ".1f",
+    "train_time_s": ".2f",
+}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("study")
+    narrowed = ["dataset=digits", "optimizer.lr=1e-3,3e-3", "trainer.seed=0,1", *QUICK]
+    result = run_ffbench(cwd, "-m", "+study=mnist_mlp", *narrowed)
+    assert result.returncode == 0, result.stderr
+    runs = all_runs(cwd)
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    jobs = [r for r in runs if r is not parent]
+    return SimpleNamespace(cwd=cwd, parent=parent, runs=jobs)
+
+
+def settings(runs) -> dict[tuple[str, str], list]:
+    """{(algo, lr): its runs}, computed here from the params alone."""
+    found: dict[tuple[str, str], list] = {}
+    for run in runs:
+        found.setdefault((run.data.params["algo"], run.data.params["optimizer.lr"]), []).append(run)
+    return found
+
+
+def cells(runs, metric: str) -> str:
+    values = [run.data.metrics[metric] for run in runs]
+    fmt = FIGURES[metric]
+    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
+
+
+def markdown_rows(text: str) -> dict[str, list[str]]:
+    """{algo: the cells of its row} of a Markdown table."""
+    rows = [line.strip("|").split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    return {row[0].strip(): [cell.strip() for cell in row] for row in rows[1:]}
+
+
+def test_a_narrowed_study_sweeps_both_algorithms_over_the_grid_given(study):
+    """The command line's grid, seeds and epochs replace the study's; the rest is the study's."""
+    assert len(study.runs) == 8 and {r.info.status for r in study.runs} == {"FINISHED"}
+    combos = {(r.data.params["algo"], r.data.params["optimizer.lr"]) for r in study.runs}
+    assert combos == {(algo, lr) for algo in ("ff", "bp") for lr in LRS}
+    assert {r.data.params["trainer.seed"] for r in study.runs} == {"0", "1"}
+    for run in study.runs:
+        params = run.data.params
+        assert (params["dataset.name"], params["trainer.epochs"]) == ("digits", "2")
+        assert (params["trainer.batch_size"], params["trainer.lr_schedule"]) == (
+            "100",
+            "linear_decay",
+        )
+    experiments = {r.info.experiment_id for r in [study.parent, *study.runs]}
+    assert len(experiments) == 1  # the study's own experiment, parent run included
+
+
+@pytest.fixture(scope="module")
+def selected(study, tmp_path_factory):
+    """`ffbench-report --select val_accuracy --markdown` on the study's sweep."""
+    out = tmp_path_factory.mktemp("report") / "results.md"
+    sweep = study.parent.data.tags["ffbench.sweep_dir"]
+    args = ["--sweep", sweep, "--select", "val_accuracy", "--markdown", str(out)]
+    result = run_ffbench(study.cwd, *args, env=clean_env(COLUMNS="250"), timeout=120, exe=REPORT)
+    assert result.returncode == 0, result.stderr
+    return SimpleNamespace(stdout=result.stdout, rows=markdown_rows(out.read_text()))
+
+
+def picked(row: list[str]) -> str:
+    [lr] = [lr for lr in LRS if f"optimizer.lr={lr}" in row[1]]
+    return lr
+
+
+def test_select_keeps_the_best_validation_setting_and_markdown_matches_the_store(
+    study, selected, tmp_path
+):
+    assert "Selected: each algorithm's setting with the best mean val_accuracy" in selected.stdout
+    assert set(selected.rows) == {"ff", "bp"}
+    found = settings(study.runs)
+    for algo, row in selected.rows.items():
+        means = {
+            lr: statistics.mean(r.data.metrics["val_accuracy"] for r in found[algo, lr])
+            for lr in LRS
+        }
+        lr = picked(row)
+        assert means[lr] == max(means.values()), (algo, means)  # of two equal means, either
+        command = shlex.split(row[1].strip("`"))
+        assert command[:3] == ["ffbench", "-m", "+study=mnist_mlp"]
+        given = {f"algo={algo}", f"optimizer.lr={lr}", "trainer.seed=0,1", "dataset=digits"}
+        assert set(command[3:]) == given | set(QUICK)
+        assert row[2] == "0, 1"
+        runs = found[algo, lr]
+        assert row[3:8] == [cells(runs, metric) for metric in FIGURES], (algo, row)
+        [commit] = {r.data.tags["ffbench.git_commit"] for r in runs}
+        assert row[8].startswith(f"`{commit[:12]}")
+    # the sweep's own record gets the selection too
+    saved = store(study.cwd).download_artifacts(
+        study.parent.info.run_id, "comparison.txt", str(tmp_path)
+    )
+    assert "Selected" in Path(saved).read_text()
+
+
+def test_results_page_from_the_stores_or_one_line_per_missing_store(study, selected, tmp_path):
+    script = [sys.executable, str(REPO / "benchmarks" / "results.py"), "--root", str(tmp_path)]
+    studies = tmp_path / "outputs" / "studies"
+    studies.mkdir(parents=True)
+    shutil.copy(study.cwd / "outputs" / "mlflow.db", studies / "mlflow.db")
+    missing = subprocess.run(script, capture_output=True, text=True, env=clean_env(), timeout=120)
+    assert missing.returncode == 1
+    lines = missing.stderr.strip().splitlines()
+    assert len(lines) == 3 and "Traceback" not in missing.stderr
+    assert "no MLflow store at outputs/paper/mlflow.db" in lines[0]
+    assert "no experiment 'study-fashion_mnist_mlp'" in lines[1]
+    page = tmp_path / "docs" / "results.md"
+    assert not page.exists()
+
+    page.parent.mkdir()
+    end = "<!-- End of the generated part. Below: written by hand, kept by `make results`. -->"
+    page.write_text(f"old numbers\n{end}\n## Notes by hand\n")
+    done = subprocess.run(
+        [*script, "--partial"], capture_output=True, text=True, env=clean_env(), timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    text = page.read_text()
+    assert "do not edit by hand" in text and "make results" in text
+    assert "old numbers" not in text and text.endswith(f"{end}\n## Notes by hand\n")
+    assert "Not run yet: `ffbench +experiment=hinton_mnist" in text
+    # the study's rows: those of ffbench-report, the experiment read instead of the sweep
+    rows = markdown_rows(text.split("## Study: MNIST")[1].split("\n## ")[0])
+    assert rows == selected.rows
+
+
+def test_the_markdown_command_reruns_the_same_settings(study, selected):
+    """Run again as written, the selected row's command finds each of its runs already
+    FINISHED with the same settings (their hash: ffbench/settings.py) and trains nothing."""
+    command = shlex.split(selected.rows["bp"][1].strip("`"))
+    rerun = run_ffbench(study.cwd, *command[1:])
+    assert rerun.returncode == 0, rerun.stderr
+    before = {r.info.run_id for r in study.runs}
+    new = [
+        r for r in all_runs(study.cwd) if r.info.run_id not in before and "algo" in r.data.params
+    ]
+    assert len(new) == 2 and all(r.data.tags.get("ffbench.skipped") == "true" for r in new)
+    chosen = {r.info.run_id for r in settings(study.runs)["bp", picked(selected.rows["bp"])]}
+    assert {r.data.tags["ffbench.result_run_id"] for r in new} == chosen
