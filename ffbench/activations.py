@@ -35,6 +35,11 @@ ACTIVATIONS = {
 }
 
 
+# Activations bounded above (|activity| <= 1): the goodness threshold must stay within what
+# such units can reach (goodness.default_theta).
+BOUNDED = ("tanh", "sigmoid")
+
+
 def make_activation(cfg):
     """The function named by an ActivationConfig, with its parameters bound."""
     if cfg.name == "tdist":

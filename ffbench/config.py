@@ -81,6 +81,11 @@ class ModelConfig:
         "Normalisation of each layer's input (mean_square: the reference code).",
         NORMALISATIONS,
     )
+    init: str = key(
+        "reference",
+        "Initial weights of FF's and BP's layers: N(0, 1/fan-in) and zero biases (reference code), or torch's default.",
+        models.INITS,
+    )
     channels: int = key(
         32, "conv, local: channels (feature maps) of every hidden layer.", bound="positive"
     )
@@ -161,7 +166,7 @@ class AlgoConfig:
     )
     peer_norm: float = key(
         0.0,
-        "FF: peer normalisation coefficient (reference code: 0.03); 0 turns it off.",
+        "FF: peer normalisation: pushes each unit's mean activity towards its layer's (reference code: 0.03); 0 turns it off.",
         bound="non_negative",
     )
     readout: bool = key(
@@ -169,6 +174,11 @@ class AlgoConfig:
         "FF: train a linear read-out alongside (one extra label-free forward pass per minibatch).",
     )
     readout_lr: float = key(0.01, "FF: learning rate of the linear read-out.", bound="positive")
+    readout_weight_decay: float = key(
+        0.003,
+        "FF: L2 weight cost of the read-out's weights (reference code: 0.003).",
+        bound="non_negative",
+    )
     schedule: str = key(
         "simultaneous",
         "FF: every layer on every minibatch, or layer by layer (each for trainer.epochs).",
@@ -214,7 +224,11 @@ class OptimizerConfig:
     momentum: float = key(
         0.0, "sgd: momentum (torch's form: b = momentum * b + g).", bound="non_negative"
     )
-    weight_decay: float = key(0.0, "L2 weight cost.", bound="non_negative")
+    weight_decay: float = key(
+        0.0,
+        "L2 weight cost of the layers' weights (biases are never decayed).",
+        bound="non_negative",
+    )
 
 
 @dataclass
@@ -236,7 +250,7 @@ class TrainerConfig:
     )
     lr_schedule: str = key(
         "constant",
-        "Learning-rate schedule (linear_decay: constant for the first half, then linearly down).",
+        "Learning-rate schedule (linear_decay: constant for the first half, then linearly down to 1/epochs).",
         experiment.LR_SCHEDULES,
     )
     precision: str = key(

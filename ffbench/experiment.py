@@ -132,8 +132,9 @@ def constant(epoch: int, epochs: int) -> float:
 
 
 def linear_decay(epoch: int, epochs: int) -> float:
-    """1 for the first half, then down in equal steps to 1/epochs in the last epoch."""
-    return min(1.0, 2.0 * (epochs - epoch + 1) / epochs)
+    """The reference code's: 1 for the first half, then (1 + 2 (E - e)) / E in epoch e of E,
+    down in equal steps of 2/E to 1/E in the last epoch."""
+    return min(1.0, (1 + 2 * (epochs - epoch)) / epochs)
 
 
 # trainer.lr_schedule -> multiplier of the base learning rate in epoch (1-based) of epochs

@@ -26,8 +26,8 @@ from torch import nn
 from ffbench.activations import make_activation
 from ffbench.data import minibatches
 from ffbench.ff_data import LABEL_INPUTS, NEGATIVES, UNSUPERVISED
-from ffbench.goodness import LOSSES, default_theta, make_goodness
-from ffbench.learner import Learner
+from ffbench.goodness import LOSSES, default_theta, goodness_scale, make_goodness
+from ffbench.learner import Learner, weights_and_biases
 from ffbench.models import LayerStack, make_stack, positions
 
 PEER_MOMENTUM = 0.9  # smoothing of the per-unit mean activity in peer normalisation
@@ -65,31 +65,32 @@ def make_layer_goodness(stack: LayerStack, goodness_cfg) -> list:
 
 
 class PeerNorm(nn.Module):
-    """Pushes each unit's running mean activity towards its layer's mean: no dead units.
-    A layer's first minibatch sets its running mean; later ones blend into it. The means are
-    buffers and the started flags extra state, so both are saved with the learner."""
+    """Peer normalisation as in Hinton's reference code: no unit stays off, none dominates.
+
+    Each unit j keeps a running mean activity m_j over positive data (started at 0.5,
+    m = 0.9 m + 0.1 batch mean), and the gradient of the layer's loss with respect to unit
+    j's *input* gains `coefficient * (m_j - mean_k m_k)` per example, averaged over the
+    positives. Added at the input rather than through the activation, it reaches units a ReLU
+    has switched off for good, pulling the quiet ones up and the busy ones down. The means
+    are buffers, saved with the learner."""
+
+    START = 0.5  # every unit's mean activity before the first minibatch (reference code)
 
     def __init__(self, units: list[int], coefficient: float):
         super().__init__()
         self.coefficient = coefficient
-        self.started = [False] * len(units)  # Python flags: testing a tensor would sync
         for index, n in enumerate(units):
-            self.register_buffer(f"mean{index}", torch.zeros(n))
+            self.register_buffer(f"mean{index}", torch.full((n,), self.START))
 
-    def get_extra_state(self) -> dict:
-        return {"started": self.started}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.started = list(state["started"])
-
-    def loss(self, index: int, a_pos: torch.Tensor) -> torch.Tensor:
-        mean = a_pos.mean(dim=0)
-        previous = getattr(self, f"mean{index}")
-        if self.started[index]:
-            mean = PEER_MOMENTUM * previous + (1 - PEER_MOMENTUM) * mean
-        previous.copy_(mean.detach())
-        self.started[index] = True
-        return self.coefficient * (mean.mean() - mean).pow(2).mean()
+    def surrogate(self, index: int, z_pos: torch.Tensor, a_pos: torch.Tensor) -> torch.Tensor:
+        """Update layer `index`'s running means with the positives' activities `a_pos`, and
+        return a term whose gradient with respect to their pre-activations `z_pos` (N, units)
+        is `coefficient * (m_j - mean(m)) / N`: add it to the loss before backward. Its value
+        means nothing (it is not logged)."""
+        mean = getattr(self, f"mean{index}")
+        mean.mul_(PEER_MOMENTUM).add_(a_pos.detach().float().mean(dim=0), alpha=1 - PEER_MOMENTUM)
+        push = self.coefficient * (mean - mean.mean())
+        return (z_pos.float() * push).sum(dim=1).mean()
 
 
 class Readout(nn.Linear):
@@ -132,7 +133,12 @@ class ForwardForward(Learner):
         self.goodnesses = make_layer_goodness(stack, cfg.goodness)
         self.sign = -1.0 if cfg.goodness.inverted else 1.0
         self.thetas = [self.sign * t for t in thetas]
-        self.losses = [LOSSES[cfg.algo.loss](cfg.algo, t) for t in self.thetas]
+        units = goodness_units(stack, cfg.goodness)
+        scales = [goodness_scale(cfg.goodness.name, u) for u in units]
+        loss = LOSSES[cfg.algo.loss]
+        self.losses = [
+            loss(cfg.algo, t, scale) for t, scale in zip(self.thetas, scales, strict=True)
+        ]
         self.peer = None
         if cfg.algo.peer_norm > 0:
             units = [layer.out_features for layer in stack.layers]
@@ -145,7 +151,11 @@ class ForwardForward(Learner):
         if cfg.algo.readout:
             evaluated = sum(layer.out_features for layer in stack.layers[self.eval_from :])
             self.readout = Readout(evaluated, self.num_classes)
+            if cfg.model.init == "reference":  # a convex problem: start from no opinion
+                nn.init.zeros_(self.readout.weight)
+                nn.init.zeros_(self.readout.bias)
         self.readout_lr = cfg.algo.readout_lr
+        self.readout_weight_decay = cfg.algo.readout_weight_decay
         self.evaluation = cfg.algo.evaluation
 
     @classmethod
@@ -161,13 +171,16 @@ class ForwardForward(Learner):
         thetas = [a.theta] * cfg.model.depth
         if a.theta is None:  # per layer: a spatial layer's units depend on its position
             units = goodness_units(stack, cfg.goodness)
-            thetas = [default_theta(cfg.goodness.name, u, cfg.model.norm) for u in units]
+            g = cfg.goodness.name
+            thetas = [default_theta(g, u, cfg.model.norm, cfg.activation.name) for u in units]
         return cls(cfg, stack, labels, thetas, num_classes, image_shape)
 
     def param_groups(self) -> list[dict]:
-        groups = [{"params": list(self.stack.parameters())}]
+        groups = weights_and_biases(self.stack)
         if self.readout is not None:
-            groups.append({"params": list(self.readout.parameters()), "lr": self.readout_lr})
+            groups += weights_and_biases(
+                self.readout, lr=self.readout_lr, weight_decay=self.readout_weight_decay
+            )
         return groups
 
     def stages(self) -> list[int | None]:
@@ -182,11 +195,17 @@ class ForwardForward(Learner):
         self.layer_objective = torch.compile(self.layer_objective)
 
     def layer_objective(self, index: int, h: torch.Tensor, n: int) -> tuple:
-        """Activities, scores and FF loss of layer `index` on [positives; negatives] (n each).
+        """Activities, scores, FF loss and the objective to back-propagate (the loss plus
+        peer normalisation's term) of layer `index` on [positives; negatives] (n each).
         One function, so that trainer.compile can fuse its element-wise work."""
-        a = self.stack.layer(index, h)
+        z = self.stack.preactivation(index, h)
+        a = self.stack.activation(z)
         s = self.score(a.float(), index)  # goodness in float32 even if the layer ran in bf16
-        return a, s, self.losses[index](s[:n], s[n:])
+        loss = self.losses[index](s[:n], s[n:])
+        objective = loss
+        if self.peer is not None:
+            objective = loss + self.peer.surrogate(index, z[:n], a[:n])
+        return a, s, loss, objective
 
     def train_step(self, x, y, optimizer, layers: range) -> dict[str, torch.Tensor]:
         """One minibatch; trains the `layers` given (all, or one in the sequential schedule).
@@ -205,11 +224,9 @@ class ForwardForward(Learner):
                 with torch.no_grad():
                     h = self.stack.layer(index, h)
                 continue
-            a, s, loss = self.layer_objective(index, h, n)
-            if self.peer is not None:
-                loss = loss + self.peer.loss(index, a[:n])
+            a, s, loss, objective = self.layer_objective(index, h, n)
             # Backward now frees this layer's graph before the next layer is computed.
-            loss.backward()
+            objective.backward()
             h = a.detach()
             with torch.no_grad():
                 g = self.sign * s  # the goodness itself, without computing it again

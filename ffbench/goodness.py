@@ -7,9 +7,12 @@ once: a higher score always means "more positive".
 """
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
+
+from ffbench.activations import ACTIVATIONS, BOUNDED
 
 
 def sumsq(a: torch.Tensor) -> torch.Tensor:
@@ -45,22 +48,44 @@ def make_goodness(cfg, width: int):
     return GOODNESS[cfg.name]
 
 
-def default_theta(goodness: str, width: int, norm: str) -> float:
-    """The threshold that fits a goodness and the normalisation between layers.
+def goodness_scale(goodness: str, units: int) -> float:
+    """How a goodness grows with the units it sums over: `units` for the sums, 1 for meansq.
+    A goodness divided by it is per unit, the same at every width."""
+    return 1.0 if goodness == "meansq" else float(units)
+
+
+def initial_level(activation: str, power: int) -> float:
+    """E|f(z)|^power for z ~ N(0, 1): what one unit of activation f gives, on average, at
+    initialisation (reference init and mean-square normalisation make pre-activations
+    standard normal). By quadrature, so that no constant is typed by hand."""
+    z = torch.linspace(-10.0, 10.0, 20001, dtype=torch.float64)
+    density = torch.exp(-z.pow(2) / 2) / math.sqrt(2 * math.pi)
+    values = ACTIVATIONS[activation](z).abs().pow(power)
+    return float((values * density).sum() * (z[1] - z[0]))
+
+
+def default_theta(goodness: str, units: int, norm: str, activation: str = "relu") -> float:
+    """The threshold that fits a goodness, the normalisation between layers and the range of
+    the activation, for a layer (or position) of `units` units.
 
     Mean-square normalisation (the reference code) hands each layer an input of mean square 1,
-    and theta asks the layer's units for mean square 1 too: sumsq -> width, meansq -> 1.
+    and theta asks the layer's units for mean square 1 too: sumsq -> units, meansq -> 1.
     Unit-length normalisation goes with meansq and theta 2 in the popular scripts, so there
-    the thresholds are doubled. sumabs asks for mean absolute activity 1 (theta = width).
-    split balances feature and constraint detectors around 0.
+    the squared thresholds are doubled. sumabs asks for mean absolute activity 1 (theta =
+    units). split balances feature and constraint detectors around 0.
+
+    A bounded unit (tanh, sigmoid) cannot reach those, or only saturated, where it stops
+    learning: theta is then what its units give at initialisation (initial_level), so that
+    from the first step positives are pushed above it and negatives below.
     """
-    scale = 2.0 if norm == "unit_length" else 1.0
-    return {
-        "sumsq": scale * width,
-        "meansq": scale,
-        "sumabs": float(width),
-        "split": 0.0,
-    }[goodness]
+    if goodness == "split":
+        return 0.0
+    squared = goodness in ("sumsq", "meansq")
+    if activation in BOUNDED:
+        per_unit = initial_level(activation, 2 if squared else 1)
+    else:
+        per_unit = 2.0 if squared and norm == "unit_length" else 1.0
+    return per_unit * goodness_scale(goodness, units)
 
 
 def threshold_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, theta: float) -> torch.Tensor:
@@ -68,14 +93,19 @@ def threshold_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, theta: float) -> to
     return torch.cat([F.softplus(theta - s_pos), F.softplus(s_neg - theta)]).mean()
 
 
-def symba_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, alpha: float) -> torch.Tensor:
-    """SymBa: softplus(-alpha * (S_pos - S_neg)), each positive paired with its own negative;
-    no threshold, so positive and negative gradients stay balanced."""
-    return F.softplus(-alpha * (s_pos - s_neg)).mean()
+def symba_loss(
+    s_pos: torch.Tensor, s_neg: torch.Tensor, alpha: float, scale: float
+) -> torch.Tensor:
+    """SymBa: softplus(-alpha * (S_pos - S_neg) / scale), each positive paired with its own
+    negative; no threshold, so positive and negative gradients stay balanced. The scores are
+    taken per unit (`scale`: goodness_scale), so that one alpha suits every width: on raw sums
+    over 2000 units, alpha 4 would put logits in the thousands."""
+    return F.softplus(-alpha / scale * (s_pos - s_neg)).mean()
 
 
-# algo.loss -> (AlgoConfig, theta) -> loss(s_pos, s_neg); theta is in score units (signed)
+# algo.loss -> (AlgoConfig, theta, scale) -> loss(s_pos, s_neg); theta is in score units
+# (signed), scale the goodness's per-unit divisor (goodness_scale)
 LOSSES = {
-    "threshold": lambda cfg, theta: functools.partial(threshold_loss, theta=theta),
-    "symba": lambda cfg, theta: functools.partial(symba_loss, alpha=cfg.alpha),
+    "threshold": lambda cfg, theta, scale: functools.partial(threshold_loss, theta=theta),
+    "symba": lambda cfg, theta, scale: functools.partial(symba_loss, alpha=cfg.alpha, scale=scale),
 }

@@ -27,7 +27,7 @@ class Learner(nn.Module):
 
     def param_groups(self) -> list[dict]:
         """The optimizer's parameter groups (a group may set its own learning rate)."""
-        return [{"params": list(self.parameters())}]
+        return weights_and_biases(self)
 
     def stages(self) -> list[int | None]:
         """The layer each stage of training trains (None: all), each for trainer.epochs."""
@@ -47,3 +47,14 @@ class Learner(nn.Module):
     def compile_step(self) -> None:
         """torch.compile the computation of a training step (trainer.compile)."""
         raise NotImplementedError
+
+
+def weights_and_biases(module: nn.Module, **options) -> list[dict]:
+    """`module`'s parameters as two optimizer groups with `options`: the weights, decayed at
+    the optimizer's weight_decay unless `options` set another, and the biases, never decayed
+    (the reference code's weight cost is on weights only)."""
+    named = list(module.named_parameters())
+    weights = [p for name, p in named if not name.endswith("bias")]
+    biases = [p for name, p in named if name.endswith("bias")]
+    groups = [{"params": weights, **options}, {"params": biases, **options, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]

@@ -226,13 +226,17 @@ class LayerStack(nn.Module):
                 blackbox["straight_through"],
             )
 
-    def layer(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """Activities of hidden layer `index` given that layer's (unnormalised) input."""
+    def preactivation(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Input of hidden layer `index`'s activation, given that layer's unnormalised input."""
         if index == self.blackbox_at:
             x = self.blackbox(x)
         norm = self.input_norm if index == 0 else self.norm
         # The norm runs in float32 even when the previous layer ran in bf16 (autocast).
-        return self.activation(self.layers[index](norm(x.float())))
+        return self.layers[index](norm(x.float()))
+
+    def layer(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Activities of hidden layer `index` given that layer's (unnormalised) input."""
+        return self.activation(self.preactivation(index, x))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Activities of every hidden layer, bottom to top."""
@@ -247,6 +251,23 @@ class LayerStack(nn.Module):
 LAYERS = {"mlp": nn.Linear, "conv": Conv, "local": LocallyConnected}
 
 
+@torch.no_grad()
+def reference_init(layer: nn.Module) -> None:
+    """Hinton's reference code: weights N(0, 1/fan-in), biases 0. An input of mean square 1
+    (mean-square normalisation) then gives pre-activations of variance 1 at every width."""
+    # fan-in: what one output unit sums over (LocallyConnected keeps it in dimension 1)
+    fan_in = (
+        layer.weight.shape[1] if isinstance(layer, LocallyConnected) else layer.weight[0].numel()
+    )
+    layer.weight.normal_(0.0, fan_in**-0.5)
+    layer.bias.zero_()
+
+
+# model.init -> what it does to each freshly built layer (torch: keep torch's own default,
+# uniform with std 1/sqrt(3 fan-in) and random biases)
+INITS = {"reference": reference_init, "torch": lambda layer: None}
+
+
 class Classifier(nn.Module):
     """BP's network: the same stack plus a linear output layer on the normalised top layer.
 
@@ -254,10 +275,13 @@ class Classifier(nn.Module):
     when its gradient is needed: the best memory BP can do on the same net.
     """
 
-    def __init__(self, stack: LayerStack, num_classes: int, checkpoint: bool = False):
+    def __init__(
+        self, stack: LayerStack, num_classes: int, checkpoint: bool = False, init: str = "torch"
+    ):
         super().__init__()
         self.stack = stack
         self.head = nn.Linear(stack.layers[-1].out_features, num_classes)
+        INITS[init](self.head)
         self.checkpoint = checkpoint
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -290,4 +314,7 @@ def make_stack(m, features: int, image_shape: tuple, activation: Callable) -> La
             "step": m.blackbox_step,
             "straight_through": m.blackbox_grad == "straight_through",
         }
-    return LayerStack(features, m.width, m.depth, activation, m.norm, spatial, blackbox)
+    stack = LayerStack(features, m.width, m.depth, activation, m.norm, spatial, blackbox)
+    for layer in stack.layers:
+        INITS[m.init](layer)
+    return stack

@@ -90,7 +90,8 @@ def test_bp_trains_the_first_layer_through_every_layer_above():
     grad = first_layer_grad()
     assert grad.abs().sum() > 0
     with torch.no_grad():
-        bp.stack.layers[2].weight.mul_(2.0)
+        # (not a rescaling: with zero biases the next normalisation would undo it)
+        bp.stack.layers[2].weight.add_(torch.randn_like(bp.stack.layers[2].weight))
     assert not torch.allclose(first_layer_grad(), grad)
 
 

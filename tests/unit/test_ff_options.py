@@ -52,6 +52,21 @@ def test_default_thetas_fit_goodness_and_normalisation():
     assert default_theta("split", 100, "mean_square") == 0
 
 
+def test_default_thetas_fit_a_bounded_activation():
+    """tanh and sigmoid: theta is the goodness their units give at initialisation, E f(z)^2
+    (or E|f(z)|) for standard normal z, checked here by sampling."""
+    z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for name, f in (("tanh", torch.tanh), ("sigmoid", torch.sigmoid)):
+        square, absolute = f(z).pow(2).mean().item(), f(z).abs().mean().item()
+        assert default_theta("sumsq", 100, "mean_square", name) == pytest.approx(100 * square, 1e-2)
+        assert default_theta("meansq", 100, "unit_length", name) == pytest.approx(square, 1e-2)
+        assert default_theta("sumabs", 100, "mean_square", name) == pytest.approx(
+            100 * absolute, 1e-2
+        )
+    assert default_theta("sumsq", 100, "mean_square", "sigmoid") < 30  # a sigmoid's max is 100
+    assert default_theta("sumsq", 100, "mean_square", "gelu") == 100  # unbounded: as before
+
+
 def test_losses_known_values():
     s_pos, s_neg = torch.tensor([5.0, 1.0]), torch.tensor([0.0, 4.0])
     expected = (
@@ -59,7 +74,19 @@ def test_losses_known_values():
     ) / 4
     assert threshold_loss(s_pos, s_neg, theta=3.0).item() == pytest.approx(expected.item())
     expected = (math.log1p(math.exp(-4 * 5)) + math.log1p(math.exp(-4 * -3))) / 2
-    assert symba_loss(s_pos, s_neg, alpha=4.0).item() == pytest.approx(expected)
+    assert symba_loss(s_pos, s_neg, alpha=4.0, scale=1.0).item() == pytest.approx(expected)
+
+
+def test_symba_alpha_acts_on_per_unit_goodness_at_every_width():
+    """The same per-unit separation gives the same SymBa loss at 16 units and at 2000, and
+    the learner hands each layer its goodness's scale (units for sums, 1 for meansq)."""
+    s_pos, s_neg = torch.tensor([1.2, 0.9]), torch.tensor([0.8, 1.1])  # per unit
+    at = {n: symba_loss(n * s_pos, n * s_neg, alpha=4.0, scale=n).item() for n in (16, 2000)}
+    assert at[16] == pytest.approx(at[2000])
+    assert at[16] == pytest.approx(symba_loss(s_pos, s_neg, 4.0, 1.0).item())
+    for goodness, scale in (("sumsq", 16.0), ("meansq", 1.0)):
+        net = make_learner([*SMALL_FF, "algo.loss=symba", f"goodness={goodness}"])
+        assert [loss.keywords["scale"] for loss in net.losses] == [scale] * 3
 
 
 def test_inverted_objective_rewards_low_goodness_for_positives():
@@ -141,15 +168,6 @@ def test_readout_sees_no_label_and_sends_no_gradient_into_ff_layers():
     assert all(p.grad is None for p in net.stack.parameters())
 
 
-def test_peer_normalisation_penalises_unequal_units_only():
-    net = make_learner([*SMALL_FF, "algo.peer_norm=0.03"])
-    assert net.peer.loss(0, torch.ones(8, 16)).item() == 0.0
-    net.peer.started = [False] * 3  # forget that minibatch
-    uneven = torch.zeros(8, 16)
-    uneven[:, 0] = 16.0
-    assert net.peer.loss(0, uneven).item() == pytest.approx(0.03 * (15 * 1 + 15**2) / 16)
-
-
 def test_sequential_schedule_trains_one_layer_at_a_time():
     net, optimizer = make_trainable(SMALL_FF)
     before = [layer.weight.detach().clone() for layer in net.stack.layers]
@@ -161,9 +179,14 @@ def test_sequential_schedule_trains_one_layer_at_a_time():
 
 
 def test_linear_decay_schedule():
+    """The reference code's: constant for the first half, then (1 + 2 (E - e)) / E, ending
+    at 1/E."""
     factors = [experiment.LR_SCHEDULES["linear_decay"](e, 10) for e in range(1, 11)]
-    assert factors[:6] == [1.0] * 6 and factors[-1] == pytest.approx(0.2)
-    assert factors == sorted(factors, reverse=True)
+    assert factors[:5] == [1.0] * 5
+    assert factors[5:] == pytest.approx([0.9, 0.7, 0.5, 0.3, 0.1])
+    sixty = [experiment.LR_SCHEDULES["linear_decay"](e, 60) for e in range(1, 61)]
+    assert sixty[:30] == [1.0] * 30 and sixty[30] == pytest.approx(59 / 60)
+    assert sixty[-1] == pytest.approx(1 / 60)
     assert experiment.LR_SCHEDULES["constant"](10, 10) == 1.0
 
 

@@ -42,7 +42,7 @@ def test_goodness_evaluation_flops_cover_every_label():
 
 def test_ff_without_readout_has_no_readout_pass_metric_or_prediction():
     ff, optimizer = make_trainable([*SMALL_FF, "algo.readout=false"])
-    assert ff.readout is None and len(optimizer.param_groups) == 1
+    assert ff.readout is None and len(optimizer.param_groups) == 2  # weights, biases
     x, y = torch.rand(64, 20), torch.randint(0, 10, (64,))
     metrics = ff.train_epoch(x, y, optimizer, 32)
     assert "readout_loss" not in metrics and "layer2_loss" in metrics
