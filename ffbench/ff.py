@@ -133,8 +133,8 @@ class ForwardForward(Learner):
         self.goodnesses = make_layer_goodness(stack, cfg.goodness)
         self.sign = -1.0 if cfg.goodness.inverted else 1.0
         self.thetas = [self.sign * t for t in thetas]
-        units = goodness_units(stack, cfg.goodness)
-        scales = [goodness_scale(cfg.goodness.name, u) for u in units]
+        # per-unit divisor of each layer's goodness (SymBa compares goodness per unit)
+        scales = [goodness_scale(cfg.goodness.name, u) for u in goodness_units(stack, cfg.goodness)]
         loss = LOSSES[cfg.algo.loss]
         self.losses = [
             loss(cfg.algo, t, scale) for t, scale in zip(self.thetas, scales, strict=True)
