@@ -22,13 +22,13 @@ class Backprop(Learner):
         self,
         stack: LayerStack,
         num_classes: int,
+        init: str,
         checkpoint: bool = False,
         accum_steps: int = 1,
-        init: str = "torch",
     ):
-        """`init` (a models.INITS name) initialises the output layer like the stack's."""
+        """`init` (model.init, a models.INITS name) initialises the output layer like the stack."""
         super().__init__()
-        self.net = Classifier(stack, num_classes, checkpoint, init)
+        self.net = Classifier(stack, num_classes, init, checkpoint)
         self.accum_steps = accum_steps
 
     @property
@@ -39,7 +39,7 @@ class Backprop(Learner):
     def from_config(cls, cfg, num_features: int, num_classes: int, image_shape: tuple):
         stack = make_stack(cfg.model, num_features, image_shape, make_activation(cfg.activation))
         checkpoint = cfg.algo.name == "bp_ckpt"
-        return cls(stack, num_classes, checkpoint, cfg.trainer.grad_accum_steps, cfg.model.init)
+        return cls(stack, num_classes, cfg.model.init, checkpoint, cfg.trainer.grad_accum_steps)
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the net on (x, y); trainer.compile compiles this function."""

@@ -275,9 +275,7 @@ class Classifier(nn.Module):
     when its gradient is needed: the best memory BP can do on the same net.
     """
 
-    def __init__(
-        self, stack: LayerStack, num_classes: int, checkpoint: bool = False, init: str = "torch"
-    ):
+    def __init__(self, stack: LayerStack, num_classes: int, init: str, checkpoint: bool = False):
         super().__init__()
         self.stack = stack
         self.head = nn.Linear(stack.layers[-1].out_features, num_classes)
