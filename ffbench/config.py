@@ -86,8 +86,9 @@ class ModelConfig:
         "Initial weights of FF's and BP's layers: N(0, 1/fan-in) and zero biases (reference code), or torch's default.",
         models.INITS,
     )
-    channels: int = key(
-        32, "conv, local: channels (feature maps) of every hidden layer.", bound="positive"
+    channels: typing.Any = key(
+        32,
+        "conv, local: channels (feature maps) of every hidden layer, or a list of one per layer (e.g. [20,80,240]).",
     )
     kernel: int = key(
         5, "conv, local: side of each layer's square receptive field.", bound="positive"
@@ -97,6 +98,11 @@ class ModelConfig:
     )
     padding: int = key(
         2, "conv, local: zeros added on each side of each layer's input.", bound="non_negative"
+    )
+    pool: int = key(
+        1,
+        "conv, local: max-pool each hidden layer's output over pool x pool windows (1: none).",
+        bound="positive",
     )
     norm_scope: str = key(
         "layer",
@@ -128,7 +134,7 @@ class AlgoConfig:
     )
     loss: str = key(
         "threshold",
-        "FF: each layer's loss (threshold: softplus(theta - G_pos) + softplus(G_neg - theta)).",
+        "FF: each layer's loss: threshold (the paper), symba (pairs), or cwc (cross-entropy over channel groups, one per class; no negatives).",
         goodness.LOSSES,
     )
     theta: float | None = key(
@@ -138,9 +144,14 @@ class AlgoConfig:
     alpha: float = key(
         4.0, "FF, symba: sharpness, softplus(-alpha * (G_pos - G_neg)).", bound="positive"
     )
+    temperature: float = key(
+        1.0,
+        "FF, cwc: the class goodnesses (mean per unit) are divided by it before the softmax.",
+        bound="positive",
+    )
     negatives: str = key(
         "random_label",
-        "FF: wrong label drawn uniformly, from the read-out's beliefs (hard), or hybrid images (unsupervised).",
+        "FF: wrong label drawn uniformly, from the read-out's beliefs (hard), hybrid images (unsupervised), or none (cwc).",
         ff_data.NEGATIVES,
     )
     hybrid_blur_steps: int = key(
@@ -158,7 +169,7 @@ class AlgoConfig:
     )
     label_input: str = key(
         "pixels",
-        "FF: the label one-hot in the first pixels (paper), or as one extra input plane per class.",
+        "FF: the label one-hot in the first pixels (paper), as one input plane per class, as a class pattern over the image, or none (cwc, hybrid).",
         ff_data.LABEL_INPUTS,
     )
     label_strength: float = key(
@@ -378,13 +389,37 @@ def validate(cfg) -> None:
     if cfg.algo.name == "ff" and not cfg.algo.readout and needs_readout:
         raise FFBenchError(f"{needs_readout[0]} needs the read-out: set algo.readout=true")
     _validate_model(cfg)
-    if cfg.algo.negatives == "hybrid" and cfg.algo.label_input == "planes":
-        raise FFBenchError(
-            "algo.negatives=hybrid is unsupervised and writes no label: set algo.label_input=pixels"
-        )
+    if cfg.algo.name == "ff":
+        _validate_labels(cfg.algo)
     if cfg.algo.negatives == "hybrid" and cfg.algo.evaluation != "readout":
         raise FFBenchError(
             "algo.negatives=hybrid is unsupervised: set algo.evaluation=readout (goodness evaluation needs labels in the input)"
+        )
+
+
+def _validate_labels(a) -> None:
+    """The label input, the negative data and the loss go together (ff_data.py, goodness.py)."""
+    labelled = a.label_input != "none"
+    if a.loss == "cwc" and labelled:
+        raise FFBenchError(
+            "algo.loss=cwc reads the class from each layer's channel groups, not from the input: "
+            "set algo.label_input=none"
+        )
+    if (a.loss == "cwc") != (a.negatives == "none"):
+        fix = "algo.negatives=none" if a.loss == "cwc" else "algo.loss=cwc (or other negatives)"
+        raise FFBenchError(
+            f"algo.loss={a.loss} with algo.negatives={a.negatives}: only the cwc loss trains "
+            f"without negative data: set {fix}"
+        )
+    if a.negatives == "hybrid" and a.label_input not in ("pixels", "none"):
+        raise FFBenchError(
+            "algo.negatives=hybrid is unsupervised and writes no label: set algo.label_input=none"
+        )
+    if not labelled and a.negatives in ("random_label", "hard_label"):
+        raise FFBenchError(
+            f"algo.negatives={a.negatives} writes a wrong label into the input, which "
+            "algo.label_input=none leaves out: choose a label input (pixels, planes, pattern), "
+            "or algo.loss=cwc algo.negatives=none"
         )
 
 
@@ -392,6 +427,8 @@ def _validate_model(cfg) -> None:
     """Spatial goodness and the black box. Sizes that depend on the data (a kernel larger
     than a layer's input) are checked when the net is built (models.spatial_shapes)."""
     m, is_ff = cfg.model, cfg.algo.name == "ff"
+    if m.name != "mlp":
+        models.layer_channels(m.channels, m.depth)  # one positive count per layer
     if is_ff and cfg.goodness.spatial == "position":
         if m.name == "mlp":
             raise FFBenchError(
@@ -429,6 +466,8 @@ def _default(f) -> str:
 
 def _type(f) -> str:
     """`str`, `int or null`, ...: no `|`, which would split a Markdown table's cell."""
+    if f.type is typing.Any:  # model.channels: a number or a list of numbers
+        return "int or list"
     names = [t.__name__ for t in typing.get_args(f.type)] or [f.type.__name__]
     return " or ".join("null" if name == "NoneType" else name for name in names)
 

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ffbench.activations import make_activation
+from ffbench.activations import NORMALISATIONS, make_activation
 from ffbench.data import minibatches
+from ffbench.errors import FFBenchError
 from ffbench.ff_data import LABEL_INPUTS, NEGATIVES, UNSUPERVISED
 from ffbench.goodness import LOSSES, default_theta, goodness_scale, make_goodness
 from ffbench.learner import Learner, weights_and_biases
@@ -44,7 +45,7 @@ def goodness_units(stack: LayerStack, goodness_cfg) -> list[int]:
     """Units each layer's goodness is taken over: the layer's, or one position's channels."""
     if _per_position(stack, goodness_cfg):
         return [shape[0] for shape in stack.shapes]
-    return [layer.out_features for layer in stack.layers]
+    return stack.out_features
 
 
 def per_position_goodness(goodness, channels: int):
@@ -115,6 +116,7 @@ class Readout(nn.Linear):
 
 class ForwardForward(Learner):
     reports_each_evaluation = True  # goodness and read-out side by side
+    competitive = False  # the classes compete within each layer (ChannelwiseCompetitive)
 
     def __init__(
         self, cfg, stack: LayerStack, labels, thetas: list[float], num_classes: int, image_shape
@@ -149,7 +151,7 @@ class ForwardForward(Learner):
         self.eval_from = 1 if cfg.algo.eval_skip_first and depth > 1 else 0
         self.readout = None  # trained only if asked for: it costs a label-free forward pass
         if cfg.algo.readout:
-            evaluated = sum(layer.out_features for layer in stack.layers[self.eval_from :])
+            evaluated = sum(stack.out_features[self.eval_from :])
             self.readout = Readout(evaluated, self.num_classes)
             if cfg.model.init == "reference":  # a convex problem: start from no opinion
                 nn.init.zeros_(self.readout.weight)
@@ -161,19 +163,23 @@ class ForwardForward(Learner):
     @classmethod
     def from_config(cls, cfg, num_features: int, num_classes: int, image_shape: tuple):
         a = cfg.algo
-        labels = None  # unsupervised: positives and negatives carry no label
-        if a.negatives not in UNSUPERVISED:
+        labels = None  # unsupervised or cwc: no label in the input
+        if a.negatives not in UNSUPERVISED and LABEL_INPUTS[a.label_input] is not None:
+            norm = NORMALISATIONS[cfg.model.norm]
             labels = LABEL_INPUTS[a.label_input](
-                num_classes, a.label_strength, image_shape, num_features
+                num_classes, a.label_strength, image_shape, num_features, norm
             )
         inputs = num_features if labels is None else labels.in_features(num_features)
-        stack = make_stack(cfg.model, inputs, image_shape, make_activation(cfg.activation))
+        normalise_input = labels is None or not labels.normalises_image
+        activation = make_activation(cfg.activation)
+        stack = make_stack(cfg.model, inputs, image_shape, activation, normalise_input)
         thetas = [a.theta] * cfg.model.depth
         if a.theta is None:  # per layer: a spatial layer's units depend on its position
             units = goodness_units(stack, cfg.goodness)
             g = cfg.goodness.name
             thetas = [default_theta(g, u, cfg.model.norm, cfg.activation.name) for u in units]
-        return cls(cfg, stack, labels, thetas, num_classes, image_shape)
+        learner = ChannelwiseCompetitive if a.loss == "cwc" else cls
+        return learner(cfg, stack, labels, thetas, num_classes, image_shape)
 
     def param_groups(self) -> list[dict]:
         groups = weights_and_biases(self.stack)
@@ -194,18 +200,32 @@ class ForwardForward(Learner):
         torch._dynamo.config.cache_size_limit = max(64, 4 * len(self.stack.layers))
         self.layer_objective = torch.compile(self.layer_objective)
 
-    def layer_objective(self, index: int, h: torch.Tensor, n: int) -> tuple:
-        """Activities, scores, FF loss and the objective to back-propagate (the loss plus
-        peer normalisation's term) of layer `index` on [positives; negatives] (n each).
-        One function, so that trainer.compile can fuse its element-wise work."""
+    def layer_objective(self, index: int, h: torch.Tensor, n: int, y: torch.Tensor) -> tuple:
+        """Output, scores, FF loss and the objective to back-propagate (the loss plus peer
+        normalisation's term) of layer `index` on [positives; negatives] (n positives, of
+        labels y). One function, so that trainer.compile can fuse its element-wise work."""
         z = self.stack.preactivation(index, h)
-        a = self.stack.activation(z)
+        u = self.stack.activation(z)
+        a = self.stack.pooled(index, u)  # the layer's output (u itself unless model.pool > 1)
         s = self.score(a.float(), index)  # goodness in float32 even if the layer ran in bf16
-        loss = self.losses[index](s[:n], s[n:])
+        loss = self.losses[index](s[:n], s[n:], y)
         objective = loss
         if self.peer is not None:
-            objective = loss + self.peer.surrogate(index, z[:n], a[:n])
+            objective = loss + self.peer.surrogate(index, z[:n], u[:n])
         return a, s, loss, objective
+
+    @torch.no_grad()
+    def layer_stats(self, index: int, s: torch.Tensor, n: int, y: torch.Tensor) -> dict:
+        """Mean goodness of positives and of negatives, and separation: the share of examples
+        on the right side of theta."""
+        g = self.sign * s  # the goodness itself, without computing it again
+        theta = self.thetas[index]
+        separation = ((s[:n] > theta).float().mean() + (s[n:] < theta).float().mean()) / 2
+        return {
+            "goodness_pos": g[:n].mean(),
+            "goodness_neg": g[n:].mean(),
+            "separation": separation,
+        }
 
     def train_step(self, x, y, optimizer, layers: range) -> dict[str, torch.Tensor]:
         """One minibatch; trains the `layers` given (all, or one in the sequential schedule).
@@ -224,20 +244,13 @@ class ForwardForward(Learner):
                 with torch.no_grad():
                     h = self.stack.layer(index, h)
                 continue
-            a, s, loss, objective = self.layer_objective(index, h, n)
+            a, s, loss, objective = self.layer_objective(index, h, n, y)
             # Backward now frees this layer's graph before the next layer is computed.
             objective.backward()
             h = a.detach()
-            with torch.no_grad():
-                g = self.sign * s  # the goodness itself, without computing it again
-                theta = self.thetas[index]
-                separation = ((s[:n] > theta).float().mean() + (s[n:] < theta).float().mean()) / 2
-                stats |= {
-                    f"layer{index}_loss": loss.detach(),
-                    f"layer{index}_goodness_pos": g[:n].mean(),
-                    f"layer{index}_goodness_neg": g[n:].mean(),
-                    f"layer{index}_separation": separation,
-                }
+            stats[f"layer{index}_loss"] = loss.detach()
+            for name, value in self.layer_stats(index, s, n, y).items():
+                stats[f"layer{index}_{name}"] = value
         if self.readout is not None:
             stats["readout_loss"] = self.readout.set_gradient(features, y)
         # Gradients of different layers never mix, so one step after all layers equals a
@@ -264,8 +277,9 @@ class ForwardForward(Learner):
         without a graph, so no read-out gradient reaches the FF layers."""
         if self.labels is not None:
             x = self.labels.neutral(x)
-        activities = self.stack(x)[self.eval_from :]
-        return torch.cat([self.stack.norm(a.float()) for a in activities], dim=1)
+        activities = self.stack(x)
+        evaluated = range(self.eval_from, len(activities))
+        return torch.cat([self.stack.normalise(i, activities[i]) for i in evaluated], dim=1)
 
     @torch.no_grad()
     def label_goodness(self, x: torch.Tensor) -> torch.Tensor:
@@ -293,8 +307,72 @@ class ForwardForward(Learner):
             predictions["readout"] = torch.cat(
                 [self.readout(self.features(p)).argmax(1) for p in parts]
             )
-        if self.labels is not None:
+        if self.labels is not None or self.competitive:
             predictions["goodness"] = torch.cat(
                 [(self.sign * self.label_goodness(p)).argmax(1) for p in parts]
             )
         return predictions
+
+
+def class_goodness(goodness, num_classes: int, scale: float):
+    """`goodness` of each class's group of units, per unit: flat rows (N, units) -> (N, classes).
+    Rows are channel-major, so class k's channels, with all their positions, are one slice."""
+
+    def g(a: torch.Tensor) -> torch.Tensor:
+        return goodness(a.view(len(a), num_classes, -1)) / scale
+
+    return g
+
+
+class ChannelwiseCompetitive(ForwardForward):
+    """Channel-wise competitive FF (CwComp: Papachristodoulou et al., AAAI 2024), algo.loss=cwc.
+
+    No label in the input and no negative data: each layer's channels (an MLP's units) are
+    split into one group per class, class k's goodness is the goodness per unit of group k
+    (for sumsq: the mean square over its channels and positions), and each layer is trained
+    on its own by cross-entropy over the class goodnesses. The prediction is the class with
+    the largest goodness summed over the evaluated layers: one pass, not one per label.
+    Layers stay detached from each other, as in every FF variant.
+    """
+
+    competitive = True
+
+    def __init__(self, cfg, stack, labels, thetas, num_classes, image_shape):
+        super().__init__(cfg, stack, labels, thetas, num_classes, image_shape)
+        units = [shape[0] for shape in stack.shapes] if stack.shapes else stack.out_features
+        what = "model.channels" if stack.shapes else "model.width"
+        for index, count in enumerate(units):
+            if count % num_classes:
+                raise FFBenchError(
+                    f"algo.loss=cwc splits each layer into one group per class, but hidden layer "
+                    f"{index + 1} has {count} channels or units for {num_classes} classes: set "
+                    f"{what} to a multiple of {num_classes}"
+                )
+        per_class = [n // num_classes for n in stack.out_features]
+        self.goodnesses = [
+            class_goodness(
+                make_goodness(cfg.goodness, n), num_classes, goodness_scale(cfg.goodness.name, n)
+            )
+            for n in per_class
+        ]
+
+    @torch.no_grad()
+    def layer_stats(self, index: int, s: torch.Tensor, n: int, y: torch.Tensor) -> dict:
+        """Mean goodness of the true class's group (pos) and of the other groups (neg), and
+        separation: the share of examples whose true class scores highest in this layer."""
+        g = self.sign * s
+        true = F.one_hot(y, self.num_classes).bool()
+        return {
+            "goodness_pos": g[true].mean(),
+            "goodness_neg": g[~true].mean(),
+            "separation": (s.argmax(dim=1) == y).float().mean(),
+        }
+
+    @torch.no_grad()
+    def label_goodness(self, x: torch.Tensor) -> torch.Tensor:
+        """Class goodness summed over the evaluated layers, (N, classes), in one pass."""
+        total = torch.zeros(len(x), self.num_classes, device=x.device)
+        for index, a in enumerate(self.stack(x)):
+            if index >= self.eval_from:
+                total += self.goodnesses[index](a.float())
+        return total

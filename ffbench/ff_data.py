@@ -5,6 +5,7 @@ NEGATIVES says (algo.negatives). A new way of either is a new class or function 
 entry in its registry; ff.py assembles the learner from them.
 """
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -87,13 +88,23 @@ def colour_planes(image_shape: tuple, num_features: int) -> int:
 
 
 # How the label enters the input (algo.label_input). Each writes a label into raw data rows,
-# or the neutral label (every class at 1 / classes) for the label-free pass of the read-out.
+# or the neutral label (no class preferred) for the label-free pass of the read-out. A label
+# input that `normalises_image` normalises the image by itself (model.norm) and then adds the
+# label at a set energy, so the stack takes its rows as they come; the paper's pixels are
+# written first and normalised with the image, as in the reference code.
+
+
+def rms(x: torch.Tensor) -> torch.Tensor:
+    """Root mean square of each row, (N, 1): the scale of one normalised image feature."""
+    return x.pow(2).mean(dim=1, keepdim=True).sqrt()
 
 
 class PixelLabels:
     """The one-hot label in the first pixels of every colour plane (the paper)."""
 
-    def __init__(self, num_classes: int, strength: float, image_shape: tuple, num_features: int):
+    normalises_image = False
+
+    def __init__(self, num_classes, strength, image_shape, num_features, norm):
         self.num_classes, self.strength = num_classes, strength
         self.channels = colour_planes(image_shape, num_features)
 
@@ -109,25 +120,93 @@ class PixelLabels:
 
 class PlaneLabels:
     """One extra input plane per class, constant over the image, one-hot: every position of a
-    conv or locally connected layer sees the label."""
+    conv or locally connected layer sees the label.
 
-    def __init__(self, num_classes: int, strength: float, image_shape: tuple, num_features: int):
-        self.num_classes, self.strength = num_classes, strength
+    The image is normalised alone and the planes appended after it: the true class's plane
+    carries `strength`^2 times the energy of one image plane (per pixel, the image's mean
+    square), the others none. The neutral label spreads the same energy over all planes
+    (each at strength / sqrt(classes)), so the read-out's pass sees inputs of the energy that
+    training saw."""
+
+    normalises_image = True
+
+    def __init__(self, num_classes, strength, image_shape, num_features, norm):
+        self.num_classes, self.strength, self.norm = num_classes, strength, norm
         self.plane = label_plane_size(image_shape)
 
     def in_features(self, num_features: int) -> int:
         return num_features + self.num_classes * self.plane
 
+    def _append(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The normalised image followed by the label planes, plane k at weights[:, k]."""
+        image = self.norm(x.float())
+        level = self.strength * rms(image) * weights
+        return torch.cat([image, level.repeat_interleave(self.plane, dim=1)], dim=1)
+
     def with_label(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        one_hot = F.one_hot(labels, self.num_classes).to(x.dtype) * self.strength
-        return torch.cat([x, one_hot.repeat_interleave(self.plane, dim=1)], dim=1)
+        return self._append(x, F.one_hot(labels, self.num_classes).float())
 
     def neutral(self, x: torch.Tensor) -> torch.Tensor:
         c = self.num_classes
-        return torch.cat([x, x.new_full((len(x), c * self.plane), 1.0 / c)], dim=1)
+        return self._append(x, x.new_full((len(x), c), c**-0.5, dtype=torch.float32))
 
 
-LABEL_INPUTS = {"pixels": PixelLabels, "planes": PlaneLabels}
+def class_patterns(num_classes: int, image_shape: tuple, channels: int) -> torch.Tensor:
+    """One grating per class over the whole image, (classes, channels * H * W), each of mean
+    square 1: cos(2 pi (u y + v x) / period) with class k's orientation pi * (k mod 5) / 5 and
+    a period of 3 pixels for k < 5, 5 for the rest. A shifted grating is the same grating at
+    another phase, so a convolution's shared filters can tell the class at every position
+    (Scodellaro et al. 2023: spatially extended labels)."""
+    h, w = image_shape if len(image_shape) == 2 else (1, image_shape[0])
+    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    patterns = []
+    for k in range(num_classes):
+        angle = torch.pi * (k % 5) / 5
+        period = 3.0 if k % 10 < 5 else 5.0
+        phase = 2 * torch.pi * (math.sin(angle) * y + math.cos(angle) * x) / period
+        plane = torch.cos(phase + 0.5 * k)  # an offset keeps no grating all-zero on the grid
+        patterns.append(plane.flatten().repeat(channels))
+    patterns = torch.stack(patterns)
+    return patterns / patterns.pow(2).mean(dim=1, keepdim=True).sqrt()
+
+
+class PatternLabels:
+    """The label as a class-specific pattern superimposed over the whole image (class_patterns):
+    every receptive field of a conv net sees it, and the input keeps its size.
+
+    The image is normalised alone; the pattern is added at `strength`^2 times its energy. The
+    neutral label adds the patterns' sum over sqrt(classes), of about the same energy."""
+
+    normalises_image = True
+
+    def __init__(self, num_classes, strength, image_shape, num_features, norm):
+        self.num_classes, self.strength, self.norm = num_classes, strength, norm
+        shape = image_shape if len(image_shape) == 2 else (1, num_features)
+        self.patterns = class_patterns(num_classes, shape, colour_planes(shape, num_features))
+
+    def in_features(self, num_features: int) -> int:
+        return num_features
+
+    def _add(self, x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+        image = self.norm(x.float())
+        return image + self.strength * rms(image) * pattern
+
+    def with_label(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.patterns = self.patterns.to(x.device)
+        return self._add(x, self.patterns[labels])
+
+    def neutral(self, x: torch.Tensor) -> torch.Tensor:
+        self.patterns = self.patterns.to(x.device)
+        return self._add(x, self.patterns.sum(dim=0) * self.num_classes**-0.5)
+
+
+# none: no label in the input (algo.loss=cwc, or unsupervised hybrid negatives)
+LABEL_INPUTS = {
+    "pixels": PixelLabels,
+    "planes": PlaneLabels,
+    "pattern": PatternLabels,
+    "none": None,
+}
 
 
 # How negative data are made (algo.negatives): (learner, x, y, read-out features) ->
@@ -158,5 +237,15 @@ def hybrid(ff: "ForwardForward", x, y, features) -> tuple:
     return x, hybrid_images(x, ff.image_shape, ff.blur_steps, channels)
 
 
-NEGATIVES = {"random_label": random_label, "hard_label": hard_label, "hybrid": hybrid}
+def no_negatives(ff: "ForwardForward", x, y, features) -> tuple:
+    """No negative data (algo.loss=cwc): the classes compete within each layer instead."""
+    return x, x[:0]
+
+
+NEGATIVES = {
+    "random_label": random_label,
+    "hard_label": hard_label,
+    "hybrid": hybrid,
+    "none": no_negatives,
+}
 UNSUPERVISED = ("hybrid",)  # negatives that need no label in the input

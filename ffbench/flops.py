@@ -7,7 +7,8 @@ normalisation, goodness and the black box are left out, so the count is a lower 
 "achieved GFLOP/s" is honest. Per training example and hidden layer:
 
 - FF: forward of the positive and the negative example, 2 x 2*MACs, and the weight gradient
-  of both, 2 x 2*MACs; no input gradient (inputs are detached). With `algo.readout=true`
+  of both, 2 x 2*MACs; no input gradient (inputs are detached). `algo.loss=cwc` has no
+  negative example: half of that. With `algo.readout=true`
   (needed for hard negatives and read-out evaluation) the label-free pass that feeds the
   read-out is asked for and counts: 2*MACs per layer, plus the read-out's forward and weight
   gradient, 2 x 2*MACs of the read-out.
@@ -21,7 +22,7 @@ normalisation, goodness and the black box are left out, so the count is a lower 
 
 import math
 
-from ffbench.models import image_chw, spatial_shapes
+from ffbench.models import image_chw, layer_channels, spatial_shapes
 
 
 def layer_macs(features: int, width: int, depth: int) -> list[int]:
@@ -37,10 +38,13 @@ def model_layers(cfg, features: int, image_shape: tuple | None = None) -> tuple[
     if image_shape is None:
         raise ValueError(f"model={m.name}: the FLOP count needs the image shape of the data")
     in_shape = image_chw(image_shape, features)
-    shapes = spatial_shapes(in_shape, m.channels, m.kernel, m.stride, m.padding, m.depth)
-    inputs = [in_shape[0]] + [c for c, _, _ in shapes[:-1]]
-    macs = [c * h * w * m.kernel**2 * c_in for (c, h, w), c_in in zip(shapes, inputs, strict=True)]
-    return macs, [math.prod(shape) for shape in shapes]
+    channels = layer_channels(m.channels, m.depth)
+    convs, outputs = zip(
+        *spatial_shapes(in_shape, channels, m.kernel, m.stride, m.padding, m.pool), strict=True
+    )
+    inputs = [in_shape[0], *channels[:-1]]
+    macs = [c * h * w * m.kernel**2 * c_in for (c, h, w), c_in in zip(convs, inputs, strict=True)]
+    return macs, [math.prod(shape) for shape in outputs]
 
 
 def _readout_macs(cfg, units: list[int], classes: int) -> int:
@@ -58,12 +62,15 @@ def train_flops_per_example(cfg, features: int, classes: int, image_shape=None) 
         head = units[-1] * classes
         return 2 * sum(macs) + 2 * (sum(macs) - macs[0]) + 2 * sum(macs) + 6 * head
     extra = 2 * sum(macs) + 4 * _readout_macs(cfg, units, classes) if cfg.algo.readout else 0
+    rows = 1 if cfg.algo.loss == "cwc" else 2  # cwc: the positive example only
     if cfg.algo.schedule == "sequential":
-        per_pass = [8 * macs[k] + 4 * sum(macs[:k]) for k in range(depth)]
+        per_pass = [rows * (4 * macs[k] + 2 * sum(macs[:k])) for k in range(depth)]
         return sum(per_pass) / depth + extra
-    return 8 * sum(macs) + extra
+    return rows * 4 * sum(macs) + extra
 
 
 def goodness_eval_flops_per_example(cfg, features: int, classes: int, image_shape=None) -> float:
-    """FLOPs of predicting one example by goodness: every label through every layer."""
-    return classes * 2 * sum(model_layers(cfg, features, image_shape)[0])
+    """FLOPs of predicting one example by goodness: every label through every layer (cwc:
+    one pass, the classes compete within it)."""
+    passes = 1 if cfg.algo.loss == "cwc" else classes
+    return passes * 2 * sum(model_layers(cfg, features, image_shape)[0])

@@ -88,14 +88,13 @@ def default_theta(goodness: str, units: int, norm: str, activation: str = "relu"
     return per_unit * goodness_scale(goodness, units)
 
 
-def threshold_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, theta: float) -> torch.Tensor:
-    """Logistic loss of p(positive) = sigmoid(score - theta), averaged over all examples."""
+def threshold_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, labels=None, *, theta: float):
+    """Logistic loss of p(positive) = sigmoid(score - theta), averaged over all examples.
+    (`labels`, of the positives, only cwc reads: every loss takes the same arguments.)"""
     return torch.cat([F.softplus(theta - s_pos), F.softplus(s_neg - theta)]).mean()
 
 
-def symba_loss(
-    s_pos: torch.Tensor, s_neg: torch.Tensor, alpha: float, scale: float
-) -> torch.Tensor:
+def symba_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, labels=None, *, alpha, scale):
     """SymBa: softplus(-alpha * (S_pos - S_neg) / scale), each positive paired with its own
     negative; no threshold, so positive and negative gradients stay balanced. The scores are
     taken per unit (`scale`: goodness_scale), so that one alpha suits every width: on raw sums
@@ -103,9 +102,20 @@ def symba_loss(
     return F.softplus(-alpha / scale * (s_pos - s_neg)).mean()
 
 
-# algo.loss -> (AlgoConfig, theta, scale) -> loss(s_pos, s_neg); theta is in score units
-# (signed), scale the goodness's per-unit divisor (goodness_scale)
+def channelwise_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, labels, *, temperature):
+    """CwComp (Papachristodoulou et al., AAAI 2024): cross-entropy of the true class over the
+    class goodnesses (N, classes), each the goodness per unit of the class's channel group,
+    divided by the temperature. Classes compete within the layer: no negative data."""
+    return F.cross_entropy(s_pos / temperature, labels)
+
+
+# algo.loss -> (AlgoConfig, theta, scale) -> loss(s_pos, s_neg, labels); theta is in score
+# units (signed), scale the goodness's per-unit divisor (goodness_scale). Scores are one per
+# example, except under cwc: one per example and class (and there are no negatives).
 LOSSES = {
     "threshold": lambda cfg, theta, scale: functools.partial(threshold_loss, theta=theta),
     "symba": lambda cfg, theta, scale: functools.partial(symba_loss, alpha=cfg.alpha, scale=scale),
+    "cwc": lambda cfg, theta, scale: functools.partial(
+        channelwise_loss, temperature=cfg.temperature
+    ),
 }

@@ -2,7 +2,9 @@
 
 Every hidden layer is `activation(layer(normalise(input)))`, where `layer` is fully connected
 (`model=mlp`), convolutional (`model=conv`) or locally connected (`model=local`: a convolution
-without weight sharing, each output position with its own filters). FF trains each layer on
+without weight sharing, each output position with its own filters); a spatial layer's output
+may be max-pooled (`model.pool`), and each layer may have its own channel count
+(`model.channels=[20,80,240]`). FF trains each layer on
 its own; BP adds a linear output layer and trains everything end to end. Because both build on
 `LayerStack`, a comparison changes the learning rule and nothing else.
 
@@ -10,8 +12,9 @@ Activities travel between layers as flat rows (batch, units); a spatial layer's 
 (channels, height, width) map flattened channel-major, as torch lays out an NCHW tensor, so
 the label pixels FF writes into the first input features sit in the image's first row.
 Between spatial layers the normalisation acts on the whole layer (`model.norm_scope=layer`)
-or on each position's channel vector (`position`); the data themselves are always normalised
-as one vector, as in the MLP.
+or on each position's channel vector (`position`); the data themselves are normalised as one
+vector, as in the MLP (or by FF's label input, which then appends or adds the label:
+ff_data.py).
 
 `model.blackbox` puts a transform that autograd cannot see between two hidden layers (see
 `BlackBox`): FF trains through it unchanged, BP only with a straight-through estimator.
@@ -30,23 +33,45 @@ from ffbench.activations import NORMALISATIONS
 from ffbench.errors import FFBenchError
 
 
+def layer_channels(channels, depth: int) -> list[int]:
+    """model.channels as one count per hidden layer: an int is every layer's, a list gives
+    each layer its own (bottom to top) and must have model.depth entries."""
+    if isinstance(channels, int) and not isinstance(channels, bool):
+        channels = [channels] * depth
+    counts = list(channels) if not isinstance(channels, str | float | bool) else []
+    if len(counts) != depth or not all(type(c) is int and c > 0 for c in counts):
+        raise FFBenchError(
+            f"model.channels={channels} is not one positive count per hidden layer: set "
+            f"model.channels to a number, or to a list of model.depth={depth} numbers"
+        )
+    return counts
+
+
 def spatial_shapes(
-    in_shape: tuple, channels: int, kernel: int, stride: int, padding: int, depth: int
-) -> list[tuple[int, int, int]]:
-    """(channels, height, width) of every hidden layer's output, for an input of `in_shape`
+    in_shape: tuple, channels: list[int], kernel: int, stride: int, padding: int, pool: int = 1
+) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
+    """(channels, height, width) of every hidden layer's convolution output and of its output
+    after `pool` x `pool` max-pooling (the same when pool is 1), for an input of `in_shape`
     (channels, height, width). Raises FFBenchError, saying what to set, if a layer's kernel
-    does not fit its (padded) input."""
+    or pooling window does not fit its input."""
     shapes = []
     _, h, w = in_shape
-    for index in range(depth):
+    for index, c in enumerate(channels):
         if kernel > min(h, w) + 2 * padding:
             raise FFBenchError(
                 f"model.kernel={kernel} is larger than the {h}x{w} input of hidden layer "
                 f"{index + 1} (model.padding={padding}): set model.kernel={min(h, w) + 2 * padding}"
-                " or less, a larger model.padding, a smaller model.stride or model.depth"
+                " or less, a larger model.padding, a smaller model.stride, model.pool or model.depth"
             )
         h, w = (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
-        shapes.append((channels, h, w))
+        conv = (c, h, w)
+        if pool > min(h, w):
+            raise FFBenchError(
+                f"model.pool={pool} is larger than the {h}x{w} map of hidden layer {index + 1}: "
+                "set a smaller model.pool or model.depth"
+            )
+        h, w = h // pool, w // pool
+        shapes.append((conv, (c, h, w)))
     return shapes
 
 
@@ -185,61 +210,86 @@ class LayerStack(nn.Module):
         norm: str,
         spatial: dict | None = None,
         blackbox: dict | None = None,
+        normalise_input: bool = True,
     ):
         """An MLP of `depth` layers of `width` units; with `spatial` (kind `conv` or `local`,
-        in_shape, channels, kernel, stride, padding, norm_scope) a stack of spatial layers
-        instead (`width` unused). `blackbox` (kind, after, step, straight_through) inserts a
-        BlackBox on the input of hidden layer `after` (0-based: after the `after`-th layer)."""
+        in_shape, channels (one per layer), kernel, stride, padding, pool, norm_scope) a stack
+        of spatial layers instead (`width` unused). `blackbox` (kind, after, step,
+        straight_through) inserts a BlackBox on the input of hidden layer `after` (0-based:
+        after the `after`-th layer). Without `normalise_input` the first layer takes its input
+        as it comes (FF's label inputs that normalise the image themselves)."""
         super().__init__()
         self.in_features = in_features
         self.activation = activation
-        self.norm = NORMALISATIONS[norm]  # between hidden layers, and before BP's head
-        self.input_norm = self.norm  # the data: always one vector
-        self.shapes = None  # (channels, height, width) per hidden layer of a spatial stack
+        norm_fn = NORMALISATIONS[norm]
+        self.input_norm = norm_fn if normalise_input else (lambda x: x)  # the data: one vector
+        self.shapes = None  # (channels, height, width) of each hidden layer's output, if spatial
+        self.pool = 1
         if spatial is None:
             sizes = [in_features] + [width] * depth
             # nn.ModuleList, not a Python list, so state_dict() holds every layer.
             self.layers = nn.ModuleList(
                 nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
             )
+            self.out_features = [width] * depth
+            self.norms = [norm_fn] * depth
         else:
             s = spatial
             kind = LAYERS[s["kind"]]
-            self.shapes = spatial_shapes(
-                s["in_shape"], s["channels"], s["kernel"], s["stride"], s["padding"], depth
+            self.pool = s["pool"]
+            convs, self.shapes = zip(
+                *spatial_shapes(
+                    s["in_shape"], s["channels"], s["kernel"], s["stride"], s["padding"], s["pool"]
+                ),
+                strict=True,
             )
-            ins = [tuple(s["in_shape"])] + self.shapes[:-1]
+            ins = [tuple(s["in_shape"]), *self.shapes[:-1]]
             self.layers = nn.ModuleList(
                 kind(a, b, s["kernel"], s["stride"], s["padding"])
-                for a, b in zip(ins, self.shapes, strict=True)
+                for a, b in zip(ins, convs, strict=True)
             )
-            if s["norm_scope"] == "position":
-                self.norm = per_position(self.norm, s["channels"])
+            self.out_features = [math.prod(shape) for shape in self.shapes]
+            self.norms = [
+                per_position(norm_fn, c) if s["norm_scope"] == "position" else norm_fn
+                for c, _, _ in self.shapes
+            ]
         self.blackbox_at, self.blackbox = None, None
         if blackbox is not None:
             after = blackbox["after"]
             self.blackbox_at = after
             self.blackbox = BlackBox(
                 blackbox["kind"],
-                self.layers[after - 1].out_features,
+                self.out_features[after - 1],
                 blackbox["step"],
                 blackbox["straight_through"],
             )
+
+    def normalise(self, index: int, a: torch.Tensor) -> torch.Tensor:
+        """Hidden layer `index`'s output as the layer above sees it (and BP's head, and FF's
+        read-out), normalised in float32 even when the layer ran in bf16 (autocast)."""
+        return self.norms[index](a.float())
 
     def preactivation(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Input of hidden layer `index`'s activation, given that layer's unnormalised input."""
         if index == self.blackbox_at:
             x = self.blackbox(x)
-        norm = self.input_norm if index == 0 else self.norm
-        # The norm runs in float32 even when the previous layer ran in bf16 (autocast).
-        return self.layers[index](norm(x.float()))
+        x = self.input_norm(x.float()) if index == 0 else self.normalise(index - 1, x)
+        return self.layers[index](x)
+
+    def pooled(self, index: int, a: torch.Tensor) -> torch.Tensor:
+        """Activities of a spatial layer max-pooled over `pool` x `pool` windows (model.pool):
+        the layer's output. After the activation, which need not be monotonic (GELU)."""
+        if self.pool == 1:
+            return a
+        shape = self.layers[index].out_shape
+        return F.max_pool2d(a.view(len(a), *shape), self.pool).flatten(1)
 
     def layer(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """Activities of hidden layer `index` given that layer's (unnormalised) input."""
-        return self.activation(self.preactivation(index, x))
+        """Output of hidden layer `index` given that layer's (unnormalised) input."""
+        return self.pooled(index, self.activation(self.preactivation(index, x)))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Activities of every hidden layer, bottom to top."""
+        """Outputs of every hidden layer, bottom to top."""
         activities = []
         for index in range(len(self.layers)):
             x = self.layer(index, x)
@@ -278,19 +328,21 @@ class Classifier(nn.Module):
     def __init__(self, stack: LayerStack, num_classes: int, init: str, checkpoint: bool = False):
         super().__init__()
         self.stack = stack
-        self.head = nn.Linear(stack.layers[-1].out_features, num_classes)
+        self.head = nn.Linear(stack.out_features[-1], num_classes)
         INITS[init](self.head)
         self.checkpoint = checkpoint
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.checkpoint and torch.is_grad_enabled()):
-            return self.head(self.stack.norm(self.stack(x)[-1]))
+            return self.head(self.stack.normalise(-1, self.stack(x)[-1]))
         for index in range(len(self.stack.layers)):
             x = recompute_in_backward(self.stack.layer, index, x, use_reentrant=False)
-        return self.head(self.stack.norm(x))
+        return self.head(self.stack.normalise(-1, x))
 
 
-def make_stack(m, features: int, image_shape: tuple, activation: Callable) -> LayerStack:
+def make_stack(
+    m, features: int, image_shape: tuple, activation: Callable, normalise_input: bool = True
+) -> LayerStack:
     """The LayerStack a ModelConfig `m` asks for, on rows of `features` from images of
     `image_shape` ((H, W), or (C, H, W) channel-first)."""
     spatial = None
@@ -298,10 +350,11 @@ def make_stack(m, features: int, image_shape: tuple, activation: Callable) -> La
         spatial = {
             "kind": m.name,
             "in_shape": image_chw(image_shape, features),
-            "channels": m.channels,
+            "channels": layer_channels(m.channels, m.depth),
             "kernel": m.kernel,
             "stride": m.stride,
             "padding": m.padding,
+            "pool": m.pool,
             "norm_scope": m.norm_scope,
         }
     blackbox = None
@@ -312,7 +365,9 @@ def make_stack(m, features: int, image_shape: tuple, activation: Callable) -> La
             "step": m.blackbox_step,
             "straight_through": m.blackbox_grad == "straight_through",
         }
-    stack = LayerStack(features, m.width, m.depth, activation, m.norm, spatial, blackbox)
+    stack = LayerStack(
+        features, m.width, m.depth, activation, m.norm, spatial, blackbox, normalise_input
+    )
     for layer in stack.layers:
         INITS[m.init](layer)
     return stack

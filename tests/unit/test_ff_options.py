@@ -83,7 +83,7 @@ def test_symba_alpha_acts_on_per_unit_goodness_at_every_width():
     s_pos, s_neg = torch.tensor([1.2, 0.9]), torch.tensor([0.8, 1.1])  # per unit
     at = {n: symba_loss(n * s_pos, n * s_neg, alpha=4.0, scale=n).item() for n in (16, 2000)}
     assert at[16] == pytest.approx(at[2000])
-    assert at[16] == pytest.approx(symba_loss(s_pos, s_neg, 4.0, 1.0).item())
+    assert at[16] == pytest.approx(symba_loss(s_pos, s_neg, alpha=4.0, scale=1.0).item())
     for goodness, scale in (("sumsq", 16.0), ("meansq", 1.0)):
         net = make_learner([*SMALL_FF, "algo.loss=symba", f"goodness={goodness}"])
         assert [loss.keywords["scale"] for loss in net.losses] == [scale] * 3
@@ -223,21 +223,10 @@ def test_colour_images_get_the_label_and_the_hybrid_mask_in_every_channel():
     assert (from_first == from_first[:, :1]).all()
 
 
-def test_label_planes_add_one_constant_plane_per_class():
-    overrides = ["algo=ff", "model.depth=2", "model.width=16", "algo.label_input=planes"]
-    ff = make_learner(overrides, 48, image_shape=(4, 4))
-    x, y = torch.rand(5, 48), torch.tensor([0, 3, 9, 3, 1])
-    planes = ff.labels.with_label(x, y)[:, 48:].view(5, 10, 16)
-    assert torch.equal(ff.labels.with_label(x, y)[:, :48], x)  # the image itself is untouched
-    assert torch.equal(planes, F.one_hot(y, 10).float()[:, :, None].expand(5, 10, 16))
-    assert torch.equal(ff.labels.neutral(x)[:, 48:], torch.full((5, 160), 0.1))
-    assert ff.stack.in_features == 48 + 10 * 16  # 10 planes of 4x4
-
-
 def test_label_planes_with_hybrid_negatives_say_what_to_set():
     cfg = compose(["algo.negatives=hybrid", "algo.evaluation=readout", "algo.label_input=planes"])
     with pytest.raises(FFBenchError) as err:
         validate(cfg)
     assert str(err.value) == (
-        "algo.negatives=hybrid is unsupervised and writes no label: set algo.label_input=pixels"
+        "algo.negatives=hybrid is unsupervised and writes no label: set algo.label_input=none"
     )
