@@ -99,6 +99,10 @@ class ModelConfig:
     padding: int = key(
         2, "conv, local: zeros added on each side of each layer's input.", bound="non_negative"
     )
+    groups: typing.Any = key(
+        1,
+        "conv: channel groups of every layer's convolution, or a list of one per layer (e.g. [1,10,10]: CwComp's class groups kept apart).",
+    )
     pool: int = key(
         1,
         "conv, local: max-pool each hidden layer's output over pool x pool windows (1: none).",
@@ -429,6 +433,7 @@ def _validate_model(cfg) -> None:
     m, is_ff = cfg.model, cfg.algo.name == "ff"
     if m.name != "mlp":
         models.layer_channels(m.channels, m.depth)  # one positive count per layer
+        models.layer_channels(m.groups, m.depth, key="model.groups")
     if is_ff and cfg.goodness.spatial == "position":
         if m.name == "mlp":
             raise FFBenchError(

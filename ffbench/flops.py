@@ -42,7 +42,10 @@ def model_layers(cfg, features: int, image_shape: tuple | None = None) -> tuple[
     convs, outputs = zip(
         *spatial_shapes(in_shape, channels, m.kernel, m.stride, m.padding, m.pool), strict=True
     )
-    inputs = [in_shape[0], *channels[:-1]]
+    groups = layer_channels(m.groups, m.depth, key="model.groups")
+    # a grouped convolution's output channel sums over its group's input channels only
+    ins = [in_shape[0], *channels[:-1]]
+    inputs = [c_in // g for c_in, g in zip(ins, groups, strict=True)]
     macs = [c * h * w * m.kernel**2 * c_in for (c, h, w), c_in in zip(convs, inputs, strict=True)]
     return macs, [math.prod(shape) for shape in outputs]
 

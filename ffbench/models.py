@@ -33,18 +33,33 @@ from ffbench.activations import NORMALISATIONS
 from ffbench.errors import FFBenchError
 
 
-def layer_channels(channels, depth: int) -> list[int]:
-    """model.channels as one count per hidden layer: an int is every layer's, a list gives
-    each layer its own (bottom to top) and must have model.depth entries."""
+def layer_channels(channels, depth: int, key: str = "model.channels") -> list[int]:
+    """model.channels (or another per-layer `key`) as one count per hidden layer: an int is
+    every layer's, a list gives each layer its own (bottom to top) of model.depth entries."""
     if isinstance(channels, int) and not isinstance(channels, bool):
         channels = [channels] * depth
     counts = list(channels) if not isinstance(channels, str | float | bool) else []
     if len(counts) != depth or not all(type(c) is int and c > 0 for c in counts):
         raise FFBenchError(
-            f"model.channels={channels} is not one positive count per hidden layer: set "
-            f"model.channels to a number, or to a list of model.depth={depth} numbers"
+            f"{key}={channels} is not one positive count per hidden layer: set "
+            f"{key} to a number, or to a list of model.depth={depth} numbers"
         )
     return counts
+
+
+def layer_groups(m, channels: list[int], image_shape: tuple, features: int) -> list[int]:
+    """model.groups as one count per hidden layer (an int is every layer's); each must divide
+    the layer's input and output channels."""
+    groups = layer_channels(m.groups, m.depth, key="model.groups")
+    ins = [image_chw(image_shape, features)[0], *channels[:-1]]
+    for index, (g, c_in, c_out) in enumerate(zip(groups, ins, channels, strict=True)):
+        if c_in % g or c_out % g:
+            raise FFBenchError(
+                f"model.groups: hidden layer {index + 1} has {c_in} input and {c_out} output "
+                f"channels, not both divisible into {g} groups: set its groups to a common "
+                "divisor (1: an ordinary convolution)"
+            )
+    return groups
 
 
 def spatial_shapes(
@@ -91,10 +106,12 @@ def image_chw(image_shape: tuple, features: int) -> tuple[int, int, int]:
 
 
 class Conv(nn.Conv2d):
-    """A convolutional layer on flat rows: (batch, C_in*H*W) -> (batch, C_out*H'*W')."""
+    """A convolutional layer on flat rows: (batch, C_in*H*W) -> (batch, C_out*H'*W'). With
+    `groups`, the channels split into that many groups and output group g sees input group g
+    alone (CwComp's grouped layers keep one group per class apart)."""
 
-    def __init__(self, in_shape, out_shape, kernel: int, stride: int, padding: int):
-        super().__init__(in_shape[0], out_shape[0], kernel, stride, padding)
+    def __init__(self, in_shape, out_shape, kernel: int, stride: int, padding: int, groups=1):
+        super().__init__(in_shape[0], out_shape[0], kernel, stride, padding, groups=groups)
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.out_features = math.prod(out_shape)
 
@@ -110,8 +127,10 @@ class LocallyConnected(nn.Module):
     bias (C_out, positions); initialised like nn.Conv2d (uniform, bound 1/sqrt(fan-in)).
     """
 
-    def __init__(self, in_shape, out_shape, kernel: int, stride: int, padding: int):
+    def __init__(self, in_shape, out_shape, kernel: int, stride: int, padding: int, groups=1):
         super().__init__()
+        if groups != 1:
+            raise FFBenchError("model.groups needs model=conv: set model.groups=1 for model=local")
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.kernel, self.stride, self.padding = kernel, stride, padding
         self.out_features = math.prod(out_shape)
@@ -245,8 +264,8 @@ class LayerStack(nn.Module):
             )
             ins = [tuple(s["in_shape"]), *self.shapes[:-1]]
             self.layers = nn.ModuleList(
-                kind(a, b, s["kernel"], s["stride"], s["padding"])
-                for a, b in zip(ins, convs, strict=True)
+                kind(a, b, s["kernel"], s["stride"], s["padding"], g)
+                for a, b, g in zip(ins, convs, s["groups"], strict=True)
             )
             self.out_features = [math.prod(shape) for shape in self.shapes]
             self.norms = [
@@ -351,6 +370,7 @@ def make_stack(
             "kind": m.name,
             "in_shape": image_chw(image_shape, features),
             "channels": layer_channels(m.channels, m.depth),
+            "groups": layer_groups(m, layer_channels(m.channels, m.depth), image_shape, features),
             "kernel": m.kernel,
             "stride": m.stride,
             "padding": m.padding,

@@ -59,7 +59,7 @@ def test_command_line_bad_settings_fail_with_one_line_and_straight_through_is_lo
     assert result.stderr.strip().splitlines() == [
         "ffbench: error: model.kernel=9 is larger than the 8x8 input of hidden layer 1 "
         "(model.padding=0): set model.kernel=8 or less, a larger model.padding, "
-        "a smaller model.stride or model.depth"
+        "a smaller model.stride, model.pool or model.depth"
     ]
     result = run_ffbench(workdir, "algo=bp", "model.blackbox=sign")
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1

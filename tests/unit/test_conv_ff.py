@@ -238,3 +238,43 @@ def test_a_pooling_window_larger_than_a_map_says_what_to_set():
         "model.pool=3 is larger than the 2x2 map of hidden layer 2: set a smaller model.pool "
         "or model.depth"
     )
+
+
+def test_grouped_convolutions_keep_each_class_group_to_its_own_channels():
+    """model.groups=[1,10]: layer 2's class group k sees only layer 1's group k, so a change
+    in one group's input channels moves one group's output alone; the MACs shrink 10-fold."""
+    overrides = [*SMALL_CONV, "model.channels=[20,40]", "model.depth=2", "model.groups=[1,10]"]
+    ff = make_learner([*CWC, *overrides], **ROWS)
+    conv = ff.stack.layers[1]
+    assert conv.groups == 10 and conv.weight.shape == (40, 2, 3, 3)
+    h = torch.rand(1, 20 * 64)
+    bumped = h.clone().view(1, 20, 64)
+    bumped[0, 4:6] += 1.0  # channels 4 and 5: group 2
+    changed = (conv(bumped.view(1, -1)) - conv(h)).view(40, 64).abs().sum(dim=1) > 0
+    assert changed.tolist() == [8 <= c < 12 for c in range(40)]  # group 2 of 4 outputs each
+    macs = 64 * 9 * 1 * 20 + 64 * 9 * 2 * 40
+    readout = 2 * macs + 4 * 40 * 64 * 10
+    assert train_flops_per_example(ff_cfg([*CWC, *overrides]), 64, 10, (8, 8)) == 4 * macs + readout
+    with pytest.raises(FFBenchError) as err:
+        make_learner(
+            [
+                "algo=ff",
+                *SMALL_CONV,
+                "model.channels=[20,30]",
+                "model.depth=2",
+                "model.groups=[1,4]",
+            ],
+            **ROWS,
+        )
+    assert str(err.value) == (
+        "model.groups: hidden layer 2 has 20 input and 30 output channels, not both divisible "
+        "into 4 groups: set its groups to a common divisor (1: an ordinary convolution)"
+    )
+
+
+def test_standard_normalisation_centres_each_vector_at_mean_square_one():
+    ff = make_learner(["algo=ff", "model.norm=standard", "model.width=16"])
+    a = torch.rand(4, 16) + 3.0
+    out = ff.stack.normalise(0, a)
+    assert torch.allclose(out.mean(dim=1), torch.zeros(4), atol=1e-6)
+    assert torch.allclose(out.pow(2).mean(dim=1), torch.ones(4), atol=1e-5)
