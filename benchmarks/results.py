@@ -32,6 +32,7 @@ class Source:
 
 STUDIES = "tracking.uri=sqlite:///outputs/studies/mlflow.db"
 DIGITS = "tracking.uri=sqlite:///outputs/digits/mlflow.db"
+CONV = "tracking.uri=sqlite:///outputs/conv/mlflow.db"
 SOURCES = [
     Source(
         "The first two commands: FF and BP on the bundled digits (2 x 256, 50 epochs)",
@@ -51,6 +52,21 @@ SOURCES = [
             "ffbench +experiment=hinton_mnist_bp tracking.uri=sqlite:///outputs/paper/mlflow.db",
         ),
         headline=True,
+    ),
+    Source(
+        "Conv nets: channel-wise competitive FF and BP on the same net, MNIST and Fashion-MNIST",
+        "outputs/conv/mlflow.db",
+        "ffbench",
+        None,
+        tuple(
+            f"ffbench +experiment={preset} {CONV}"
+            for preset in (
+                "mnist_conv",
+                "mnist_conv_bp",
+                "fashion_mnist_conv",
+                "fashion_mnist_conv_bp",
+            )
+        ),
     ),
     Source(
         "Study: MNIST, 2 x 500 MLP, the same learning-rate search for FF and BP",
