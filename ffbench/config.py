@@ -434,6 +434,9 @@ def _validate_model(cfg) -> None:
     if m.name != "mlp":
         models.layer_channels(m.channels, m.depth)  # one positive count per layer
         models.layer_channels(m.groups, m.depth, key="model.groups")
+    elif m.groups != 1 or m.pool != 1:
+        key = "model.groups" if m.groups != 1 else "model.pool"
+        raise FFBenchError(f"{key} acts on spatial layers: set model=conv, or {key}=1")
     if is_ff and cfg.goodness.spatial == "position":
         if m.name == "mlp":
             raise FFBenchError(

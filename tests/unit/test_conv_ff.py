@@ -278,3 +278,10 @@ def test_standard_normalisation_centres_each_vector_at_mean_square_one():
     out = ff.stack.normalise(0, a)
     assert torch.allclose(out.mean(dim=1), torch.zeros(4), atol=1e-6)
     assert torch.allclose(out.pow(2).mean(dim=1), torch.ones(4), atol=1e-5)
+
+
+def test_pooling_or_groups_on_an_mlp_say_what_to_set():
+    for key in ("model.pool", "model.groups"):
+        with pytest.raises(FFBenchError) as err:
+            validate(compose([f"{key}=2"]))
+        assert str(err.value) == f"{key} acts on spatial layers: set model=conv, or {key}=1"
