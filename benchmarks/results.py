@@ -67,6 +67,7 @@ SOURCES = [
                 "fashion_mnist_conv_bp",
             )
         ),
+        headline=True,
     ),
     Source(
         "Study: MNIST, 2 x 500 MLP, the same learning-rate search for FF and BP",

@@ -129,10 +129,11 @@ def test_results_page_from_the_stores_or_one_line_per_missing_store(study, selec
     missing = subprocess.run(script, capture_output=True, text=True, env=clean_env(), timeout=120)
     assert missing.returncode == 1
     lines = missing.stderr.strip().splitlines()
-    assert len(lines) == 4 and "Traceback" not in missing.stderr
+    assert len(lines) == 5 and "Traceback" not in missing.stderr
     assert "no MLflow store at outputs/digits/mlflow.db" in lines[0]
     assert "no MLflow store at outputs/paper/mlflow.db" in lines[1]
-    assert "no experiment 'study-fashion_mnist_mlp'" in lines[2]
+    assert "no MLflow store at outputs/conv/mlflow.db" in lines[2]
+    assert "no experiment 'study-fashion_mnist_mlp'" in lines[3]
     page = tmp_path / "docs" / "results.md"
     assert not page.exists()
 
@@ -152,11 +153,11 @@ def test_results_page_from_the_stores_or_one_line_per_missing_store(study, selec
     assert "do not edit by hand" in text and "make results" in text
     assert "old numbers" not in text and text.endswith(f"{end}\n## Notes by hand\n")
     assert "Not run yet: `ffbench +experiment=hinton_mnist" in text
-    # the README's headline block: the digits and paper sections, one heading level down
+    # the README's headline block: the digits, paper and conv sections, one heading level down
     headline = readme.read_text()
     assert "\nold\n" not in headline and headline.endswith(f"{stop}\nrest\n")
     assert "### The first two commands" in headline and "### The paper's MNIST net" in headline
-    assert "### Study" not in headline
+    assert "### Conv nets" in headline and "### Study" not in headline
     # the study's rows: those of ffbench-report, the experiment read instead of the sweep
     rows = markdown_rows(text.split("## Study: MNIST")[1].split("\n## ")[0])
     assert rows == selected.rows
