@@ -133,7 +133,11 @@ def test_help_lists_every_group_and_the_schema_s_keys(workdir):
         assert line in result.stdout
     assert "goodness: meansq, split, sumabs, sumsq" in result.stdout
     assert "activation: " in result.stdout and "optimizer: adam, sgd" in result.stdout
-    assert "experiment: cifar10_local, hinton_mnist, hinton_mnist_bp, memory_depth" in result.stdout
+    assert (
+        "experiment: cifar10_conv, cifar10_conv_bp, cifar10_local, fashion_mnist_conv, "
+        "fashion_mnist_conv_bp, hinton_mnist, hinton_mnist_bp, memory_depth, mnist_conv, "
+        "mnist_conv_bp, quick_mnist, unsupervised_mnist"
+    ) in result.stdout
 
 
 def test_non_editable_install_finds_its_configs(workdir, tmp_path):
