@@ -474,7 +474,7 @@ def _default(f) -> str:
 
 def _type(f) -> str:
     """`str`, `int or null`, ...: no `|`, which would split a Markdown table's cell."""
-    if f.type is typing.Any:  # model.channels: a number or a list of numbers
+    if f.type is typing.Any:  # model.channels, model.groups: a number or a list of numbers
         return "int or list"
     names = [t.__name__ for t in typing.get_args(f.type)] or [f.type.__name__]
     return " or ".join("null" if name == "NoneType" else name for name in names)

@@ -187,17 +187,18 @@ class PatternLabels:
     def in_features(self, num_features: int) -> int:
         return num_features
 
-    def _add(self, x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    def _add(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The normalised image plus the patterns, pattern k at weights[:, k]."""
         image = self.norm(x.float())
-        return image + self.strength * rms(image) * pattern
+        self.patterns = self.patterns.to(x.device)
+        return image + self.strength * rms(image) * (weights @ self.patterns)
 
     def with_label(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        self.patterns = self.patterns.to(x.device)
-        return self._add(x, self.patterns[labels])
+        return self._add(x, F.one_hot(labels, self.num_classes).float())
 
     def neutral(self, x: torch.Tensor) -> torch.Tensor:
-        self.patterns = self.patterns.to(x.device)
-        return self._add(x, self.patterns.sum(dim=0) * self.num_classes**-0.5)
+        c = self.num_classes
+        return self._add(x, x.new_full((len(x), c), c**-0.5, dtype=torch.float32))
 
 
 # none: no label in the input (algo.loss=cwc, or unsupervised hybrid negatives)

@@ -22,7 +22,7 @@ normalisation, goodness and the black box are left out, so the count is a lower 
 
 import math
 
-from ffbench.models import image_chw, layer_channels, spatial_shapes
+from ffbench.models import image_chw, layer_channels, layer_groups, spatial_shapes
 
 
 def layer_macs(features: int, width: int, depth: int) -> list[int]:
@@ -42,7 +42,7 @@ def model_layers(cfg, features: int, image_shape: tuple | None = None) -> tuple[
     convs, outputs = zip(
         *spatial_shapes(in_shape, channels, m.kernel, m.stride, m.padding, m.pool), strict=True
     )
-    groups = layer_channels(m.groups, m.depth, key="model.groups")
+    groups = layer_groups(m, channels, image_shape, features)
     # a grouped convolution's output channel sums over its group's input channels only
     ins = [in_shape[0], *channels[:-1]]
     inputs = [c_in // g for c_in, g in zip(ins, groups, strict=True)]
