@@ -50,20 +50,30 @@ def make_activation(cfg):
 _EPS = 1e-8
 
 
+# Each normalisation returns its input's dtype, with its statistics summed in float32: under
+# bf16 autocast a layer's bf16 output goes to the next layer's bf16 matrix product with no
+# round trip through float32 (two copies of every activation per layer, docs/performance.md).
+
+
+def _scaled(x: torch.Tensor, square: torch.Tensor) -> torch.Tensor:
+    """x divided by sqrt(square + eps), `square` (N, 1) being float32."""
+    return x / (square + _EPS).sqrt().to(x.dtype)
+
+
 def mean_square(x: torch.Tensor) -> torch.Tensor:
     """Scale each vector to mean square 1 (Hinton's reference code): length sqrt(units)."""
-    return x / (x.pow(2).mean(dim=-1, keepdim=True) + _EPS).sqrt()
+    return _scaled(x, x.pow(2).mean(dim=-1, keepdim=True, dtype=torch.float32))
 
 
 def unit_length(x: torch.Tensor) -> torch.Tensor:
     """Scale each vector to length 1 (the popular PyTorch scripts)."""
-    return x / (x.pow(2).sum(dim=-1, keepdim=True) + _EPS).sqrt()
+    return _scaled(x, x.pow(2).sum(dim=-1, keepdim=True, dtype=torch.float32))
 
 
 def standard(x: torch.Tensor) -> torch.Tensor:
     """Zero mean and mean square 1 over each vector (layer norm without its gain and bias):
     the next layer learns faster from centred inputs, which ReLU outputs are not."""
-    centred = x - x.mean(dim=-1, keepdim=True)
+    centred = x - x.mean(dim=-1, keepdim=True, dtype=torch.float32).to(x.dtype)
     return mean_square(centred)
 
 

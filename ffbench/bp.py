@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ffbench.activations import make_activation
 from ffbench.data import minibatches
-from ffbench.learner import Learner
+from ffbench.learner import Learner, step
 from ffbench.models import Classifier, LayerStack, make_stack
 
 
@@ -60,7 +60,7 @@ class Backprop(Learner):
                 loss = self.objective(x[part], y[part]) * (len(part) / len(idx))
                 loss.backward()
                 total_loss = total_loss + loss.detach()
-            optimizer.step()
+            step(optimizer)
             batches += 1
         return {"train_loss": (total_loss / batches).item()}
 

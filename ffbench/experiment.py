@@ -102,10 +102,11 @@ def configure_torch(cfg, device: torch.device) -> None:
 def autocast(cfg, device: torch.device):
     """bf16 autocast for trainer.precision=bf16 (matrix products only), else a no-op.
 
-    It wraps a whole epoch, so its cache of bf16 weight copies must be off: with it on, every
-    step of the epoch would compute with the weights as they were at the first step."""
+    It wraps a whole epoch, and caches each weight's bf16 copy until the weights change: every
+    learner's optimizer step goes through learner.step, which clears the cache, so that no step
+    computes with an earlier step's weights."""
     bf16 = cfg.precision == "bf16"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=True)
 
 
 def prepare(cfg, device: torch.device) -> Job:

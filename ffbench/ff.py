@@ -28,7 +28,7 @@ from ffbench.data import minibatches
 from ffbench.errors import FFBenchError
 from ffbench.ff_data import LABEL_INPUTS, NEGATIVES, UNSUPERVISED
 from ffbench.goodness import LOSSES, default_theta, goodness_scale, make_goodness
-from ffbench.learner import Learner, weights_and_biases
+from ffbench.learner import Learner, step, weights_and_biases
 from ffbench.models import LayerStack, make_stack, positions
 
 PEER_MOMENTUM = 0.9  # smoothing of the per-unit mean activity in peer normalisation
@@ -89,9 +89,10 @@ class PeerNorm(nn.Module):
         is `coefficient * (m_j - mean(m)) / N`: add it to the loss before backward. Its value
         means nothing (it is not logged)."""
         mean = getattr(self, f"mean{index}")
-        mean.mul_(PEER_MOMENTUM).add_(a_pos.detach().float().mean(dim=0), alpha=1 - PEER_MOMENTUM)
+        batch_mean = a_pos.detach().mean(dim=0, dtype=torch.float32)
+        mean.mul_(PEER_MOMENTUM).add_(batch_mean, alpha=1 - PEER_MOMENTUM)
         push = self.coefficient * (mean - mean.mean())
-        return (z_pos.float() * push).sum(dim=1).mean()
+        return (z_pos * push.to(z_pos.dtype)).sum(dim=1, dtype=torch.float32).mean()
 
 
 class Readout(nn.Linear):
@@ -207,7 +208,7 @@ class ForwardForward(Learner):
         z = self.stack.preactivation(index, h)
         u = self.stack.activation(z)
         a = self.stack.pooled(index, u)  # the layer's output (u itself unless model.pool > 1)
-        s = self.score(a.float(), index)  # goodness in float32 even if the layer ran in bf16
+        s = self.score(a, index)  # float32 even if the layer ran in bf16 (goodness.py)
         loss = self.losses[index](s[:n], s[n:], y)
         objective = loss
         if self.peer is not None:
@@ -255,7 +256,7 @@ class ForwardForward(Learner):
             stats["readout_loss"] = self.readout.set_gradient(features, y)
         # Gradients of different layers never mix, so one step after all layers equals a
         # step per layer, and lets the optimizer update every tensor in one fused call.
-        optimizer.step()
+        step(optimizer)
         return stats
 
     def train_epoch(self, x, y, optimizer, batch_size: int, layer: int | None = None) -> dict:
@@ -293,7 +294,7 @@ class ForwardForward(Learner):
         total = torch.zeros(n * c, device=x.device)
         for index, a in enumerate(self.stack(h)):
             if index >= self.eval_from:
-                g = self.goodnesses[index](a.float())
+                g = self.goodnesses[index](a)
                 total += g if g.dim() == 1 else g.sum(dim=1)  # per position: summed
         return total.view(n, c)
 
@@ -374,5 +375,5 @@ class ChannelwiseCompetitive(ForwardForward):
         total = torch.zeros(len(x), self.num_classes, device=x.device)
         for index, a in enumerate(self.stack(x)):
             if index >= self.eval_from:
-                total += self.goodnesses[index](a.float())
+                total += self.goodnesses[index](a)
         return total

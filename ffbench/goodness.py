@@ -14,20 +14,24 @@ import torch.nn.functional as F
 
 from ffbench.activations import ACTIVATIONS, BOUNDED
 
+# Every goodness sums in float32, whatever the activities' dtype: a bf16 layer's (N, units)
+# output is read once, never copied to float32, and its goodness keeps float32's precision.
+F32 = torch.float32
+
 
 def sumsq(a: torch.Tensor) -> torch.Tensor:
     """Sum of squared activities (the paper)."""
-    return a.pow(2).sum(dim=-1)
+    return a.pow(2).sum(dim=-1, dtype=F32)
 
 
 def meansq(a: torch.Tensor) -> torch.Tensor:
     """Mean of squared activities (the popular PyTorch scripts)."""
-    return a.pow(2).mean(dim=-1)
+    return a.pow(2).mean(dim=-1, dtype=F32)
 
 
 def sumabs(a: torch.Tensor) -> torch.Tensor:
     """Sum of unsquared activities (the paper's future-work note: "has worked well")."""
-    return a.abs().sum(dim=-1)
+    return a.abs().sum(dim=-1, dtype=F32)
 
 
 def split(a: torch.Tensor, features: int) -> torch.Tensor:
@@ -35,7 +39,9 @@ def split(a: torch.Tensor, features: int) -> torch.Tensor:
     goodness; the rest are constraint-violation detectors whose squared activity counts
     against it (the paper's open question 6)."""
     squares = a.pow(2)
-    return squares[..., :features].sum(dim=-1) - squares[..., features:].sum(dim=-1)
+    return squares[..., :features].sum(dim=-1, dtype=F32) - squares[..., features:].sum(
+        dim=-1, dtype=F32
+    )
 
 
 GOODNESS = {"sumsq": sumsq, "meansq": meansq, "sumabs": sumabs, "split": split}

@@ -49,6 +49,14 @@ class Learner(nn.Module):
         raise NotImplementedError
 
 
+def step(optimizer: torch.optim.Optimizer) -> None:
+    """Update the weights, then forget the bf16 copies of them that autocast cached during the
+    step (experiment.autocast keeps them for a step: FF's read-out pass, its training pass and
+    evaluation then cast each weight once, not once per pass). Every learner steps through this."""
+    optimizer.step()
+    torch.clear_autocast_cache()
+
+
 def weights_and_biases(module: nn.Module, **options) -> list[dict]:
     """`module`'s parameters as two optimizer groups with `options`: the weights, decayed at
     the optimizer's weight_decay unless `options` set another, and the biases, never decayed

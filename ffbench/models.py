@@ -284,15 +284,17 @@ class LayerStack(nn.Module):
             )
 
     def normalise(self, index: int, a: torch.Tensor) -> torch.Tensor:
-        """Hidden layer `index`'s output as the layer above sees it (and BP's head, and FF's
-        read-out), normalised in float32 even when the layer ran in bf16 (autocast)."""
+        """Hidden layer `index`'s output normalised as BP's head and FF's read-out see it: in
+        float32 even when the layer ran in bf16 (the layer above takes it in the layer's dtype:
+        preactivation)."""
         return self.norms[index](a.float())
 
     def preactivation(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Input of hidden layer `index`'s activation, given that layer's unnormalised input."""
         if index == self.blackbox_at:
             x = self.blackbox(x)
-        x = self.input_norm(x.float()) if index == 0 else self.normalise(index - 1, x)
+        # in the dtype the layer below ran in: under bf16 autocast, no copy to float32 and back
+        x = self.input_norm(x.float()) if index == 0 else self.norms[index - 1](x)
         return self.layers[index](x)
 
     def pooled(self, index: int, a: torch.Tensor) -> torch.Tensor:

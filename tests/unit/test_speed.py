@@ -8,6 +8,7 @@ from helpers import QUICK, SMALL_FF, digits_job, make_trainable
 
 from ffbench.config import compose, validate
 from ffbench.errors import FFBenchError
+from ffbench.experiment import autocast
 from ffbench.flops import goodness_eval_flops_per_example, train_flops_per_example
 
 MACS = 64 * 32 + 32 * 32  # two hidden layers of 32 units on 64 features
@@ -68,3 +69,24 @@ def test_subnormal_floats_are_flushed_for_speed():
     assert torch.tensor(1e-40).item() != 0.0  # kept while nothing flushes
     digits_job(QUICK)
     assert torch.tensor(1e-40).item() == 0.0  # a subnormal float32 becomes zero
+
+
+@pytest.mark.parametrize("algo", ["ff", "bp"])
+def test_bf16_steps_never_compute_with_an_earlier_steps_weights(algo):
+    """experiment.autocast caches the bf16 copy of each weight; learner.step drops it after every
+    update. Training under it gives the very weights that training without any cache gives."""
+    trained = []
+    for cached in (True, False):
+        job = digits_job([*QUICK, f"algo={algo}", "trainer.precision=bf16"])
+        start = torch.cat([p.detach().flatten() for p in job.learner.parameters()])
+        context = (
+            autocast(job.cfg.trainer, job.device)
+            if cached
+            else torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False)
+        )
+        with context:
+            x, y = job.data.x_train[:256], job.data.y_train[:256]
+            job.learner.train_epoch(x, y, job.optimizer, 64)  # 4 steps
+        trained.append(torch.cat([p.detach().flatten() for p in job.learner.parameters()]))
+    assert not torch.equal(trained[0], start)
+    assert torch.equal(trained[0], trained[1])
