@@ -202,7 +202,7 @@ def run(cfg: DictConfig) -> float:
             run.log_epoch(metrics, step=epoch)
             log.info("epoch %d %s", epoch, _pairs(metrics))
             progress.update(
-                bar, completed=epoch, loss=metrics["train_loss"], val=metrics["val_accuracy"]
+                bar, completed=epoch, loss=metrics["train_loss"], val=last.get("val_accuracy", 0.0)
             )
 
         final = experiment.train(job, on_epoch, memory)

@@ -256,6 +256,11 @@ class TrainerConfig:
     batch_size: int = key(
         32, "Examples per minibatch (FF adds as many negatives).", bound="positive"
     )
+    eval_every: int = key(
+        1,
+        "Measure validation accuracy after every this many passes, and after the last (FF's goodness evaluation runs each example once per label).",
+        bound="positive",
+    )
     seed: int = key(
         0, "Seed of initialisation, shuffling and negative labels; reset at the start of every job."
     )
@@ -275,6 +280,10 @@ class TrainerConfig:
     )
     compile: bool = key(
         False, "torch.compile each layer's computation (the first epoch pays the compile time)."
+    )
+    matmul_reference: bool = key(
+        False,
+        "After training, time plain matmuls of one step's shapes at this precision (a few seconds; MLP only) and log matmul_gflops_per_s and matmul_ratio.",
     )
     grad_accum_steps: int = key(
         1,
@@ -393,6 +402,12 @@ def validate(cfg) -> None:
     if cfg.algo.name == "ff" and not cfg.algo.readout and needs_readout:
         raise FFBenchError(f"{needs_readout[0]} needs the read-out: set algo.readout=true")
     _validate_model(cfg)
+    sequential = cfg.algo.name == "ff" and cfg.algo.schedule == "sequential"
+    if cfg.trainer.matmul_reference and (cfg.model.name != "mlp" or sequential):
+        raise FFBenchError(
+            "trainer.matmul_reference times the products of one MLP training step: set "
+            "model=mlp (and algo.schedule=simultaneous for FF), or trainer.matmul_reference=false"
+        )
     if cfg.algo.name == "ff":
         _validate_labels(cfg.algo)
     if cfg.algo.negatives == "hybrid" and cfg.algo.evaluation != "readout":

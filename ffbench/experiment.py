@@ -13,9 +13,11 @@ from ffbench import data as datasets
 from ffbench.bp import Backprop
 from ffbench.errors import FFBenchError
 from ffbench.ff import ForwardForward
-from ffbench.flops import train_flops_per_example
+from ffbench.flops import train_flops_per_example, train_matmul_shapes
 from ffbench.learner import Learner
-from ffbench.measure import PeakMemory, Stopwatch
+from ffbench.measure import PeakMemory, Stopwatch, matmul_gflops
+
+MATMUL_SECONDS = 3.0  # trainer.matmul_reference: how long to time the plain products
 
 # algo.name -> the learner class
 LEARNERS = {"ff": ForwardForward, "bp": Backprop, "bp_ckpt": Backprop}
@@ -166,12 +168,14 @@ def train(
 
     Every layer is trained for trainer.epochs passes over the data: at once (simultaneous,
     and BP), or one layer after the other (FF's sequential schedule, depth x epochs passes,
-    `step` counting passes). Validation accuracy is measured after each pass and handed to
-    `on_epoch`; its last value is the run's final one, so it is not repeated here. `memory`,
-    if given, is entered around each pass's training, like the stopwatch."""
+    `step` counting passes). Validation accuracy is measured after every trainer.eval_every
+    passes and after the last, and handed to `on_epoch` with the pass's metrics; its last
+    value is the run's final one, so it is not repeated here. `memory`, if given, is entered
+    around each pass's training, like the stopwatch; evaluation has a stopwatch of its own."""
     cfg, d, learner = job.cfg.trainer, job.data, job.learner
     plan = training_plan(job)
     stopwatch = Stopwatch(job.device)  # times training only, never evaluation
+    evaluation = Stopwatch(job.device)
     for step, (layer, epoch) in enumerate(plan, start=1):
         factor = LR_SCHEDULES[cfg.lr_schedule](epoch, cfg.epochs)
         for group in job.optimizer.param_groups:
@@ -187,18 +191,26 @@ def train(
             )
         metrics["epoch_time_s"] = stopwatch.last
         metrics["lr_factor"] = factor
-        with autocast(cfg, job.device):
-            metrics |= accuracies(learner, d.x_val, d.y_val, "val")
+        if step % cfg.eval_every == 0 or step == len(plan):
+            with evaluation, autocast(cfg, job.device):
+                metrics |= accuracies(learner, d.x_val, d.y_val, "val")
         on_epoch(step, metrics)
-    with autocast(cfg, job.device):
+    with evaluation, autocast(cfg, job.device):
         final = accuracies(learner, d.x_test, d.y_test, "test")
         final |= accuracies(learner, d.x_train, d.y_train, "train")
     examples = len(plan) * len(d.x_train)
     inputs = learner.stack.in_features  # the data's, plus FF's label planes if any
     useful = train_flops_per_example(job.cfg, inputs, d.num_classes, d.image_shape)
     useful *= examples
-    return final | {
+    final |= {
         "train_time_s": stopwatch.seconds,
         "samples_per_s": examples / stopwatch.seconds,
         "train_gflops_per_s": useful / stopwatch.seconds / 1e9,
+        "eval_time_s": evaluation.seconds,
     }
+    if cfg.matmul_reference:  # what the matrix unit does with the same products, right now
+        shapes = train_matmul_shapes(job.cfg, inputs, d.num_classes, cfg.batch_size)
+        dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+        final["matmul_gflops_per_s"] = matmul_gflops(shapes, job.device, MATMUL_SECONDS, dtype)
+        final["matmul_ratio"] = final["train_gflops_per_s"] / final["matmul_gflops_per_s"]
+    return final

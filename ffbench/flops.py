@@ -77,3 +77,27 @@ def goodness_eval_flops_per_example(cfg, features: int, classes: int, image_shap
     one pass, the classes compete within it)."""
     passes = 1 if cfg.algo.loss == "cwc" else classes
     return passes * 2 * sum(model_layers(cfg, features, image_shape)[0])
+
+
+def train_matmul_shapes(cfg, features: int, classes: int, batch: int) -> list[tuple[int, int, int]]:
+    """The matrix products (m, k, n) of one training step of an MLP on minibatches of `batch`:
+    what train_flops_per_example counts, as shapes to time plain matmuls of (the reference
+    of `make bench` and trainer.matmul_reference). FF: forward and weight gradient of
+    [positives; negatives] (positives only under cwc), plus the read-out's label-free forward
+    and its own products if it has one; BP: input gradients too, and the output layer."""
+    depth, width, ff = cfg.model.depth, cfg.model.width, cfg.algo.name == "ff"
+    rows = batch if not ff or cfg.algo.loss == "cwc" else 2 * batch
+    shapes = []
+    for fan_in in [features] + [width] * (depth - 1):
+        shapes += [(rows, fan_in, width), (fan_in, rows, width)]
+        if ff and cfg.algo.readout:
+            shapes.append((batch, fan_in, width))
+        if not ff and fan_in != features:
+            shapes.append((rows, width, fan_in))  # input gradient
+    if ff and cfg.algo.readout:
+        _, units = model_layers(cfg, features)
+        evaluated = _readout_macs(cfg, units, classes) // classes
+        shapes += [(batch, evaluated, classes), (classes, batch, evaluated)]
+    if not ff:  # output layer: forward, input and weight gradient
+        shapes += [(batch, width, classes), (batch, classes, width), (width, batch, classes)]
+    return shapes

@@ -274,3 +274,26 @@ class Stopwatch:
         self.last = time.perf_counter() - self._start
         self.seconds += self.last
         return False
+
+
+def matmul_gflops(shapes, device: torch.device, seconds: float, dtype=torch.float32) -> float:
+    """The best GFLOP/s plain matmuls (m, k) @ (k, n) of `shapes`, run in turn, achieve on
+    `device` in `dtype` within about `seconds`: the rate the matrix unit gives those products,
+    the denominator of every "ratio to matmul". The best of several rounds, so that a moment
+    of load from elsewhere does not count against the training it is compared with."""
+    pairs = [
+        (torch.rand(m, k, device=device, dtype=dtype), torch.rand(k, n, device=device, dtype=dtype))
+        for m, k, n in shapes
+    ]
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    stopwatch = Stopwatch(device)
+    with stopwatch:  # warm-up, and the time of one round
+        for a, b in pairs:
+            a @ b
+    best, deadline = math.inf, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        with stopwatch:
+            for a, b in pairs:
+                a @ b
+        best = min(best, stopwatch.last)
+    return flops / best / 1e9

@@ -6,10 +6,15 @@ import pytest
 import torch
 from helpers import QUICK, SMALL_FF, digits_job, make_trainable
 
+from ffbench import experiment
 from ffbench.config import compose, validate
 from ffbench.errors import FFBenchError
 from ffbench.experiment import autocast
-from ffbench.flops import goodness_eval_flops_per_example, train_flops_per_example
+from ffbench.flops import (
+    goodness_eval_flops_per_example,
+    train_flops_per_example,
+    train_matmul_shapes,
+)
 
 MACS = 64 * 32 + 32 * 32  # two hidden layers of 32 units on 64 features
 HEAD = 32 * 10
@@ -90,3 +95,41 @@ def test_bf16_steps_never_compute_with_an_earlier_steps_weights(algo):
         trained.append(torch.cat([p.detach().flatten() for p in job.learner.parameters()]))
     assert not torch.equal(trained[0], start)
     assert torch.equal(trained[0], trained[1])
+
+
+def test_validation_is_measured_every_eval_every_passes_and_after_the_last():
+    job = digits_job([*QUICK, "trainer.epochs=5", "trainer.eval_every=2"])
+    evaluated = {}
+    final = experiment.train(job, lambda step, m: evaluated.update({step: "val_accuracy" in m}))
+    assert evaluated == {1: False, 2: True, 3: False, 4: True, 5: True}
+    assert 0 < final["eval_time_s"] and "test_accuracy" in final
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["algo=ff", "algo.readout=false"],
+        ["algo=ff"],
+        ["algo=ff", "algo.loss=cwc", "algo.label_input=none", "algo.negatives=none"],
+        ["algo=bp"],
+    ],
+)
+def test_the_timed_matmul_shapes_are_the_counted_flops(overrides):
+    """The reference of every "ratio to matmul" times exactly the products the count counts."""
+    cfg = compose([*overrides, "model.depth=3", "model.width=30"])
+    shapes = train_matmul_shapes(cfg, 64, 10, batch=16)
+    assert sum(2 * m * k * n for m, k, n in shapes) == 16 * train_flops_per_example(cfg, 64, 10)
+
+
+def test_a_run_can_time_its_own_products_as_plain_matmuls():
+    job = digits_job([*QUICK, "trainer.matmul_reference=true"])
+    final = experiment.train(job, lambda step, metrics: None)
+    assert final["matmul_gflops_per_s"] > 0
+    ratio = final["train_gflops_per_s"] / final["matmul_gflops_per_s"]
+    assert final["matmul_ratio"] == pytest.approx(ratio)
+
+
+def test_the_matmul_reference_of_a_conv_net_is_refused():
+    cfg = compose(["model=conv", "trainer.matmul_reference=true"])
+    with pytest.raises(FFBenchError, match="set model=mlp .* or trainer.matmul_reference=false"):
+        validate(cfg)
