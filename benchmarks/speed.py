@@ -1,19 +1,23 @@
 """Training speed against what this machine's matrix unit can do, in one process (make bench).
 
-1. Measures matmul throughput on the very products each net/batch needs (float32; bfloat16
-   for the bf16 rows).
-2. Times FF and BP training epochs and FF's goodness evaluation on MNIST-shaped data, for
-   nets 2x500 and 4x2000 at batches 100 and 512, then the speed options (torch.compile,
-   bf16 autocast) on 4x2000.
-3. Counts their useful FLOPs from the architecture (ffbench/flops.py states the formulas).
-4. Prints a table and writes JSON: seconds per epoch, samples/s, achieved GFLOP/s and the
-   ratio to the matmul throughput of the same shapes; also the whole-process overhead of a
-   default `ffbench` run (wall time minus training time) and the import time inside it.
+1. Finds the matrix unit (CPU flags: AMX, AVX-512 BF16; or the CUDA device) and measures one
+   large square matmul in float32 and bfloat16: the machine's peak.
+2. Times FF and BP training on MNIST-shaped data for nets 2x500, 3x1000 and 4x2000 at
+   batches 100 and 512, FF's goodness evaluation, then the speed options (bf16 autocast,
+   torch.compile, both; tf32 on CUDA) on 4x2000 and 3x1000.
+3. Counts their useful FLOPs from the architecture (ffbench/flops.py states the formulas) and
+   divides the achieved GFLOP/s by the GFLOP/s of plain matmuls of exactly the same shapes,
+   in the same precision, measured right after in the same process ("ratio"), and by the
+   square matmul's ("of peak"), so that small-shape inefficiency shows rather than cancels.
+4. Prints the table and the targets of issue 14 with what this run measured, and writes JSON;
+   also the whole-process time of a default `ffbench` run and the import time inside it.
 
-    python benchmarks/speed.py               # everything (about 10 minutes on 2 CPU cores)
-    python benchmarks/speed.py --no-options  # without the compile and bf16 rows
+    python benchmarks/speed.py                 # everything (about 10 minutes on 2 CPU cores)
+    python benchmarks/speed.py --only "4x2000"  # the rows whose name or net contains this
+    python benchmarks/speed.py --no-options    # without the bf16 and compile rows
 
-Timings are noisy on shared machines: read the ratios, which are measured in one run.
+Timings are noisy on shared machines: each time is the best of --repeats parts of the epoch
+and each matmul rate the best of many rounds, and only ratios measured in one run count.
 """
 
 import argparse
@@ -38,156 +42,194 @@ from ffbench.experiment import (
     make_optimizer,
     resolve_device,
 )
-from ffbench.flops import goodness_eval_flops_per_example, train_flops_per_example
+from ffbench.flops import (
+    goodness_eval_flops_per_example,
+    train_flops_per_example,
+    train_matmul_shapes,
+)
+from ffbench.measure import Stopwatch, matmul_gflops
 
 FEATURES, CLASSES = 784, 10
-NETS = [(2, 500), (4, 2000)]  # (depth, width)
-BATCHES = [100, 512]
-# (row name, algo, overrides). `ff` is the issue's formula: random negatives, forward and
-# weight gradient of positives and negatives; `ff+readout` is the default config, whose
-# label-free read-out pass counts as useful because the config asks for it.
+NETS = [(2, 500), (3, 1000), (4, 2000)]  # (depth, width); 3x1000: the best-known faithful port
+BATCHES = [100, 512]  # 100: the paper's minibatch, where per-step overhead shows
+# (row name, overrides). `ff` is FF's own work: random negatives, forward and weight gradient
+# of positives and negatives; `ff+readout` is the default config, whose label-free read-out
+# pass counts as useful because the config asks for it.
 ALGOS = [
-    ("ff", "ff", ["algo.readout=false"]),
-    ("ff+readout", "ff", []),
-    ("bp", "bp", []),
+    ("ff", ["algo=ff", "algo.readout=false"]),
+    ("ff+readout", ["algo=ff"]),
+    ("bp", ["algo=bp"]),
 ]
-OPTIONS = [  # on 4x2000 at both batch sizes
-    ("compile", ["trainer.compile=true"]),
-    ("bf16", ["trainer.precision=bf16"]),
+OPTIONS = [  # (name, overrides, nets); FF without read-out and BP, at both batch sizes
+    ("bf16", ["trainer.precision=bf16"], [(3, 1000), (4, 2000)]),
+    ("compile", ["trainer.compile=true"], [(4, 2000)]),
+    ("bf16 compile", ["trainer.precision=bf16", "trainer.compile=true"], [(4, 2000)]),
 ]
+SQUARE = 2048  # the peak: one (SQUARE x SQUARE) @ (SQUARE x SQUARE) product
+# Issue 14's targets: (row, net, batch, least ratio to matmul of the same shapes)
+TARGETS = [
+    (what, "4x2000", batch, least)
+    for batch, fp32, bf16 in ((512, 0.85, 0.6), (100, 0.8, 0.4))
+    for what, least in (("ff", fp32), ("bp", fp32), ("ff bf16", bf16), ("bp bf16", bf16))
+] + [("ff", "3x1000", 100, 0.7), ("bp", "3x1000", 100, 0.7)]
+DEFAULT_RUN_TARGET_S = 6.0
 
 
-def sync(device):
+def matrix_unit(device: torch.device) -> str:
+    """What multiplies matrices here, in words: the CUDA device, or the CPU's bf16 support
+    read from its flags (AMX tiles: bf16 matmul about 6x float32; AVX-512 BF16 about 2x)."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        return torch.cuda.get_device_name(device)
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    if "amx_bf16" in flags:
+        return "AMX (amx_bf16 tiles)"
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16 (no AMX)"
+    return "no bf16 instructions (bf16 emulated)"
 
 
-def matmul_gflops(shapes, device, seconds: float, dtype=torch.float32) -> float:
-    """Achieved GFLOP/s of the products (m, k) @ (k, n) in `shapes`, run in turn."""
-    pairs = [
-        (torch.rand(m, k, device=device, dtype=dtype), torch.rand(k, n, device=device, dtype=dtype))
-        for m, k, n in shapes
-    ]
-    flops = sum(2 * m * k * n for m, k, n in shapes)
-    for a, b in pairs:  # warm-up
-        a @ b
-    sync(device)
-    rounds, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for a, b in pairs:
-            a @ b
-        rounds += 1
-        sync(device)
-    return rounds * flops / (time.perf_counter() - start) / 1e9
-
-
-def training_shapes(cfg, batch: int) -> list[tuple[int, int, int]]:
-    """The products of one training step: forward and weight gradient (FF: 2 x batch rows,
-    plus the label-free forward pass if it trains a read-out; BP: input gradients too)."""
-    depth, width, ff = cfg.model.depth, cfg.model.width, cfg.algo.name == "ff"
-    rows = 2 * batch if ff else batch
-    shapes = []
-    for fan_in in [FEATURES] + [width] * (depth - 1):
-        shapes += [(rows, fan_in, width), (fan_in, rows, width)]
-        if ff and cfg.algo.readout:
-            shapes.append((batch, fan_in, width))
-        if not ff and fan_in != FEATURES:
-            shapes.append((rows, width, fan_in))  # input gradient
-    return shapes
-
-
-def row(what, cfg, batch, examples, seconds, flops, reference) -> dict:
+def row(what, net, batch, examples, seconds, flops, reference, peak) -> dict:
+    achieved = flops / seconds / 1e9
     return {
         "what": what,
-        "net": f"{cfg.model.depth}x{cfg.model.width}",
+        "net": net,
         "batch": batch,
         "examples_per_epoch": examples,
         "seconds_per_epoch": seconds,
         "samples_per_s": examples / seconds,
-        "gflops_per_s": flops / seconds / 1e9,
+        "gflops_per_s": achieved,
         "matmul_gflops_per_s": reference,
-        "ratio": flops / seconds / 1e9 / reference,
+        "ratio": achieved / reference,
+        "of_peak": achieved / peak,
     }
 
 
-def bench_training(what, overrides, depth, width, batch, examples, device, args) -> dict:
+def best_seconds_per_example(parts, device) -> float:
+    """The fastest of `parts` (each a number of examples, and a callable doing them)."""
+    stopwatch, best = Stopwatch(device), float("inf")
+    for examples, run in parts:
+        with stopwatch:
+            run()
+        best = min(best, stopwatch.last / examples)
+    return best
+
+
+def bench_training(what, overrides, depth, width, batch, device, args, peaks) -> dict:
     cfg = compose([*overrides, f"model.depth={depth}", f"model.width={width}"])
     configure_torch(cfg.trainer, device)
     torch.manual_seed(0)
     learner = build_learner(cfg, FEATURES, CLASSES, (28, 28), device)
     optimizer = make_optimizer(learner.param_groups(), cfg.optimizer)
-    examples -= examples % batch  # whole batches only: one shape, one compiled graph
-    x = torch.rand(examples, FEATURES, device=device)
-    y = torch.randint(0, CLASSES, (examples,), device=device)
+    part = max(batch, args.examples // args.repeats // batch * batch)  # whole batches only
+    x = torch.rand(part, FEATURES, device=device)
+    y = torch.randint(0, CLASSES, (part,), device=device)
     with autocast(cfg.trainer, device):
         learner.train_epoch(x[: 4 * batch], y[: 4 * batch], optimizer, batch)  # warm-up, compile
-        sync(device)
-        start = time.perf_counter()
-        learner.train_epoch(x, y, optimizer, batch)
-        sync(device)
-        seconds = time.perf_counter() - start
-    dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else torch.float32
-    reference = matmul_gflops(training_shapes(cfg, batch), device, args.matmul_seconds, dtype)
-    flops = train_flops_per_example(cfg, FEATURES, CLASSES) * examples
-    return row(what, cfg, batch, examples, seconds, flops, reference)
+
+        def epoch():
+            learner.train_epoch(x, y, optimizer, batch)
+
+        per_example = best_seconds_per_example([(part, epoch)] * args.repeats, device)
+    bf16 = cfg.trainer.precision == "bf16"
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    shapes = train_matmul_shapes(cfg, FEATURES, CLASSES, batch)
+    reference = matmul_gflops(shapes, device, args.matmul_seconds, dtype)
+    flops = train_flops_per_example(cfg, FEATURES, CLASSES)
+    examples = args.examples // batch * batch
+    net = f"{depth}x{width}"
+    peak = peaks["bf16" if bf16 else "fp32"]
+    return row(
+        what, net, batch, examples, per_example * examples, flops * examples, reference, peak
+    )
 
 
-def bench_goodness_eval(depth, width, examples, device, args) -> dict:
+def bench_goodness_eval(what, overrides, depth, width, device, args, peaks) -> dict:
     """Predicting by goodness: every example once per candidate label, one batched pass."""
-    cfg = compose([f"model.depth={depth}", f"model.width={width}"])
+    cfg = compose([*overrides, f"model.depth={depth}", f"model.width={width}"])
+    configure_torch(cfg.trainer, device)
     torch.manual_seed(0)
     learner = build_learner(cfg, FEATURES, CLASSES, (28, 28), device)
+    examples = max(500, args.examples // 5)
     x = torch.rand(examples, FEATURES, device=device)
-    learner.label_goodness(x[:100])  # warm-up
-    sync(device)
-    start = time.perf_counter()
-    learner.label_goodness(x)
-    sync(device)
-    seconds = time.perf_counter() - start
-    rows = CLASSES * examples
+    part = examples // args.repeats
+    with autocast(cfg.trainer, device):
+        learner.predict_all(x[:100])  # warm-up
+        chunks = [(part, lambda i=i: learner.predict_all(x[i * part : (i + 1) * part])) for i in range(args.repeats)]  # fmt: skip
+        per_example = best_seconds_per_example(chunks, device)
+    bf16 = cfg.trainer.precision == "bf16"
+    rows = CLASSES * 1000  # predict_all's chunks of 1000 examples, each once per label
     shapes = [(rows, f, width) for f in [FEATURES] + [width] * (depth - 1)]
-    reference = matmul_gflops(shapes, device, args.matmul_seconds)
+    reference = matmul_gflops(shapes, device, args.matmul_seconds, torch.bfloat16 if bf16 else torch.float32)  # fmt: skip
     flops = goodness_eval_flops_per_example(cfg, FEATURES, CLASSES) * examples
-    return row("ff goodness eval", cfg, examples, examples, seconds, flops, reference)
+    peak = peaks["bf16" if bf16 else "fp32"]
+    net = f"{depth}x{width}"
+    return row(what, net, examples, examples, per_example * examples, flops, reference, peak)
 
 
 def process_overhead() -> dict:
     """Wall time of a default `ffbench` run against its training time, store already there,
-    and the time the process takes just to import ffbench (torch, mlflow, Hydra)."""
+    and the time the process takes just to import ffbench's command line."""
     exe = Path(sys.executable).with_name("ffbench")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FFBENCH_"))}
     with tempfile.TemporaryDirectory() as launch:
-        for _ in range(2):  # the first run creates the MLflow store
+        walls = []
+        for _ in range(3):  # the first run creates the MLflow store: not counted
             start = time.perf_counter()
             subprocess.run([exe], cwd=launch, env=env, check=True, capture_output=True)
-            wall = time.perf_counter() - start
+            walls.append(time.perf_counter() - start)
         client = MlflowClient(f"sqlite:///{launch}/outputs/mlflow.db")
         ids = [e.experiment_id for e in client.search_experiments()]
         last = client.search_runs(ids, order_by=["attributes.start_time DESC"])[0]
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import ffbench.cli"], env=env, check=True)
     imports = time.perf_counter() - start
-    train = last.data.metrics["train_time_s"]
-    return {
-        "process_wall_s": wall,
-        "train_time_s": train,
-        "overhead_s": wall - train,
-        "import_s": imports,
-    }
+    wall, train = min(walls[1:]), last.data.metrics["train_time_s"]
+    return {"process_wall_s": wall, "train_time_s": train, "overhead_s": wall - train, "import_s": imports}  # fmt: skip
+
+
+def targets_table(rows: list[dict], default_run: dict | None) -> Table:
+    table = Table(title="issue 14's targets (ratio to matmul of the same shapes)")
+    for column in ("row", "net", "batch", "target", "measured", "met"):
+        table.add_column(column, justify="right")
+    found = {(r["what"], r["net"], r["batch"]): r["ratio"] for r in rows}
+    for what, net, batch, least in TARGETS:
+        ratio = found.get((what, net, batch))
+        if ratio is not None:
+            met = "yes" if ratio >= least else "NO"
+            table.add_row(what, net, str(batch), f">= {least}", f"{ratio:.2f}", met)
+    if default_run is not None:
+        wall = default_run["process_wall_s"]
+        met = "yes" if wall <= DEFAULT_RUN_TARGET_S else "NO"
+        table.add_row("default `ffbench` run", "", "", f"<= {DEFAULT_RUN_TARGET_S} s", f"{wall:.1f} s", met)  # fmt: skip
+    return table
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=10240, help="examples per timed epoch")
+    parser.add_argument("--repeats", type=int, default=3, help="parts of each epoch timed apart")
     parser.add_argument("--matmul-seconds", type=float, default=2.0)
-    parser.add_argument("--no-options", action="store_true", help="skip compile and bf16 rows")
+    parser.add_argument("--no-options", action="store_true", help="skip bf16 and compile rows")
+    parser.add_argument("--only", default="", help="only rows whose name or net contains this")
+    parser.add_argument("--no-default-run", action="store_true", help="skip the `ffbench` run")
     parser.add_argument("--out", default="outputs/bench/speed.json")
     args = parser.parse_args()
     device = resolve_device("auto")
     console = Console()
-    console.width = max(console.width, 100)  # the table's rows stay whole in a pipe or a log
+    console.width = max(console.width, 110)  # the table's rows stay whole in a pipe or a log
+    square = [(SQUARE, SQUARE, SQUARE)]
+    peaks = {
+        "fp32": matmul_gflops(square, device, args.matmul_seconds, torch.float32),
+        "bf16": matmul_gflops(square, device, args.matmul_seconds, torch.bfloat16),
+    }
+    unit = matrix_unit(device)
     console.print(
-        f"device {device.type}, torch {torch.__version__}, threads {torch.get_num_threads()}"
+        f"device {device.type}, matrix unit: {unit}; torch {torch.__version__}, threads "
+        f"{torch.get_num_threads()}; peak ({SQUARE}^3 matmul): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16']:.0f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.1f}x)"
     )
     console.print(
         "Useful FLOPs per example and layer (MACs = fan-in x fan-out): ff 8*MACs (forward and "
@@ -195,33 +237,32 @@ def main() -> int:
         "2*MACs and the read-out's; bp 6*MACs (4*MACs for the first layer) plus the output "
         "layer; goodness evaluation 2*MACs per candidate label. Details: ffbench/flops.py"
     )
-    rows = []
+    wanted = []  # (what, overrides, depth, width, batch) of the training rows
     for depth, width in NETS:
         for batch in BATCHES:
-            for what, algo, overrides in ALGOS:
-                rows.append(
-                    bench_training(
-                        what, [f"algo={algo}", *overrides], depth, width, batch, args.examples,
-                        device, args,
-                    )
-                )  # fmt: skip
-                console.print(f"  done {what} {depth}x{width} batch {batch}")
-        rows.append(bench_goodness_eval(depth, width, max(512, args.examples // 5), device, args))
-    options = OPTIONS + ([("tf32", ["trainer.precision=tf32"])] if device.type == "cuda" else [])
-    if not args.no_options:
-        depth, width = NETS[-1]
-        for option, overrides in options:
+            wanted += [(what, o, depth, width, batch) for what, o in ALGOS]
+    options = OPTIONS + (
+        [("tf32", ["trainer.precision=tf32"], [(4, 2000)])] if device.type == "cuda" else []
+    )
+    for option, overrides, nets in [] if args.no_options else options:
+        for depth, width in nets:
             for batch in BATCHES:
-                for what, algo in (("ff", ["algo=ff", "algo.readout=false"]), ("bp", ["algo=bp"])):
-                    rows.append(
-                        bench_training(
-                            f"{what} {option}", [*algo, *overrides], depth, width, batch,
-                            args.examples, device, args,
-                        )
-                    )  # fmt: skip
-                    console.print(f"  done {what} {option} {depth}x{width} batch {batch}")
-    table = Table(title="training speed against matmul throughput of the same shapes")
-    columns = ("what", "net", "batch", "s/epoch", "samples/s", "GFLOP/s", "matmul GFLOP/s", "ratio")
+                for what, algo in (ALGOS[0], ALGOS[2]):
+                    wanted.append((f"{what} {option}", [*algo, *overrides], depth, width, batch))
+    rows = []
+    for what, overrides, depth, width, batch in wanted:
+        if args.only not in f"{what} {depth}x{width}":
+            continue
+        rows.append(bench_training(what, overrides, depth, width, batch, device, args, peaks))
+        console.print(f"  done {what} {depth}x{width} batch {batch}: ratio {rows[-1]['ratio']:.2f}")
+    evaluations = [("ff goodness eval", [], (2, 500)), ("ff goodness eval", [], (4, 2000))]
+    if not args.no_options:
+        evaluations.append(("ff goodness eval bf16", ["trainer.precision=bf16"], (4, 2000)))
+    for what, overrides, (depth, width) in evaluations:
+        if args.only in f"{what} {depth}x{width}":
+            rows.append(bench_goodness_eval(what, overrides, depth, width, device, args, peaks))
+    table = Table(title="training speed against matmul throughput")
+    columns = ("what", "net", "batch", "s/epoch", "samples/s", "GFLOP/s", "matmul GFLOP/s", "ratio", "of peak")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="right")
     for r in rows:
@@ -234,20 +275,33 @@ def main() -> int:
             f"{r['gflops_per_s']:.1f}",
             f"{r['matmul_gflops_per_s']:.1f}",
             f"{r['ratio']:.2f}",
+            f"{r['of_peak']:.2f}",
         )
     console.print(table)
-    console.print("bf16 rows: the reference is bfloat16 matmul throughput of the same shapes.")
-    overhead = process_overhead()
     console.print(
-        f"default `ffbench` run: {overhead['process_wall_s']:.1f} s in all, "
-        f"{overhead['train_time_s']:.1f} s training, {overhead['overhead_s']:.1f} s overhead "
-        f"(of which {overhead['import_s']:.1f} s importing torch, mlflow and Hydra)"
+        "ratio: achieved GFLOP/s over plain matmuls of the same shapes in the same precision; "
+        f"of peak: over one {SQUARE}^3 matmul in that precision."
     )
+    overhead = None if args.no_default_run else process_overhead()
+    if overhead is not None:
+        console.print(
+            f"default `ffbench` run: {overhead['process_wall_s']:.1f} s in all, "
+            f"{overhead['train_time_s']:.1f} s training, {overhead['overhead_s']:.1f} s else "
+            f"(a bare `import ffbench.cli` takes {overhead['import_s']:.1f} s)"
+        )
+    console.print(targets_table(rows, overhead))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"device": device.type, "rows": rows, "default_run": overhead}, indent=2)
-    )
+    result = {
+        "device": device.type,
+        "matrix_unit": unit,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "peak_gflops_per_s": peaks,
+        "rows": rows,
+        "default_run": overhead,
+    }
+    out.write_text(json.dumps(result, indent=2))
     console.print(f"written {out}")
     return 0
 
