@@ -50,6 +50,8 @@ SOURCES = [
         (
             "ffbench +experiment=hinton_mnist tracking.uri=sqlite:///outputs/paper/mlflow.db",
             "ffbench +experiment=hinton_mnist_bp tracking.uri=sqlite:///outputs/paper/mlflow.db",
+            "ffbench +experiment=hinton_mnist trainer.precision=bf16 trainer.matmul_reference=true "
+            "tracking.uri=sqlite:///outputs/paper/mlflow.db",
         ),
         headline=True,
     ),
@@ -68,6 +70,17 @@ SOURCES = [
             )
         ),
         headline=True,
+    ),
+    Source(
+        "Precision: the paper's net for 10 epochs in fp32 and in bf16, three seeds each",
+        "outputs/precision/mlflow.db",
+        "ffbench",
+        None,
+        tuple(
+            f"ffbench -m +experiment=hinton_mnist trainer.epochs=10 trainer.precision={p} "
+            f"trainer.seed=0,1,2 tracking.uri=sqlite:///outputs/precision/mlflow.db"
+            for p in ("fp32", "bf16")
+        ),
     ),
     Source(
         "Study: MNIST, 2 x 500 MLP, the same learning-rate search for FF and BP",

@@ -46,6 +46,8 @@ COLUMNS = {
     "peak_rss_mb": ("peak RSS MB", ".1f", min),
     "peak_cuda_allocated_mb": ("CUDA alloc MB", ".1f", min),  # on CUDA only
     "train_time_s": ("train s", ".2f", min),
+    "eval_time_s": ("eval s", ".2f", min),
+    "matmul_ratio": ("of matmul", ".2f", max),  # trainer.matmul_reference
     "wall_time_s": ("wall s", ".2f", min),
 }
 MEMORY = {
@@ -61,6 +63,8 @@ MARKDOWN = (
     "peak_saved_activations_mb",
     "peak_rss_mb",
     "train_time_s",
+    "eval_time_s",
+    "matmul_ratio",
 )
 SKIPPED = "ffbench.skipped"  # tag of a job not trained: its metrics are another run's
 
