@@ -48,7 +48,7 @@ def test_goodness_evaluation_flops_cover_every_label():
 
 def test_ff_without_readout_has_no_readout_pass_metric_or_prediction():
     ff, optimizer = make_trainable([*SMALL_FF, "algo.readout=false"])
-    assert ff.readout is None and len(optimizer.param_groups) == 2  # weights, biases
+    assert ff.readout is None and len(optimizer.param_groups) == 1  # no decay: one group
     x, y = torch.rand(64, 20), torch.randint(0, 10, (64,))
     metrics = ff.train_epoch(x, y, optimizer, 32)
     assert "readout_loss" not in metrics and "layer2_loss" in metrics
@@ -133,3 +133,16 @@ def test_the_matmul_reference_of_a_conv_net_is_refused():
     cfg = compose(["model=conv", "trainer.matmul_reference=true"])
     with pytest.raises(FFBenchError, match="set model=mlp .* or trainer.matmul_reference=false"):
         validate(cfg)
+
+
+def test_parameter_groups_with_equal_options_become_one():
+    """One group per distinct set of options: the biases (never decayed) share the weights'
+    group unless the weights are decayed; the read-out has its own learning rate."""
+    counts = {}
+    for decay in (0.0, 0.01):
+        ff, optimizer = make_trainable([*SMALL_FF, f"optimizer.weight_decay={decay}"])
+        groups = optimizer.param_groups
+        counts[decay] = {(g["lr"], g["weight_decay"]): len(g["params"]) for g in groups}
+        assert sum(counts[decay].values()) == len(list(ff.parameters()))
+    assert counts[0.0] == {(1e-3, 0.0): 6, (0.01, 0.003): 1, (0.01, 0.0): 1}
+    assert counts[0.01] == {(1e-3, 0.01): 3, (1e-3, 0.0): 3, (0.01, 0.003): 1, (0.01, 0.0): 1}
