@@ -207,6 +207,48 @@ def targets_table(rows: list[dict], default_run: dict | None) -> Table:
     return table
 
 
+DOCS = Path("docs/performance.md")
+BLOCK = (
+    "<!-- make bench writes this table: do not edit by hand -->",
+    "<!-- end of the make bench table -->",
+)
+
+
+def markdown(result: dict) -> str:
+    """The run as Markdown: the machine, then one row per measurement (--docs writes it into
+    docs/performance.md between the BLOCK lines)."""
+    peaks = result["peak_gflops_per_s"]
+    lines = [
+        f"`make bench` on {result['device']} ({result['matrix_unit']}), torch {result['torch']}, "
+        f"{result['threads']} threads; peak {SQUARE}^3 matmul: fp32 {peaks['fp32']:.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16']:.0f} GFLOP/s.",
+        "",
+        "| what | net | batch | samples/s | GFLOP/s | matmul GFLOP/s | ratio | of peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['what']} | {r['net']} | {r['batch']} | {r['samples_per_s']:.0f} | "
+            f"{r['gflops_per_s']:.1f} | {r['matmul_gflops_per_s']:.1f} | {r['ratio']:.2f} | "
+            f"{r['of_peak']:.2f} |"
+        )
+    run = result["default_run"]
+    if run is not None:
+        lines += [
+            "",
+            f"Default `ffbench` run, store present: {run['process_wall_s']:.1f} s in all, "
+            f"{run['train_time_s']:.1f} s of it training; `import ffbench.cli` alone "
+            f"{run['import_s']:.1f} s.",
+        ]
+    return "\n".join(lines)
+
+
+def write_docs(text: str) -> None:
+    page = DOCS.read_text()
+    start, end = page.index(BLOCK[0]) + len(BLOCK[0]), page.index(BLOCK[1])
+    DOCS.write_text(page[:start] + "\n" + text + "\n" + page[end:])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=10240, help="examples per timed epoch")
@@ -216,6 +258,7 @@ def main() -> int:
     parser.add_argument("--only", default="", help="only rows whose name or net contains this")
     parser.add_argument("--no-default-run", action="store_true", help="skip the `ffbench` run")
     parser.add_argument("--out", default="outputs/bench/speed.json")
+    parser.add_argument("--docs", action="store_true", help=f"write the table into {DOCS}")
     args = parser.parse_args()
     device = resolve_device("auto")
     console = Console()
@@ -303,6 +346,9 @@ def main() -> int:
     }
     out.write_text(json.dumps(result, indent=2))
     console.print(f"written {out}")
+    if args.docs:
+        write_docs(markdown(result))
+        console.print(f"written the table into {DOCS}")
     return 0
 
 

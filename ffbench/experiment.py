@@ -15,7 +15,7 @@ from ffbench.errors import FFBenchError
 from ffbench.ff import ForwardForward
 from ffbench.flops import train_flops_per_example, train_matmul_shapes
 from ffbench.learner import Learner
-from ffbench.measure import PeakMemory, Stopwatch, matmul_gflops
+from ffbench.measure import PeakMemory, Stopwatch, keep_freed_memory, matmul_gflops
 
 MATMUL_SECONDS = 3.0  # trainer.matmul_reference: how long to time the plain products
 
@@ -101,6 +101,7 @@ def configure_torch(cfg, device: torch.device) -> None:
     """Process-wide torch settings from the TrainerConfig `cfg`, every one of them set by
     every job, so that no job inherits another's in a sweep that shares the process."""
     torch.set_num_threads(cfg.num_threads or DEFAULT_THREADS)
+    keep_freed_memory()  # no page faults on every step's fresh tensors
     # FF's softplus gradients underflow into subnormal floats, which the CPU's matrix unit
     # handles many times slower (docs/performance.md); flushing them to zero changes no
     # value above 1e-38.
