@@ -64,8 +64,8 @@ test-browser: install  ## headless Chromium (Debian's `chromium`) on the MLflow 
 test-slow: install  ## long checks: real MNIST accuracy, e.g. FFBENCH_DATA=../shared/data/mnist
 	$(BIN)/pytest -m slow -v
 
-bench: install  ## training speed against matmul throughput (minutes), JSON in outputs/bench/
-	$(BIN)/python benchmarks/speed.py
+bench: install  ## training speed against matmul throughput (minutes): JSON in outputs/bench/, table in docs/performance.md
+	$(BIN)/python benchmarks/speed.py --docs
 
 bench-memory: install  ## FF against BP / checkpointed BP in memory at depth 16, width 2000 (minutes)
 	$(BIN)/python benchmarks/memory.py

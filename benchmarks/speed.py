@@ -240,6 +240,16 @@ def markdown(result: dict) -> str:
             f"{run['train_time_s']:.1f} s of it training; `import ffbench.cli` alone "
             f"{run['import_s']:.1f} s.",
         ]
+    found = {(r["what"], r["net"], r["batch"]): r["ratio"] for r in result["rows"]}
+    lines += ["", "| issue 14's target | ratio | met |", "|---|---:|---|"]
+    for what, net, batch, least in TARGETS:
+        if (what, net, batch) in found:
+            ratio = found[what, net, batch]
+            met = "yes" if ratio >= least else "**no**"
+            lines.append(f"| {what} {net} batch {batch} >= {least} | {ratio:.2f} | {met} |")
+    if run is not None:
+        met = "yes" if run["process_wall_s"] <= DEFAULT_RUN_TARGET_S else "**no**"
+        lines.append(f"| default run <= {DEFAULT_RUN_TARGET_S:g} s | {run['process_wall_s']:.1f} s | {met} |")  # fmt: skip
     return "\n".join(lines)
 
 
