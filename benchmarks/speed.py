@@ -126,8 +126,10 @@ def bench_training(what, overrides, depth, width, batch, device, args, peaks) ->
     part = max(batch, args.examples // args.repeats // batch * batch)  # whole batches only
     x = torch.rand(part, FEATURES, device=device)
     y = torch.randint(0, CLASSES, (part,), device=device)
+    warm_up = Stopwatch(device)
     with autocast(cfg.trainer, device):
-        learner.train_epoch(x[: 4 * batch], y[: 4 * batch], optimizer, batch)  # warm-up, compile
+        with warm_up:  # the first 4 steps: torch.compile compiles here
+            learner.train_epoch(x[: 4 * batch], y[: 4 * batch], optimizer, batch)
 
         def epoch():
             learner.train_epoch(x, y, optimizer, batch)
@@ -141,9 +143,9 @@ def bench_training(what, overrides, depth, width, batch, device, args, peaks) ->
     examples = args.examples // batch * batch
     net = f"{depth}x{width}"
     peak = peaks["bf16" if bf16 else "fp32"]
-    return row(
-        what, net, batch, examples, per_example * examples, flops * examples, reference, peak
-    )
+    seconds = per_example * examples
+    result = row(what, net, batch, examples, seconds, flops * examples, reference, peak)
+    return result | {"warm_up_s": warm_up.last - 4 * batch * per_example}  # beyond 4 steps' time
 
 
 def bench_goodness_eval(what, overrides, depth, width, device, args, peaks) -> dict:
@@ -188,6 +190,25 @@ def process_overhead() -> dict:
     imports = time.perf_counter() - start
     wall, train = min(walls[1:]), last.data.metrics["train_time_s"]
     return {"process_wall_s": wall, "train_time_s": train, "overhead_s": wall - train, "import_s": imports}  # fmt: skip
+
+
+def compile_break_even(rows: list[dict]) -> list[str]:
+    """For each compiled row, the training time after which its compiling has paid for itself:
+    the extra first-steps time over the time it saves per second of eager training."""
+    lines = []
+    eager = {(r["what"], r["net"], r["batch"]): r for r in rows}
+    for r in rows:
+        plain = eager.get((r["what"].replace(" compile", ""), r["net"], r["batch"]))
+        if "compile" not in r["what"] or plain is None:
+            continue
+        cost = r["warm_up_s"] - plain["warm_up_s"]
+        saved = 1 - r["seconds_per_epoch"] / plain["seconds_per_epoch"]  # per eager second
+        when = f"after {cost / saved:.0f} s of training" if saved > 0 else "never (no faster)"
+        lines.append(
+            f"{r['what']} {r['net']} batch {r['batch']}: {cost:.0f} s compiling, "
+            f"{saved:+.0%} per step, pays {when}"
+        )
+    return lines
 
 
 def targets_table(rows: list[dict], default_run: dict | None) -> Table:
@@ -240,6 +261,9 @@ def markdown(result: dict) -> str:
             f"{run['train_time_s']:.1f} s of it training; `import ffbench.cli` alone "
             f"{run['import_s']:.1f} s.",
         ]
+    compiled = compile_break_even(result["rows"])
+    if compiled:
+        lines += ["", "torch.compile: " + "; ".join(compiled) + "."]
     found = {(r["what"], r["net"], r["batch"]): r["ratio"] for r in result["rows"]}
     lines += ["", "| issue 14's target | ratio | met |", "|---|---:|---|"]
     for what, net, batch, least in TARGETS:
@@ -335,6 +359,8 @@ def main() -> int:
         "ratio: achieved GFLOP/s over plain matmuls of the same shapes in the same precision; "
         f"of peak: over one {SQUARE}^3 matmul in that precision."
     )
+    for line in compile_break_even(rows):
+        console.print(line)
     overhead = None if args.no_default_run else process_overhead()
     if overhead is not None:
         console.print(
