@@ -129,11 +129,12 @@ def test_results_page_from_the_stores_or_one_line_per_missing_store(study, selec
     missing = subprocess.run(script, capture_output=True, text=True, env=clean_env(), timeout=120)
     assert missing.returncode == 1
     lines = missing.stderr.strip().splitlines()
-    assert len(lines) == 5 and "Traceback" not in missing.stderr
+    assert len(lines) == 6 and "Traceback" not in missing.stderr
     assert "no MLflow store at outputs/digits/mlflow.db" in lines[0]
     assert "no MLflow store at outputs/paper/mlflow.db" in lines[1]
     assert "no MLflow store at outputs/conv/mlflow.db" in lines[2]
-    assert "no experiment 'study-fashion_mnist_mlp'" in lines[3]
+    assert "no MLflow store at outputs/precision/mlflow.db" in lines[3]
+    assert "no experiment 'study-fashion_mnist_mlp'" in lines[4]
     page = tmp_path / "docs" / "results.md"
     assert not page.exists()
 
