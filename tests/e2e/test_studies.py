@@ -24,6 +24,7 @@ FIGURES = {
     "peak_saved_activations_mb": ".3f",
     "peak_rss_mb": ".1f",
     "train_time_s": ".2f",
+    "eval_time_s": ".2f",
 }
 
 
@@ -111,9 +112,10 @@ def test_select_keeps_the_best_validation_setting_and_markdown_matches_the_store
         assert set(command[3:]) == given | set(QUICK)
         assert row[2] == "0, 1"
         runs = found[algo, lr]
-        assert row[3:8] == [cells(runs, metric) for metric in FIGURES], (algo, row)
+        end = 3 + len(FIGURES)
+        assert row[3:end] == [cells(runs, metric) for metric in FIGURES], (algo, row)
         [commit] = {r.data.tags["ffbench.git_commit"] for r in runs}
-        assert row[8].startswith(f"`{commit[:12]}")
+        assert row[end].startswith(f"`{commit[:12]}")
     # the sweep's own record gets the selection too
     saved = store(study.cwd).download_artifacts(
         study.parent.info.run_id, "comparison.txt", str(tmp_path)
