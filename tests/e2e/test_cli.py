@@ -135,7 +135,8 @@ def test_help_lists_every_group_and_the_schema_s_keys(workdir):
     assert "activation: " in result.stdout and "optimizer: adam, sgd" in result.stdout
     assert (
         "experiment: cifar10_conv, cifar10_conv_bp, cifar10_local, fashion_mnist_conv, "
-        "fashion_mnist_conv_bp, hinton_mnist, hinton_mnist_bp, memory_depth, mnist_conv, "
+        "fashion_mnist_conv_bp, hinton_mnist, hinton_mnist_bf16, hinton_mnist_bp, memory_depth, "
+        "mnist_conv, "
         "mnist_conv_bp, quick_mnist, unsupervised_mnist"
     ) in result.stdout
 

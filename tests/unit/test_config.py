@@ -42,6 +42,9 @@ def test_hinton_preset_follows_the_reference_recipe():
     assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.algo.readout_lr) == (0.001, 0.9, 0.01)
     bp = compose("config", overrides=["+experiment=hinton_mnist_bp"])
     assert bp.algo.name == "bp" and (bp.model.depth, bp.model.width) == (4, 2000)
+    bf16 = compose("config", overrides=["+experiment=hinton_mnist_bf16"])
+    assert bf16.trainer.precision == "bf16" and bf16.trainer.matmul_reference
+    assert bf16.algo == cfg.algo and bf16.model == cfg.model and bf16.optimizer == cfg.optimizer
 
 
 def test_memory_depth_preset_composes_and_sweeps_algorithms_and_depths():
