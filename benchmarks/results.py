@@ -50,8 +50,7 @@ SOURCES = [
         (
             "ffbench +experiment=hinton_mnist tracking.uri=sqlite:///outputs/paper/mlflow.db",
             "ffbench +experiment=hinton_mnist_bp tracking.uri=sqlite:///outputs/paper/mlflow.db",
-            "ffbench +experiment=hinton_mnist trainer.precision=bf16 trainer.matmul_reference=true "
-            "tracking.uri=sqlite:///outputs/paper/mlflow.db",
+            "ffbench +experiment=hinton_mnist_bf16 tracking.uri=sqlite:///outputs/paper/mlflow.db",
         ),
         headline=True,
     ),
