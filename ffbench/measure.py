@@ -63,10 +63,6 @@ def _libc_function(name: str):
         return None
 
 
-def _malloc_trim():
-    return _libc_function("malloc_trim")
-
-
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
 MMAP_THRESHOLD_MAX = 32 * MB  # glibc's largest on 64-bit systems
 
@@ -76,7 +72,7 @@ def keep_freed_memory() -> None:
     the OS at once. Every training step allocates and frees the same large tensors (weight
     gradients, bf16 copies of the weights); by default glibc hands blocks of a few MB back on
     free (munmap, or trimming the heap) and the next step touches fresh pages, one page fault
-    per 4 kB: a third of a bf16 step of 4 x 2000 at batch 100 (docs/performance.md). Blocks up
+    per 4 kB: two fifths of a bf16 step of 4 x 2000 at batch 100 (docs/performance.md). Blocks up
     to 32 MB now come from the heap, and the heap is only trimmed explicitly (malloc_trim,
     which each job's memory meter still calls at its start). Elsewhere a no-op."""
     mallopt = _libc_function("mallopt")
@@ -91,7 +87,7 @@ def _return_free_memory() -> None:
     glibc keeps freed heap pages mapped; malloc_trim returns them. Elsewhere this is a no-op.
     """
     gc.collect()
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)
 
