@@ -133,7 +133,7 @@ def app(cfg: DictConfig) -> float:
         sys.exit(1)
 
 
-def _reuse(cfg: DictConfig, done, tags: dict, passes: int) -> float:
+def _reuse(cfg: DictConfig, done, tags: dict, passes: int, data) -> float:
     """Record the job as skipped: a FINISHED run that points to `done`, the run holding the
     result, and carries its final metrics, so that every combination of a sweep has its row of
     numbers in the MLflow UI (the tag ffbench.skipped tells copies from measurements)."""
@@ -145,6 +145,7 @@ def _reuse(cfg: DictConfig, done, tags: dict, passes: int) -> float:
         "result of these settings; the metrics are copied from it.",
     }
     with tracking.job_run(cfg, tags) as run:
+        run.log_datasets(data)
         run.log_metrics(done.data.metrics, step=passes)
     message = f"reused run {original} ({done.info.run_name}): FINISHED with the same settings"
     log.info(message)
@@ -188,10 +189,11 @@ def run(cfg: DictConfig) -> float:
         done = tracking.finished_run(cfg, tags["ffbench.settings_hash"])
     passes = len(experiment.training_plan(job))
     if done is not None:
-        return _reuse(cfg, done, tags, passes)
+        return _reuse(cfg, done, tags, passes, job.data)
     # A fresh meter per job: its peaks start at zero even when a sweep shares the process.
     memory = PeakMemory(device, job.learner.parameters()) if cfg.measure.memory else None
     with tracking.job_run(cfg, tags) as run, _progress() as progress:
+        run.log_datasets(job.data)
         bar = progress.add_task(run.info.run_name, total=passes, loss=0.0, val=0.0)
 
         last = {}
@@ -213,6 +215,8 @@ def run(cfg: DictConfig) -> float:
                 log.warning(
                     "peak RSS read by %s: no resettable /proc high-water mark", memory.method
                 )
+        if cfg.tracking.log_model:  # before the final metrics, which MLflow then links to it
+            run.log_model(job.learner, job.data.x_test[:5], step=passes)
         final["wall_time_s"] = time.perf_counter() - start
         run.log_metrics(final, step=passes)
     final["val_accuracy"] = last["val_accuracy"]

@@ -309,6 +309,17 @@ class TrackingConfig:
     log_artifacts: bool = key(
         True, "Store the resolved config and the job's .hydra/ folder with the run."
     )
+    log_model: bool = key(
+        False,
+        "Log the trained learner as an MLflow model of the run; mlflow.pyfunc.load_model(...).predict(rows) gives labels.",
+    )
+    system_metrics: bool = key(
+        False,
+        "Sample CPU, memory, disk, network (GPU with nvidia-ml-py) into the run's System metrics tab.",
+    )
+    system_metrics_interval_s: float = key(
+        10.0, "Seconds between two samples of tracking.system_metrics.", bound="positive"
+    )
 
 
 @dataclass

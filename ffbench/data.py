@@ -11,7 +11,7 @@ and verified by ffbench/download.py.
 import gzip
 import pickle
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,8 @@ class Splits:
     """Per-channel standard deviation of the training split's pixels."""
     normalized: bool = False
     """Whether the pixels have been standardised with mean and std."""
+    sources: dict = field(default_factory=dict)
+    """The file each split's examples were read from, by split ("train", "val", "test")."""
 
     def __post_init__(self):
         if self.mean is None or self.std is None:
@@ -111,7 +113,9 @@ def load_digits(val_size: int, test_size: int | None, seed: int) -> Splits:
         raise FFBenchError(f"dataset.test_size={test_size} must be between 1 and {len(x) - 1}")
     _check_val_size(val_size, len(x) - test_size, "digits")
     (xt, yt), (xv, yv), (xs, ys) = _split(x, y, [val_size, test_size], seed)
-    return Splits("digits", xt, yt, xv, yv, xs, ys, image_shape=(8, 8))
+    images = str(BUNDLED / "digits-images-idx3-ubyte.gz")  # all three splits are cut from it
+    sources = dict.fromkeys(("train", "val", "test"), images)
+    return Splits("digits", xt, yt, xv, yv, xs, ys, image_shape=(8, 8), sources=sources)
 
 
 MNIST_FILES = {
@@ -161,18 +165,21 @@ def _find(folder: Path, stem: str) -> Path:
 def load_mnist(folder: Path, val_size: int, seed: int, name: str = "mnist") -> Splits:
     """An MNIST-format data set from the four IDX files in `folder`, as they are (no checksum:
     `load` verifies through download.fetch)."""
-    arrays = {key: read_idx(_find(folder, stem)) for key, stem in MNIST_FILES.items()}
-    return _idx_arrays(name, arrays, val_size, seed, folder)
+    paths = {key: _find(folder, stem) for key, stem in MNIST_FILES.items()}
+    arrays = {key: read_idx(path) for key, path in paths.items()}
+    return _idx_arrays(name, arrays, val_size, seed, folder, paths)
 
 
-def idx_splits(name: str, files: dict[str, bytes], val_size: int, seed: int) -> Splits:
+def idx_splits(name: str, files: download.Files, val_size: int, seed: int) -> Splits:
     """MNIST, Fashion-MNIST or KMNIST from the verified contents of its four IDX files."""
     arrays = {key: parse_idx(files[f"{stem}.gz"], stem) for key, stem in MNIST_FILES.items()}
-    return _idx_arrays(name, arrays, val_size, seed, name)
+    paths = {key: files.paths[f"{stem}.gz"] for key, stem in MNIST_FILES.items()}
+    return _idx_arrays(name, arrays, val_size, seed, name, paths)
 
 
-def _idx_arrays(name: str, arrays: dict, val_size: int, seed: int, where) -> Splits:
-    """Validation is held out of the training file; the test file is the test set."""
+def _idx_arrays(name: str, arrays: dict, val_size: int, seed: int, where, paths: dict) -> Splits:
+    """Validation is held out of the training file; the test file is the test set. `paths`
+    are the files of `arrays`, by the same keys."""
     for part in ("train", "test"):
         images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
         if images.ndim != 3 or labels.ndim != 1:
@@ -189,7 +196,9 @@ def _idx_arrays(name: str, arrays: dict, val_size: int, seed: int, where) -> Spl
     (xt, yt), (xv, yv) = _split(x, y, [val_size], seed)
     xs, ys = tensors("test")
     shape = tuple(arrays["train_images"].shape[1:])
-    return Splits(name, xt, yt, xv, yv, xs, ys, image_shape=shape)
+    train, test = str(paths["train_images"]), str(paths["test_images"])
+    sources = {"train": train, "val": train, "test": test}
+    return Splits(name, xt, yt, xv, yv, xs, ys, image_shape=shape, sources=sources)
 
 
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -207,7 +216,7 @@ def _cifar_batch(raw: bytes, member: str) -> tuple[np.ndarray, np.ndarray]:
     return data, labels
 
 
-def cifar10_splits(name: str, files: dict[str, bytes], val_size: int, seed: int) -> Splits:
+def cifar10_splits(name: str, files: download.Files, val_size: int, seed: int) -> Splits:
     """CIFAR-10 from the verified contents of its python batches: 50000 training images (the
     validation split held out of them) and the 10000 of test_batch, 3 x 32 x 32 each, flattened
     channel by channel (red plane, green plane, blue plane) as the files store them."""
@@ -218,7 +227,10 @@ def cifar10_splits(name: str, files: dict[str, bytes], val_size: int, seed: int)
     xs, ys = torch.from_numpy(data).float() / 255.0, torch.from_numpy(labels)
     _check_val_size(val_size, len(x), name)
     (xt, yt), (xv, yv) = _split(x, y, [val_size], seed)
-    return Splits(name, xt, yt, xv, yv, xs, ys, image_shape=(32, 32), channels=3)
+    # the first training batch names the training files (they sit together, or in one archive)
+    train, test = str(files.paths[CIFAR10_TRAIN[0]]), str(files.paths["test_batch"])
+    sources = {"train": train, "val": train, "test": test}
+    return Splits(name, xt, yt, xv, yv, xs, ys, (32, 32), channels=3, sources=sources)
 
 
 def _bundled_digits(cfg) -> Splits:

@@ -121,6 +121,16 @@ REGISTRY = {
 }
 
 
+class Files(dict):
+    """The verified contents of a data set's files by name (a dict of bytes), and `paths`:
+    the file each was read from (an archive, for a member of one), so that a run can name
+    the files its data came from."""
+
+    def __init__(self, contents: dict[str, bytes], paths: dict[str, Path]):
+        super().__init__(contents)
+        self.paths = paths
+
+
 def read_manifest(path: str | os.PathLike) -> dict[str, str]:
     """Checksums in `md5sum` format ("MD5  FILE" a line), replacing the registry's: for data
     sets written in the same format by hand (tests, a private copy)."""
@@ -253,9 +263,9 @@ def fetch(
     root: str | None = None,
     mirror: str | None = None,
     checksums: str | None = None,
-) -> dict[str, bytes]:
+) -> Files:
     """The verified contents of a data set's files (gzip files decompressed), by file name,
-    found locally or downloaded once. `source` is a Source or a name in REGISTRY; `mirror`
+    found locally or downloaded once, with the paths they were read from. `source` is a Source or a name in REGISTRY; `mirror`
     replaces its mirrors; `checksums` names an md5sum-format file that replaces its checksums."""
     source = REGISTRY[source] if isinstance(source, str) else source
     manifest = read_manifest(checksums) if checksums else None
@@ -263,7 +273,7 @@ def fetch(
     for folder in [*look_in, *map(Path, source.system_folders)]:
         paths = _found(source, folder)
         if paths:
-            return _read(source, paths, manifest)
+            return Files(_read(source, paths, manifest), paths)
     mirrors = (mirror,) if mirror else source.mirrors
     for file in source.downloads:
         if _present(target, file) is None:
@@ -272,7 +282,7 @@ def fetch(
             _download(source, file, expected, mirrors, target)
     paths = _found(source, target)
     assert paths is not None
-    return _read(source, paths, manifest)
+    return Files(_read(source, paths, manifest), paths)
 
 
 def _download(source: Source, file: str, md5: str | None, mirrors, target: Path) -> None:

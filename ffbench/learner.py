@@ -44,6 +44,11 @@ class Learner(nn.Module):
         """Predicted labels of `x`, by each way this learner can predict."""
         raise NotImplementedError
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The predicted label of each row of `x` by the headline evaluation: what the model
+        that tracking.log_model logs predicts when MLflow loads it back."""
+        return self.predict_all(x)[self.evaluation]
+
     def compile_step(self) -> None:
         """torch.compile the computation of a training step (trainer.compile)."""
         raise NotImplementedError

@@ -6,17 +6,21 @@ Where the runs go is store.py's job; the parent run of a sweep is sweep.py's.
 """
 
 import functools
+import logging
 import os
 import socket
 import subprocess
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
@@ -26,6 +30,14 @@ from ffbench.config import GROUPS
 
 # A multirun's parent run id, handed to its jobs (also to jobs in other processes).
 PARENT_ENV = "FFBENCH_PARENT_RUN_ID"
+
+# The data.Splits splits, as MLflow dataset contexts (the run page and Dataset column show them).
+CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+
+# tracking.log_model: the learner is pickled (its classes load from the installed ffbench):
+# MLflow's default, torch.export, cannot trace FF's per-label goodness loop. Said once here,
+# not in a warning on every run.
+logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -121,6 +133,48 @@ class JobRun:
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.info.run_id, key, value)
 
+    def log_datasets(self, splits) -> None:
+        """The training, validation and test splits (data.Splits) as the run's dataset inputs:
+        the data set's name, a digest of the examples as trained on, the file they were read
+        from, and the context, so that the UI names the data and a run leads to its files."""
+        datasets = [
+            mlflow.data.from_numpy(
+                getattr(splits, f"x_{split}").cpu().numpy(),
+                targets=getattr(splits, f"y_{split}").cpu().numpy(),
+                source=_file_source(splits.sources[split]),
+                name=splits.name,
+            )
+            for split in CONTEXTS
+        ]
+        contexts = list(CONTEXTS.values())
+        mlflow.log_inputs(datasets, contexts=contexts, tags_list=[{}] * len(contexts))
+
+    def log_model(self, learner: torch.nn.Module, example: torch.Tensor, step: int) -> str:
+        """`learner` as an MLflow model of the run ("Logged models"); returns its URI. Loaded
+        back, it maps rows like `example` (as the job fed them to the net) to labels. Metrics
+        logged after it at the same `step` are linked to it."""
+        example = example.cpu()
+        with torch.no_grad():
+            labels = learner.cpu()(example)
+        info = mlflow.pytorch.log_model(
+            learner,
+            name="model",
+            serialization_format="pickle",
+            signature=mlflow.models.infer_signature(example.numpy(), labels.numpy()),
+            # given, not inferred: inference loads the model in a subprocess, seconds per run
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ffbench"],
+            step=step,
+        )
+        return info.model_uri
+
+
+def _file_source(path: str):
+    """MLflow's dataset source for a local file. (MLflow 3 registers that kind of source twice,
+    then warns on every path that it is ambiguous between the two: it is not.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+        return resolve_dataset_source(path)
+
 
 @contextmanager
 def job_run(cfg, tags: dict | None = None):
@@ -142,11 +196,13 @@ def job_run(cfg, tags: dict | None = None):
     if hydra.mode == RunMode.MULTIRUN:
         parent = os.environ.get(PARENT_ENV)
         tags["ffbench.job_num"] = str(hydra.job.num)
+    mlflow.set_system_metrics_sampling_interval(cfg.tracking.system_metrics_interval_s)
     started = mlflow.start_run(
         experiment_id=store.experiment_id(client, cfg.tracking, hydra.runtime.cwd),
         run_name=run_name(choices),
         parent_run_id=parent,
         tags=tags,
+        log_system_metrics=cfg.tracking.system_metrics,
     )
     run = JobRun(started, client)
     try:

@@ -185,7 +185,9 @@ def test_cifar10_from_the_tarball_or_the_extracted_folder(mirror, tmp_path):
 def test_normalisation_statistics_come_from_the_training_split_only(tmp_path):
     made = tmp_path / "made"
     members = make_cifar(made)
-    splits = data.cifar10_splits("cifar10", members, val_size=20, seed=0)
+    files = download.Files(members, dict.fromkeys(members, made / "cifar-10-python.tar.gz"))
+    splits = data.cifar10_splits("cifar10", files, val_size=20, seed=0)
+    assert splits.sources["test"] == str(made / "cifar-10-python.tar.gz")
     planes = splits.x_train.view(-1, 3, 1024)
     assert torch.allclose(splits.mean, planes.mean(dim=(0, 2)), atol=1e-6)
     assert torch.allclose(splits.std, planes.permute(1, 0, 2).reshape(3, -1).std(1), atol=1e-5)
