@@ -84,7 +84,8 @@ format: install  ## ruff: fix what can be fixed, format the code
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-ui: install  ## the MLflow UI on the local store, http://127.0.0.1:5000 (STORE=PATH, UI_PORT=N)
+ui: install  ## the MLflow UI on the local store, http://127.0.0.1:5000 (STORE=PATH, UI_PORT=N); prints the links to open
+	$(BIN)/python -m ffbench.ui sqlite:///$(STORE) --ui-url http://127.0.0.1:$(UI_PORT)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE) --host 127.0.0.1 --port $(UI_PORT)
 
 clean:  ## remove .venv and build leftovers (outputs/ stays)

@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ffbench import store
+from ffbench import store, ui
 
 ALGOS = ("ff", "bp", "bp_ckpt")  # row and colour order; any other algorithm follows
 SEED = "trainer.seed"  # averaged over, never a setting
@@ -493,6 +493,21 @@ def load(uri: str, experiment: str, sweep: str | None) -> tuple[list, Run | None
     return runs, parent
 
 
+COMPARE_AT_MOST = 50  # runs on one compare-runs page (its URL grows with each run id)
+
+
+def links(client: MlflowClient, runs, parent, base: str) -> dict[str, str]:
+    """The MLflow UI's pages of the reported runs: the sweep's, or the experiment's."""
+    ids = [run.info.run_id for run in runs]
+    if parent is not None:
+        return ui.sweep_links(client, parent, ids, base)
+    experiment_id = runs[0].info.experiment_id
+    found = {"all runs of the experiment": ui.experiment_links(client, experiment_id, base)}
+    if len(ids) <= COMPARE_AT_MOST:
+        found[f"its {len(ids)} runs compared"] = ui.compare_url(base, experiment_id, ids)
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="ffbench-report",
@@ -520,6 +535,9 @@ def main(argv: list[str] | None = None) -> None:
         "--markdown", metavar="FILE", type=Path, help="write the table as a Markdown section"
     )
     parser.add_argument("--title", help="the Markdown section's heading")
+    parser.add_argument(
+        "--ui-url", help=f"the MLflow UI in the links: default the server's, else {ui.DEFAULT_UI}"
+    )
     args = parser.parse_args(argv)
     if args.select and args.select.startswith("test_"):
         parser.error(
@@ -542,6 +560,7 @@ def main(argv: list[str] | None = None) -> None:
     written = report(runs, client, args.out or Path(folder or "outputs/report"), args.select)
     if parent and args.select:  # the sweep's own record gets its selection
         client.log_artifact(parent.info.run_id, str(written[0]))
+    print(ui.links_text(links(client, runs, parent, ui.base_url(args.ui_url, uri)), uri))
     if args.markdown:
         where = f"sweep `{args.sweep}`" if args.sweep else f"experiment `{args.experiment}`"
         keys, results, rest = split(runs)

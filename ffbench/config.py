@@ -306,6 +306,10 @@ class TrackingConfig:
         None, "MLflow tracking URI; unset: $MLFLOW_TRACKING_URI, else SQLite in outputs/mlflow.db."
     )
     experiment: str = key("ffbench", "MLflow experiment; $MLFLOW_EXPERIMENT_NAME overrides it.")
+    ui_url: str | None = key(
+        None,
+        "MLflow UI address in the links a sweep prints; unset: the tracking server's, else http://127.0.0.1:5000 (make ui).",
+    )
     log_artifacts: bool = key(
         True, "Store the resolved config and the job's .hydra/ folder with the run."
     )

@@ -1,7 +1,7 @@
 """The parent MLflow run of a sweep: a Hydra callback (conf/config.yaml,
 hydra.callbacks.mlflow_sweep) that opens it before the first job, once every job has passed
 its checks, and closes it after the last one, with the comparison report of its jobs, FINISHED
-only if every job was."""
+only if every job was, and prints the links that open the sweep in the MLflow UI."""
 
 import atexit
 import logging
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from ffbench import compare, preflight, store
+from ffbench import compare, preflight, store, ui
 from ffbench.tracking import PARENT_ENV, git_commit
 
 
@@ -26,6 +26,7 @@ class SweepRun(Callback):
             preflight.exit_with(err)
         sweep_dir = Path(config.hydra.sweep.dir)
         self.sweep_dir = sweep_dir.resolve()
+        self.ui_url = ui.base_url(config.tracking.ui_url, self.client.tracking_uri)
         run = self.client.create_run(
             store.experiment_id(self.client, config.tracking, launch_dir),
             run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
@@ -63,3 +64,12 @@ class SweepRun(Callback):
         ok = bool(statuses) and all(s == "FINISHED" for s in statuses)
         self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
         os.environ.pop(PARENT_ENV, None)
+        try:
+            self._print_links([child.info.run_id for child in children])
+        except Exception as err:  # the sweep is recorded; a link is not worth failing it
+            logging.getLogger("ffbench").warning("no MLflow UI links: %s", err)
+
+    def _print_links(self, job_ids: list[str]) -> None:
+        parent = self.client.get_run(self.run_id)
+        links = ui.sweep_links(self.client, parent, job_ids, self.ui_url)
+        print(ui.links_text(links, self.client.tracking_uri), flush=True)

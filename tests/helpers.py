@@ -158,9 +158,12 @@ def serving(command: list, port: int, cwd: Path | None = None, timeout: float = 
             server.wait()
 
 
-def mlflow_server(backend_store_uri: str, *options: str, cwd: Path | None = None):
-    """A real `mlflow server` on 127.0.0.1 (one worker) on a free port; see `serving`."""
-    port = free_port()
+def mlflow_server(
+    backend_store_uri: str, *options: str, cwd: Path | None = None, port: int | None = None
+):
+    """A real `mlflow server` on 127.0.0.1 (one worker) on `port`, else a free one; see
+    `serving`."""
+    port = port or free_port()
     command = [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     command += ["--backend-store-uri", backend_store_uri, *options]
     return serving(command, port, cwd)
