@@ -173,17 +173,29 @@ def _warn_resume_renamed(value: bool) -> None:
     )
 
 
+def _record_failure(cfg: DictConfig, err: Exception) -> None:
+    try:
+        tracking.failed_job(cfg, err)
+    except Exception as lost:  # the store itself failing: the job's own error says more
+        log.warning("the failed job has no MLflow run: %s", lost)
+
+
 def run(cfg: DictConfig) -> float:
     """One job: train, evaluate, record; returns the validation accuracy (the objective for
     sweepers: the test set never chooses anything)."""
     start = time.perf_counter()
-    validate(cfg)  # bad input stops here or in prepare(), before MLflow hears of the run
-    device = experiment.resolve_device(cfg.trainer.device)
-    job = experiment.prepare(cfg, device)
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:  # bad input stops here, before MLflow hears of a single run
+        validate(cfg)
+        device = experiment.resolve_device(cfg.trainer.device)
+        job = experiment.prepare(cfg, device)
+    except Exception as err:
+        if sweeping:  # a sweep's job leaves a record, whatever fails: the parent counts it
+            _record_failure(cfg, err)
+        raise
     tags = {"ffbench.settings_hash": settings_hash(cfg, device.type)}
     # No duplicate work in a sweep: a FINISHED run with the same relevant settings holds the
     # result. A single run is a request to train (perhaps after editing the code): it always does.
-    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     done = None
     if _skip_finished(cfg) and sweeping:
         done = tracking.finished_run(cfg, tags["ffbench.settings_hash"])

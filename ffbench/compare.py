@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ffbench import store, ui
+from ffbench import liveness, store, ui
 
 ALGOS = ("ff", "bp", "bp_ckpt")  # row and colour order; any other algorithm follows
 SEED = "trainer.seed"  # averaged over, never a setting
@@ -462,6 +462,7 @@ def load(uri: str, experiment: str, sweep: str | None) -> tuple[list, Run | None
         found = MlflowClient(uri).get_experiment_by_name(experiment)
         if found is None:
             raise LookupError(f"no experiment {experiment!r} in {uri}")
+        liveness.mark_lost(MlflowClient(uri), [found.experiment_id])  # before they are listed
         runs = mlflow.search_runs([found.experiment_id], output_format="list")
         runs = [run for run in runs if "algo" in run.data.params]  # not the sweeps' parents
         if not runs:
@@ -483,6 +484,7 @@ def load(uri: str, experiment: str, sweep: str | None) -> tuple[list, Run | None
             raise LookupError(
                 f"no sweep {sweep!r}: not a sweep folder nor a run id in {uri}"
             ) from None
+    liveness.mark_lost(MlflowClient(uri), [parent.info.experiment_id])
     runs = mlflow.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",

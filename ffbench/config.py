@@ -324,6 +324,11 @@ class TrackingConfig:
     system_metrics_interval_s: float = key(
         10.0, "Seconds between two samples of tracking.system_metrics.", bound="positive"
     )
+    heartbeat_s: float = key(
+        60.0,
+        "Seconds between a running job's signs of life; one silent for 3 is marked FAILED (process lost).",
+        bound="positive",
+    )
 
 
 @dataclass

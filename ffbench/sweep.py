@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from ffbench import compare, preflight, store, ui
+from ffbench import compare, liveness, preflight, store, ui
 from ffbench.tracking import PARENT_ENV, git_commit
 
 
@@ -27,25 +27,36 @@ class SweepRun(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         self.sweep_dir = sweep_dir.resolve()
         self.ui_url = ui.base_url(config.tracking.ui_url, self.client.tracking_uri)
+        experiment_id = store.experiment_id(self.client, config.tracking, launch_dir)
+        liveness.mark_lost(self.client, [experiment_id])
         run = self.client.create_run(
-            store.experiment_id(self.client, config.tracking, launch_dir),
+            experiment_id,
             run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
             tags={
                 "ffbench.sweep_dir": str(sweep_dir.resolve()),
                 "ffbench.overrides": " ".join(config.hydra.overrides.task),
                 "ffbench.git_commit": git_commit(),
+                **liveness.tags(config.tracking.heartbeat_s),
             },
         )
         self.run_id = run.info.run_id
+        every = config.tracking.heartbeat_s
+        self.heartbeat = liveness.Heartbeat(self.client, self.run_id, every).start()
         # The jobs find their parent here (tracking.job_run), also in other processes.
         os.environ[PARENT_ENV] = self.run_id
         # A failing job makes Hydra raise before on_multirun_end: close the parent at exit.
         atexit.register(self._close)
 
+    def __getstate__(self) -> dict:
+        """What a copy of the callback holds (joblib's workers get one): not the heartbeat's
+        thread, which beats in this process only."""
+        return {k: v for k, v in vars(self).items() if k != "heartbeat"}
+
     def on_multirun_end(self, config, **kwargs) -> None:
         self._close()
 
     def _close(self) -> None:
+        self.heartbeat.stop()
         parent = self.client.get_run(self.run_id).info
         if parent.status != "RUNNING":
             return

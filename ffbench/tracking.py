@@ -25,7 +25,7 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from ffbench import store
+from ffbench import liveness, store
 from ffbench.config import GROUPS
 
 # A multirun's parent run id, handed to its jobs (also to jobs in other processes).
@@ -176,12 +176,12 @@ def _file_source(path: str):
         return resolve_dataset_source(path)
 
 
-@contextmanager
-def job_run(cfg, tags: dict | None = None):
-    """One MLflow run for the current Hydra job, ended FINISHED, FAILED or KILLED, never left
-    RUNNING; yields its JobRun; `tags` are added to the standard ones."""
+def _start(cfg, tags: dict | None) -> JobRun:
+    """Open the MLflow run of the current Hydra job (once the store's lost runs are marked)."""
     hydra = HydraConfig.get()
     client = store.connect(cfg.tracking, hydra.runtime.cwd)
+    experiment_id = store.experiment_id(client, cfg.tracking, hydra.runtime.cwd)
+    liveness.mark_lost(client, [experiment_id])
     choices = {group: hydra.runtime.choices[group] for group in GROUPS}
     tags = {
         **choices,
@@ -190,6 +190,7 @@ def job_run(cfg, tags: dict | None = None):
         "ffbench.git_commit": git_commit(),
         # where the job ran, to find its process (and logs) on a shared machine or cluster
         "ffbench.process": f"{socket.gethostname()}:{os.getpid()}",
+        **liveness.tags(cfg.tracking.heartbeat_s),
         **(tags or {}),
     }
     parent = None
@@ -198,25 +199,51 @@ def job_run(cfg, tags: dict | None = None):
         tags["ffbench.job_num"] = str(hydra.job.num)
     mlflow.set_system_metrics_sampling_interval(cfg.tracking.system_metrics_interval_s)
     started = mlflow.start_run(
-        experiment_id=store.experiment_id(client, cfg.tracking, hydra.runtime.cwd),
+        experiment_id=experiment_id,
         run_name=run_name(choices),
         parent_run_id=parent,
         tags=tags,
         log_system_metrics=cfg.tracking.system_metrics,
     )
-    run = JobRun(started, client)
+    try:  # a config that does not resolve (a failed job of an optuna sweep) keeps its raw values
+        values = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:
+        values = OmegaConf.to_container(cfg, resolve=False)
+    mlflow.log_params(flatten(values) | choices)
+    return JobRun(started, client)
+
+
+def _end_failed(run: JobRun, err: BaseException) -> None:
+    """End the run FAILED (KILLED if interrupted) with its reason and traceback."""
+    run.flush()  # the epochs a failed or interrupted run did finish stay recorded
+    interrupted = isinstance(err, KeyboardInterrupt)
+    mlflow.set_tag("ffbench.error", (str(err) or type(err).__name__)[:5000])
+    mlflow.log_text("".join(traceback.format_exception(err)), "error.txt")
+    mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FAILED))
+
+
+@contextmanager
+def job_run(cfg, tags: dict | None = None):
+    """One MLflow run for the current Hydra job, ended FINISHED, FAILED or KILLED, never left
+    RUNNING (a process that dies silently stops its heartbeat: liveness.py); yields its JobRun;
+    `tags` are added to the standard ones."""
+    run = _start(cfg, tags)
     try:
-        mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)) | choices)
-        yield run
+        with liveness.Heartbeat(run.client, run.info.run_id, cfg.tracking.heartbeat_s):
+            yield run
+        run.flush()
+        if cfg.tracking.log_artifacts:
+            hydra = HydraConfig.get()
+            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            output = Path(hydra.runtime.output_dir, hydra.output_subdir)
+            mlflow.log_artifacts(str(output), "hydra")
     except BaseException as err:
-        run.flush()  # the epochs a failed or interrupted run did finish stay recorded
-        interrupted = isinstance(err, KeyboardInterrupt)
-        mlflow.set_tag("ffbench.error", (str(err) or type(err).__name__)[:5000])
-        mlflow.log_text(traceback.format_exc(), "error.txt")
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FAILED))
+        _end_failed(run, err)
         raise
-    run.flush()
-    if cfg.tracking.log_artifacts:
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        mlflow.log_artifacts(str(Path(hydra.runtime.output_dir, hydra.output_subdir)), "hydra")
     mlflow.end_run()
+
+
+def failed_job(cfg, err: BaseException) -> None:
+    """The FAILED run of a sweep's job that failed before it could train (its data, its net),
+    so that the parent counts it, the report lists it and a rerun retries it."""
+    _end_failed(_start(cfg, None), err)

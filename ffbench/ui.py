@@ -91,11 +91,11 @@ def sweep_links(client: MlflowClient, parent, job_ids: list[str], base: str) -> 
     search = f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     save_view(client, experiment_id, key, f"ffbench: {parent.info.run_name}", search)
     _prune_sweep_views(client, experiment_id)
-    return {
-        "the sweep's runs by test accuracy": runs_url(base, experiment_id, key),
-        f"its {len(job_ids)} jobs compared": compare_url(base, experiment_id, job_ids),
-        "all runs of the experiment": experiment_links(client, experiment_id, base),
-    }
+    links = {"the sweep's runs by test accuracy": runs_url(base, experiment_id, key)}
+    if job_ids:
+        links[f"its {len(job_ids)} jobs compared"] = compare_url(base, experiment_id, job_ids)
+    links["all runs of the experiment"] = experiment_links(client, experiment_id, base)
+    return links
 
 
 def _prune_sweep_views(client: MlflowClient, experiment_id: str) -> None:
@@ -134,7 +134,8 @@ def store_links(client: MlflowClient, base: str) -> dict[str, str]:
             parent = sweeps[0]
             jobs = client.search_runs([eid], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
             newest = sweep_links(client, parent, [job.info.run_id for job in jobs], base)
-            for what, url in list(newest.items())[:2]:  # the third is the experiment's
+            newest.pop("all runs of the experiment")  # listed above
+            for what, url in newest.items():
                 links[f"newest sweep ({parent.info.run_name}), {what}"] = url
     return links
 
