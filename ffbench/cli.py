@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -204,11 +205,27 @@ def run(cfg: DictConfig) -> float:
         return _reuse(cfg, done, tags, passes, job.data)
     # A fresh meter per job: its peaks start at zero even when a sweep shares the process.
     memory = PeakMemory(device, job.learner.parameters()) if cfg.measure.memory else None
-    with tracking.job_run(cfg, tags) as run, _progress() as progress:
-        run.log_datasets(job.data)
+    earlier, start_from = None, None
+    if cfg.trainer.checkpoint:  # a killed or failed run of these settings goes on
+        earlier = tracking.resumable_run(cfg, tags["ffbench.settings_hash"])
+        if earlier is not None:
+            path = Path(earlier.data.tags[tracking.CHECKPOINT])
+            start_from = experiment.load_checkpoint(path, job)
+            console.print(f"continuing run {earlier.info.run_id} after pass {start_from['step']}")
+    with tracking.job_run(cfg, tags, earlier) as run, _progress() as progress:
+        if earlier is None:
+            run.log_datasets(job.data)
+        if start_from is not None and run.last_step() < start_from["step"]:
+            run.log_epoch(start_from["metrics"], step=start_from["step"])  # saved, not sent
+        checkpoint = None
+        if cfg.trainer.checkpoint:
+            checkpoint = Path(HydraConfig.get().runtime.output_dir, "checkpoint.pt")
+            run.keep_checkpoint(checkpoint)
         bar = progress.add_task(run.info.run_name, total=passes, loss=0.0, val=0.0)
+        if start_from is not None:
+            progress.update(bar, completed=start_from["step"])
 
-        last = {}
+        last = dict(start_from["metrics"]) if start_from else {}
 
         def on_epoch(epoch: int, metrics: dict) -> None:
             _Stop.check()  # a stop the epoch's finalizers swallowed
@@ -219,7 +236,7 @@ def run(cfg: DictConfig) -> float:
                 bar, completed=epoch, loss=metrics["train_loss"], val=last.get("val_accuracy", 0.0)
             )
 
-        final = experiment.train(job, on_epoch, memory)
+        final = experiment.train(job, on_epoch, memory, checkpoint, start_from)
         if memory is not None:
             final |= memory.metrics() | static_memory_mb(job.optimizer)
             run.set_tag("ffbench.peak_rss_method", memory.method)

@@ -290,6 +290,10 @@ class TrainerConfig:
         "BP: split each minibatch into this many micro-batches, one backward each, one step.",
         bound="positive",
     )
+    checkpoint: bool = key(
+        False,
+        "Save learner, optimizer and random state after every pass (checkpoint.pt in the job's folder); a rerun of the same settings continues its killed or failed run from there.",
+    )
 
 
 @dataclass

@@ -3,9 +3,12 @@ optimizer, train epoch by epoch, evaluate. Nothing here logs or prints: `on_epoc
 each epoch's metrics and the caller decides what to do with them."""
 
 import math
+import os
+import pickle
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -175,8 +178,49 @@ def training_plan(job: Job) -> list[tuple[int | None, int]]:
     return [(layer, epoch) for layer in job.learner.stages() for epoch in epochs]
 
 
+def save_checkpoint(path: Path, job: Job, step: int, metrics: dict, seconds: tuple) -> None:
+    """Everything training needs to go on after pass `step` exactly as if it had not stopped:
+    the learner, the optimizer, torch's random state; with the pass's metrics and the training
+    and evaluation seconds so far. Written to a temporary file, then renamed: a kill leaves
+    the previous checkpoint or this one, never half of one."""
+    state = {
+        "step": step,
+        "learner": job.learner.state_dict(),
+        "optimizer": job.optimizer.state_dict(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if job.device.type == "cuda" else [],
+        "metrics": metrics,
+        "seconds": seconds,
+    }
+    partial = path.with_name(f"{path.name}.partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def load_checkpoint(path: Path, job: Job) -> dict:
+    """Restore `job` from save_checkpoint's file; returns the checkpoint (its step, metrics,
+    seconds) for `train` to start from."""
+    try:
+        state = torch.load(path, map_location=job.device, weights_only=False)
+        job.learner.load_state_dict(state["learner"])
+        job.optimizer.load_state_dict(state["optimizer"])
+    except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as err:
+        raise FFBenchError(
+            f"cannot continue from {path} ({err}): delete it, or set trainer.checkpoint=false "
+            "to train from the start"
+        ) from None
+    torch.set_rng_state(state["rng"].cpu())
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state
+
+
 def train(
-    job: Job, on_epoch: Callable[[int, dict], None], memory: PeakMemory | None = None
+    job: Job,
+    on_epoch: Callable[[int, dict], None],
+    memory: PeakMemory | None = None,
+    checkpoint: Path | None = None,
+    start: dict | None = None,
 ) -> dict[str, float]:
     """Train, then return the final metrics. Raises if the loss diverges.
 
@@ -185,12 +229,20 @@ def train(
     `step` counting passes). Validation accuracy is measured after every trainer.eval_every
     passes and after the last, and handed to `on_epoch` with the pass's metrics; its last
     value is the run's final one, so it is not repeated here. `memory`, if given, is entered
-    around each pass's training, like the stopwatch; evaluation has a stopwatch of its own."""
+    around each pass's training, like the stopwatch; evaluation has a stopwatch of its own.
+    With `checkpoint`, every pass ends by saving there; `start`, a loaded checkpoint, skips
+    the passes it holds."""
     cfg, d, learner = job.cfg.trainer, job.data, job.learner
     plan = training_plan(job)
     stopwatch = Stopwatch(job.device)  # times training only, never evaluation
     evaluation = Stopwatch(job.device)
+    done = 0
+    if start is not None:
+        done = start["step"]
+        stopwatch.seconds, evaluation.seconds = start["seconds"]
     for step, (layer, epoch) in enumerate(plan, start=1):
+        if step <= done:
+            continue
         factor = LR_SCHEDULES[cfg.lr_schedule](epoch, cfg.epochs)
         for group in job.optimizer.param_groups:
             group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
@@ -208,6 +260,8 @@ def train(
         if step % cfg.eval_every == 0 or step == len(plan):
             with evaluation, autocast(cfg, job.device):
                 metrics |= accuracies(learner, d.x_val, d.y_val, "val")
+        if checkpoint is not None:  # before the metrics go out: a run never logs a pass twice
+            save_checkpoint(checkpoint, job, step, metrics, (stopwatch.seconds, evaluation.seconds))
         on_epoch(step, metrics)
     with evaluation, autocast(cfg, job.device):
         final = accuracies(learner, d.x_test, d.y_test, "test")

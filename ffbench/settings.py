@@ -47,6 +47,7 @@ LOCATIONS = (
     "dataset.checksums",
     "skip_finished",
     "resume",
+    "trainer.checkpoint",  # a resumed run's numbers equal an uninterrupted one's
 )
 # (key, when the job ignores it); a key may have several. Every AlgoConfig key but `name` is
 # FF's (conf/algo/bp.yaml).

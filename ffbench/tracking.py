@@ -94,6 +94,25 @@ def finished_run(cfg, settings_hash: str):
     return next((run for run in runs if "ffbench.skipped" not in run.data.tags), None)
 
 
+CHECKPOINT = "ffbench.checkpoint"  # tag: the file of a run's last checkpoint
+
+
+def resumable_run(cfg, settings_hash: str):
+    """The newest run of these settings that stopped before its end (KILLED, or FAILED: a
+    crash, a lost process) and whose checkpoint file is still there, or None."""
+    hydra = HydraConfig.get()
+    client = store.connect(cfg.tracking, hydra.runtime.cwd)
+    experiment_id = store.experiment_id(client, cfg.tracking, hydra.runtime.cwd)
+    liveness.mark_lost(client, [experiment_id])  # a job killed with -9 is resumable too
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`ffbench.settings_hash` = '{settings_hash}'"
+        " and attributes.status != 'FINISHED' and attributes.status != 'RUNNING'",
+        order_by=["attributes.start_time DESC"],
+    )
+    return next((r for r in runs if Path(r.data.tags.get(CHECKPOINT, "")).is_file()), None)
+
+
 class JobRun:
     """The MLflow run of one job, as job_run yields it: what the job records goes through it.
 
@@ -108,6 +127,7 @@ class JobRun:
     def __init__(self, run: mlflow.ActiveRun, client: MlflowClient):
         self.info = run.info  # run_id, run_name, ...
         self.client = client
+        self.checkpoint: Path | None = None  # logged as an artifact when the run ends
         self.pending: list[Metric] = []
         self.sent_at = 0.0
 
@@ -132,6 +152,20 @@ class JobRun:
 
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.info.run_id, key, value)
+
+    def keep_checkpoint(self, path: Path) -> None:
+        """The run's checkpoints go to `path`: a rerun finds them there (resumable_run)."""
+        self.checkpoint = path
+        self.set_tag(CHECKPOINT, str(path))
+
+    def last_step(self) -> int:
+        """The last pass whose metrics the run holds (0 for none)."""
+        history = self.client.get_metric_history(self.info.run_id, "train_loss")
+        return max((m.step for m in history), default=0)
+
+    def _log_checkpoint(self) -> None:
+        if self.checkpoint is not None and self.checkpoint.is_file():
+            mlflow.log_artifact(str(self.checkpoint), "checkpoint")
 
     def log_datasets(self, splits) -> None:
         """The training, validation and test splits (data.Splits) as the run's dataset inputs:
@@ -176,8 +210,9 @@ def _file_source(path: str):
         return resolve_dataset_source(path)
 
 
-def _start(cfg, tags: dict | None) -> JobRun:
-    """Open the MLflow run of the current Hydra job (once the store's lost runs are marked)."""
+def _start(cfg, tags: dict | None, resume=None) -> JobRun:
+    """Open the MLflow run of the current Hydra job (once the store's lost runs are marked),
+    or reopen `resume`, an earlier run of the same settings that it continues."""
     hydra = HydraConfig.get()
     client = store.connect(cfg.tracking, hydra.runtime.cwd)
     experiment_id = store.experiment_id(client, cfg.tracking, hydra.runtime.cwd)
@@ -198,24 +233,38 @@ def _start(cfg, tags: dict | None) -> JobRun:
         parent = os.environ.get(PARENT_ENV)
         tags["ffbench.job_num"] = str(hydra.job.num)
     mlflow.set_system_metrics_sampling_interval(cfg.tracking.system_metrics_interval_s)
-    started = mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=run_name(choices),
-        parent_run_id=parent,
-        tags=tags,
-        log_system_metrics=cfg.tracking.system_metrics,
-    )
+    if resume is not None:  # the same run goes on: its parent, name and history stay
+        started = mlflow.start_run(
+            run_id=resume.info.run_id, log_system_metrics=cfg.tracking.system_metrics
+        )
+        tags["ffbench.resumed"] = str(int(resume.data.tags.get("ffbench.resumed", "0")) + 1)
+        if parent:  # it moves into the sweep that finishes it, whose parent then counts it
+            tags["mlflow.parentRunId"] = parent
+        mlflow.set_tags(tags)
+        client.delete_tag(resume.info.run_id, "ffbench.error")  # it goes on, not failed
+    else:
+        started = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name(choices),
+            parent_run_id=parent,
+            tags=tags,
+            log_system_metrics=cfg.tracking.system_metrics,
+        )
     try:  # a config that does not resolve (a failed job of an optuna sweep) keeps its raw values
         values = OmegaConf.to_container(cfg, resolve=True)
     except Exception:
         values = OmegaConf.to_container(cfg, resolve=False)
-    mlflow.log_params(flatten(values) | choices)
+    params = flatten(values) | choices
+    if resume is not None:  # params are written once: a resumed run keeps its first values
+        params = {k: v for k, v in params.items() if k not in resume.data.params}
+    mlflow.log_params(params)
     return JobRun(started, client)
 
 
 def _end_failed(run: JobRun, err: BaseException) -> None:
     """End the run FAILED (KILLED if interrupted) with its reason and traceback."""
     run.flush()  # the epochs a failed or interrupted run did finish stay recorded
+    run._log_checkpoint()
     interrupted = isinstance(err, KeyboardInterrupt)
     mlflow.set_tag("ffbench.error", (str(err) or type(err).__name__)[:5000])
     mlflow.log_text("".join(traceback.format_exception(err)), "error.txt")
@@ -223,15 +272,16 @@ def _end_failed(run: JobRun, err: BaseException) -> None:
 
 
 @contextmanager
-def job_run(cfg, tags: dict | None = None):
+def job_run(cfg, tags: dict | None = None, resume=None):
     """One MLflow run for the current Hydra job, ended FINISHED, FAILED or KILLED, never left
     RUNNING (a process that dies silently stops its heartbeat: liveness.py); yields its JobRun;
-    `tags` are added to the standard ones."""
-    run = _start(cfg, tags)
+    `tags` are added to the standard ones. `resume`: an earlier run that this job continues."""
+    run = _start(cfg, tags, resume)
     try:
         with liveness.Heartbeat(run.client, run.info.run_id, cfg.tracking.heartbeat_s):
             yield run
         run.flush()
+        run._log_checkpoint()
         if cfg.tracking.log_artifacts:
             hydra = HydraConfig.get()
             mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")

@@ -122,3 +122,57 @@ def test_a_live_run_is_not_marked_lost(workdir):
         process.wait()
     [run] = all_runs(workdir)
     assert run.info.status == "KILLED"
+
+
+# Epochs of about a second on the digits, so that a kill lands between two of them.
+CHECKPOINTED = [
+    "trainer.checkpoint=true",
+    "trainer.epochs=6",
+    "model.width=1024",
+    "trainer.num_threads=1",
+    "tracking.heartbeat_s=1",
+]
+
+
+def history(workdir, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in store(workdir).get_metric_history(run_id, key))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_run_continues_from_its_checkpoint_as_if_never_stopped(tmp_path, signum):
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    reference.mkdir(), interrupted.mkdir()
+    assert run_ffbench(reference, *CHECKPOINTED).returncode == 0
+    [whole] = all_runs(reference)
+
+    process = start_running(interrupted, *CHECKPOINTED)
+    logs = interrupted.glob("outputs/runs/*/*/ffbench.log")
+    while not any(" epoch 3 " in log.read_text() for log in logs):
+        assert process.poll() is None
+        time.sleep(0.05)
+        logs = interrupted.glob("outputs/runs/*/*/ffbench.log")
+    os.killpg(process.pid, signum)
+    process.wait()
+    [stopped] = all_runs(interrupted)
+    done = len(history(interrupted, stopped.info.run_id, "train_loss"))
+    assert 3 <= done < 6, "the kill came too late to test anything"
+    if signum == signal.SIGKILL:
+        time.sleep(4)  # the heartbeat stops; the next ffbench marks the run lost
+
+    result = run_ffbench(interrupted, *CHECKPOINTED)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"continuing run {stopped.info.run_id}" in result.stdout
+    [resumed] = all_runs(interrupted)  # the same run, finished
+    assert resumed.info.run_id == stopped.info.run_id and resumed.info.status == "FINISHED"
+    assert resumed.data.tags["ffbench.resumed"] == "1"
+    assert "ffbench.error" not in resumed.data.tags
+    for key in ("train_loss", "val_accuracy", "layer0_loss"):
+        assert history(interrupted, resumed.info.run_id, key) == history(
+            reference, whole.info.run_id, key
+        ), key
+    for key in ("test_accuracy", "train_accuracy", "val_accuracy"):
+        assert resumed.data.metrics[key] == whole.data.metrics[key], key
+    artifacts = {
+        a.path for a in store(interrupted).list_artifacts(resumed.info.run_id, "checkpoint")
+    }
+    assert artifacts == {"checkpoint/checkpoint.pt"}
