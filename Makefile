@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),$(PIN))
-	$(BIN)/pip install -q -e '.[dev]' $(PIN)
+	$(BIN)/pip install -q -e '.[dev,server]' $(PIN)
 	touch $@
 
 lock:  ## reinstall .venv with the newest versions pyproject.toml allows and pin them in constraints.txt

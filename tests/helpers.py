@@ -311,3 +311,39 @@ class Mirror:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# --- services: a PostgreSQL of the test session's own -------------------------------------
+
+
+def postgres_bin() -> Path | None:
+    """The folder of Debian's PostgreSQL programs (initdb, pg_ctl), the newest version; None
+    without the `postgresql` package."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: p.parts[-3])
+    return found[-1].parent if found else None
+
+
+@contextlib.contextmanager
+def postgres(folder: Path):
+    """A PostgreSQL server of its own in `folder` on a free port of 127.0.0.1 (trust logins),
+    stopped at the end; yields the SQLAlchemy URI of its database `mlflow`. As root it runs as
+    the `postgres` user, since PostgreSQL refuses to run as root."""
+    programs = postgres_bin()
+    assert programs is not None, "no PostgreSQL: apt-get install postgresql"
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(folder, "postgres")
+    data, port = folder / "data", free_port()
+
+    def run(*command):
+        subprocess.run([*as_user, *command], check=True, capture_output=True, timeout=120)
+
+    run(programs / "initdb", "-D", data, "-U", "postgres", "--auth=trust")
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+    run(programs / "pg_ctl", "-D", data, "-l", folder / "server.log", "-o", options, "-w", "start")
+    try:
+        run(programs / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        run(programs / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop")

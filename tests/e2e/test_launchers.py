@@ -7,6 +7,7 @@ import multiprocessing
 import shlex
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -260,6 +261,43 @@ def test_runs_and_a_sweep_log_to_a_remote_tracking_server(workdir, tracking_serv
     # and its REST API answers a plain HTTP client too
     answer = rest(uri, "runs/search", {"experiment_ids": [experiment.experiment_id]})
     assert len(answer["runs"]) == 4
+
+
+def test_a_joblib_sweep_through_a_server_on_postgresql(workdir, tmp_path, postgres_uri):
+    """A tracking server as a team runs it: `mlflow server` on a PostgreSQL database with its
+    own artifact folder; 2 joblib workers record 4 jobs through it, read back over REST."""
+    artifacts = tmp_path / "server-artifacts"
+    serve = ["--artifacts-destination", str(artifacts)]
+    with mlflow_server(postgres_uri, *serve, cwd=tmp_path) as uri:
+        sweep = ["-m", "algo=ff,bp", "trainer.seed=0,1", *FAST, f"tracking.uri={uri}"]
+        sweep += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+        result = run_ffbench(workdir, *sweep)
+        assert result.returncode == 0, result.stderr[-3000:]
+        experiment = rest(uri, "experiments/get-by-name", experiment_name="ffbench")
+        eid = experiment["experiment"]["experiment_id"]
+        runs = rest(uri, "runs/search", {"experiment_ids": [eid]})["runs"]
+        assert len(runs) == 5 and {r["info"]["status"] for r in runs} == {"FINISHED"}
+        [parent] = [r for r in runs if r["info"]["run_name"].startswith("sweep-")]
+        jobs = [r for r in runs if r is not parent]
+        for run in jobs:
+            run_id = run["info"]["run_id"]
+            assert tags_of(run)["mlflow.parentRunId"] == parent["info"]["run_id"]
+            history = rest(uri, "metrics/get-history", run_id=run_id, metric_key="train_loss")
+            assert sorted(m["step"] for m in history["metrics"]) == [1, 2]
+            listed = rest(uri, "artifacts/list", run_id=run_id)["files"]
+            assert {"config.yaml", "hydra"} <= {f["path"] for f in listed}
+            address = f"{uri}/get-artifact?run_id={run_id}&path=config.yaml"
+            with urllib.request.urlopen(address, timeout=30) as answer:
+                assert "epochs: 2" in answer.read().decode()
+        workers = {tags_of(r)["ffbench.process"] for r in jobs}
+        assert len(workers) == 2, workers
+    # the runs live in PostgreSQL, the files in the server's folder: nothing local
+    assert len(list(artifacts.glob("*/*/artifacts/config.yaml"))) == 4
+    assert not (workdir / "outputs" / "mlflow.db").exists()
+
+
+def tags_of(run: dict) -> dict:
+    return {t["key"]: t["value"] for t in run["data"]["tags"]}
 
 
 def test_optuna_sweeper_maximises_the_validation_accuracy(workdir):
