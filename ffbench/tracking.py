@@ -210,6 +210,14 @@ def _file_source(path: str):
         return resolve_dataset_source(path)
 
 
+def _slurm_job() -> dict:
+    """The SLURM job this process runs in, as squeue, sacct and scancel name it (an array's
+    task as ARRAY_TASK, also the name of submitit's log folder .submitit/ARRAY_TASK/)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+    return {"ffbench.slurm_job_id": job} if job else {}
+
+
 def _start(cfg, tags: dict | None, resume=None) -> JobRun:
     """Open the MLflow run of the current Hydra job (once the store's lost runs are marked),
     or reopen `resume`, an earlier run of the same settings that it continues."""
@@ -226,6 +234,7 @@ def _start(cfg, tags: dict | None, resume=None) -> JobRun:
         # where the job ran, to find its process (and logs) on a shared machine or cluster
         "ffbench.process": f"{socket.gethostname()}:{os.getpid()}",
         **liveness.tags(cfg.tracking.heartbeat_s),
+        **_slurm_job(),
         **(tags or {}),
     }
     parent = None

@@ -1,0 +1,110 @@
+"""Sweeps on a real SLURM cluster through Hydra's submitit_slurm launcher: every job goes
+through sbatch and runs as a SLURM job (sacct says so, and the run names its job in the tag
+ffbench.slurm_job_id); scancel of a running job ends its run KILLED with its epochs, the
+others finish, the parent ends FAILED with the counts, and a rerun trains only that job.
+
+Needs the single-node cluster of `.ci/slurm up` (`make cluster-up`, as root); marked
+`cluster`, run by `make test-cluster` (.ci/run brings the cluster up first)."""
+
+import shutil
+import subprocess
+import time
+
+import pytest
+from helpers import FFBENCH, all_runs, clean_env, run_ffbench, store
+
+pytestmark = pytest.mark.cluster
+
+SLURM = ["-m", "hydra/launcher=submitit_slurm", "hydra.launcher.cpus_per_task=1"]
+TINY = ["model.width=32", "trainer.num_threads=1"]
+
+
+def cluster_state() -> str:
+    if shutil.which("sinfo") is None:
+        return "no SLURM commands: run `make cluster-up` as root (.ci/slurm up)"
+    answer = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    states = answer.stdout.split()
+    if answer.returncode != 0 or not {"idle", "mixed", "allocated"} & set(states):
+        return f"no SLURM node up ({answer.stderr.strip() or states}): run `make cluster-up`"
+    return ""
+
+
+@pytest.fixture(autouse=True)
+def cluster():
+    reason = cluster_state()
+    if reason:
+        pytest.skip(reason)
+
+
+def sacct(job_ids: list[str]) -> dict[str, str]:
+    """{job id: state} as SLURM's accounting recorded them."""
+    command = ["sacct", "-n", "-X", "--parsable2", "-o", "JobID,State", "-j", ",".join(job_ids)]
+    answer = subprocess.run(command, capture_output=True, text=True, check=True)
+    return dict(line.split("|")[:2] for line in answer.stdout.splitlines())
+
+
+def split(workdir):
+    runs = all_runs(workdir)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return parents, [r for r in runs if r not in parents]
+
+
+def test_a_sweep_runs_as_slurm_jobs_and_lands_finished(workdir):
+    result = run_ffbench(
+        workdir, *SLURM, "algo=ff,bp", "trainer.seed=0,1", "trainer.epochs=2", *TINY
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [parent], jobs = split(workdir)
+    assert len(jobs) == 4 and {r.info.status for r in jobs} == {"FINISHED"}
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_finished"] == 4
+    ids = [r.data.tags["ffbench.slurm_job_id"] for r in jobs]
+    assert len(set(ids)) == 4
+    assert set(sacct(ids).values()) == {"COMPLETED"}
+    # submitit's log folder of each job is named by its SLURM job id
+    for job_id in ids:
+        assert list(workdir.glob(f"outputs/multirun/*/*/.submitit/{job_id}/*_log.out"))
+
+
+def test_scancel_kills_one_run_the_rest_finish_and_a_rerun_trains_only_it(workdir):
+    sweep = [*SLURM, "trainer.epochs=2,300", "trainer.eval_every=100", *TINY]
+    process = subprocess.Popen(
+        [FFBENCH, *sweep],
+        cwd=workdir,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    long_log = None
+    deadline = time.monotonic() + 300
+    while long_log is None or " epoch 20 " not in long_log.read_text():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the long job never trained"
+        found = list(workdir.glob("outputs/multirun/*/*/1/ffbench.log"))
+        long_log = found[0] if found else None
+        time.sleep(0.5)
+    [running] = [r for r in split(workdir)[1] if r.data.params["trainer.epochs"] == "300"]
+    job_id = running.data.tags["ffbench.slurm_job_id"]
+    subprocess.run(["scancel", job_id], check=True)
+    process.communicate(timeout=300)
+    assert process.returncode != 0
+
+    [parent], jobs = split(workdir)
+    status = {r.data.params["trainer.epochs"]: r for r in jobs}
+    killed, finished = status["300"], status["2"]
+    assert killed.info.status == "KILLED" and finished.info.status == "FINISHED"
+    assert "SIGTERM" in killed.data.tags["ffbench.error"]
+    kept = store(workdir).get_metric_history(killed.info.run_id, "train_loss")
+    assert len(kept) >= 20  # the epochs it trained before the cancel
+    assert parent.info.status == "FAILED"
+    assert parent.data.metrics["jobs_killed"] == 1 and parent.data.metrics["jobs_finished"] == 1
+    assert sacct([job_id])[job_id].startswith("CANCELLED")
+
+    again = run_ffbench(workdir, *sweep, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    parents, jobs = split(workdir)
+    newest = max(parents, key=lambda r: r.info.start_time)
+    rerun = [r for r in jobs if r.data.tags["mlflow.parentRunId"] == newest.info.run_id]
+    trained = [r for r in rerun if "ffbench.skipped" not in r.data.tags]
+    assert [r.data.params["trainer.epochs"] for r in trained] == ["300"]
+    assert {r.info.status for r in rerun} == {"FINISHED"}
