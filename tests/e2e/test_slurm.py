@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import FFBENCH, all_runs, clean_env, run_ffbench, store
+from helpers import FFBENCH, all_runs, clean_env, mlflow_server, rest, run_ffbench, store
 
 pytestmark = pytest.mark.cluster
 
@@ -108,3 +108,27 @@ def test_scancel_kills_one_run_the_rest_finish_and_a_rerun_trains_only_it(workdi
     trained = [r for r in rerun if "ffbench.skipped" not in r.data.tags]
     assert [r.data.params["trainer.epochs"] for r in trained] == ["300"]
     assert {r.info.status for r in rerun} == {"FINISHED"}
+
+
+def test_a_slurm_sweep_records_through_a_server_on_postgresql(workdir, tmp_path, postgres_uri):
+    """The team's set-up: SLURM jobs recording to an `mlflow server` on PostgreSQL."""
+    serve = ["--artifacts-destination", str(tmp_path / "artifacts")]
+    with mlflow_server(postgres_uri, *serve, cwd=tmp_path) as uri:
+        sweep = [*SLURM, "algo=ff,bp", "trainer.epochs=2", *TINY, f"tracking.uri={uri}"]
+        result = run_ffbench(workdir, *sweep, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        eid = rest(uri, "experiments/get-by-name", experiment_name="ffbench")["experiment"]
+        runs = rest(uri, "runs/search", {"experiment_ids": [eid["experiment_id"]]})["runs"]
+        assert len(runs) == 3 and {r["info"]["status"] for r in runs} == {"FINISHED"}
+        jobs = [r for r in runs if not r["info"]["run_name"].startswith("sweep-")]
+        ids = []
+        for run in jobs:
+            tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+            ids.append(tags["ffbench.slurm_job_id"])
+            run_id = run["info"]["run_id"]
+            history = rest(uri, "metrics/get-history", run_id=run_id, metric_key="train_loss")
+            assert sorted(m["step"] for m in history["metrics"]) == [1, 2]
+            files = {f["path"] for f in rest(uri, "artifacts/list", run_id=run_id)["files"]}
+            assert {"config.yaml", "hydra"} <= files
+        assert set(sacct(ids).values()) == {"COMPLETED"}
+    assert not (workdir / "outputs" / "mlflow.db").exists()
