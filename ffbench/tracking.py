@@ -8,6 +8,7 @@ Where the runs go is store.py's job; the parent run of a sweep is sweep.py's.
 import functools
 import logging
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -87,8 +88,10 @@ def finished_run(cfg, settings_hash: str):
     client = store.connect(cfg.tracking, hydra.runtime.cwd)
     runs = client.search_runs(
         [store.experiment_id(client, cfg.tracking, hydra.runtime.cwd)],
+        # a run that holds a result has its test accuracy (a FINISHED run without one was
+        # closed by something else than its job: MLflow's exit handler, a user)
         filter_string=f"tags.`ffbench.settings_hash` = '{settings_hash}'"
-        " and attributes.status = 'FINISHED'",
+        " and attributes.status = 'FINISHED' and metrics.test_accuracy >= 0",
         order_by=["attributes.start_time DESC"],
     )
     return next((run for run in runs if "ffbench.skipped" not in run.data.tags), None)
@@ -270,14 +273,46 @@ def _start(cfg, tags: dict | None, resume=None) -> JobRun:
     return JobRun(started, client)
 
 
+def _reason(err: BaseException) -> str:
+    if isinstance(err, SystemExit):  # submitit exits so when SLURM requeues the job
+        return f"the process exited with status {err.code} (a scheduler's requeue or timeout)"
+    return str(err) or type(err).__name__
+
+
+@contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait until the block is done, then arrive as they would have."""
+    held: list[int] = []
+    try:
+        previous = {
+            signum: signal.signal(signum, lambda number, frame: held.append(number))
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
+    except ValueError:  # not the main thread, which is where Python handles signals
+        yield
+        return
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in held:
+            signal.raise_signal(signum)
+
+
 def _end_failed(run: JobRun, err: BaseException) -> None:
-    """End the run FAILED (KILLED if interrupted) with its reason and traceback."""
-    run.flush()  # the epochs a failed or interrupted run did finish stay recorded
-    run._log_checkpoint()
-    interrupted = isinstance(err, KeyboardInterrupt)
-    mlflow.set_tag("ffbench.error", (str(err) or type(err).__name__)[:5000])
-    mlflow.log_text("".join(traceback.format_exception(err)), "error.txt")
-    mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FAILED))
+    """End the run FAILED (KILLED if interrupted) with its reason and traceback. A second
+    signal (a scheduler's SIGTERM right after its requeue signal) waits: cut short, this would
+    leave MLflow's own exit handler to close the run FINISHED."""
+    with _signals_held():
+        try:
+            run.flush()  # the epochs a failed or interrupted run did finish stay recorded
+            run._log_checkpoint()
+            mlflow.set_tag("ffbench.error", _reason(err)[:5000])
+            mlflow.log_text("".join(traceback.format_exception(err)), "error.txt")
+        finally:
+            status = RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED
+            mlflow.end_run(RunStatus.to_string(status))
 
 
 @contextmanager
