@@ -3,7 +3,7 @@ leaves the sweep's status alone. Reports of real sweeps are in tests/e2e/test_re
 
 from mlflow.tracking import MlflowClient
 
-from ffbench import compare
+from ffbench import compare, liveness
 from ffbench.sweep import SweepRun
 
 
@@ -20,6 +20,9 @@ def test_a_failing_report_leaves_the_sweep_status_alone(tmp_path, monkeypatch, c
     monkeypatch.setattr(compare, "report", broken)
     closing = SweepRun()
     closing.client, closing.run_id, closing.sweep_dir = client, parent.info.run_id, tmp_path
+    closing.ui_url = "http://127.0.0.1:5000"
+    closing.heartbeat = liveness.Heartbeat(client, parent.info.run_id, 60).start()
     closing._close()
+    assert not closing.heartbeat.thread.is_alive()
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert "no comparison report: no picture today" in caplog.text
