@@ -132,3 +132,42 @@ def test_a_slurm_sweep_records_through_a_server_on_postgresql(workdir, tmp_path,
             assert {"config.yaml", "hydra"} <= files
         assert set(sacct(ids).values()) == {"COMPLETED"}
     assert not (workdir / "outputs" / "mlflow.db").exists()
+
+
+# A job of about 45 s here under a 1-minute time limit: SLURM signals it (USR2) up to
+# signal_delay_s before the limit, and submitit requeues it or gives up.
+TIME_LIMITED = [
+    *SLURM,
+    "hydra.launcher.timeout_min=1",
+    "hydra.launcher.signal_delay_s=30",
+    "trainer.checkpoint=true",
+    "trainer.epochs=60",
+    "model.width=1024",
+    "trainer.num_threads=1",
+    "trainer.eval_every=10",
+]
+
+
+def test_a_job_at_its_time_limit_fails_with_the_reason(workdir):
+    result = run_ffbench(workdir, *TIME_LIMITED, "hydra.launcher.max_num_timeout=0", timeout=600)
+    assert result.returncode != 0
+    [parent], [job] = split(workdir)
+    assert job.info.status == "FAILED" and parent.info.status == "FAILED"
+    assert "timed-out too many times" in job.data.tags["ffbench.error"]
+    assert 0 < len(store(workdir).get_metric_history(job.info.run_id, "train_loss")) < 60
+
+
+def test_a_requeued_job_continues_its_run_to_the_end(workdir):
+    """max_num_timeout: submitit requeues the job (SLURM starts it again after a delay of a
+    few minutes), which continues its own run from its checkpoint."""
+    result = run_ffbench(workdir, *TIME_LIMITED, "hydra.launcher.max_num_timeout=2", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [parent], [job] = split(workdir)
+    assert job.info.status == "FINISHED" and parent.info.status == "FINISHED"
+    assert int(job.data.tags["ffbench.resumed"]) >= 1 and "ffbench.error" not in job.data.tags
+    steps = [m.step for m in store(workdir).get_metric_history(job.info.run_id, "train_loss")]
+    assert sorted(steps) == list(range(1, 61))  # every pass once, across the restarts
+    job_id = job.data.tags["ffbench.slurm_job_id"]
+    [log] = workdir.glob(f"outputs/multirun/*/*/.submitit/{job_id}/*_log.out")
+    assert "Requeued job" in log.read_text()
+    assert sacct([job_id])[job_id] == "COMPLETED"
