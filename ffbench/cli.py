@@ -92,19 +92,44 @@ def _pairs(metrics: dict) -> str:
 class _Stop:
     """Ctrl-C and SIGTERM. The handler raises KeyboardInterrupt at once, but one raised while
     a weakref finalizer runs (the saved-tensor counter has many) is printed and dropped by
-    Python: the signal is remembered too, and the end of the epoch raises it again."""
+    Python: the signal is remembered too, and the end of the epoch raises it again.
+
+    A handler that was there before for SIGUSR2 (submitit's, in a SLURM job: SLURM's warning
+    of the time limit, on which submitit requeues the job or gives up with an error) runs at
+    the end of the epoch instead, where its exception cannot be dropped."""
 
     signal: str | None = None
+    deferred: dict = {}  # signal number -> the handler to run at the end of the epoch
+
+    @classmethod
+    def install(cls) -> None:
+        warning = getattr(signal, "SIGUSR2", None)  # not on Windows
+        if warning is not None:
+            before = signal.getsignal(warning)
+            if callable(before) and before != cls.handle:  # not ours from a previous job
+                cls.deferred[warning] = before
+                signal.signal(warning, cls.handle)
+        # SIGTERM (a scheduler's kill, `kill PID`) unwinds like Ctrl-C, so the MLflow run is
+        # closed as KILLED with its metrics so far instead of being left RUNNING.
+        signal.signal(signal.SIGTERM, cls.handle)
+        signal.signal(signal.SIGINT, cls.handle)
 
     @classmethod
     def handle(cls, signum, frame):
         cls.signal = signal.Signals(signum).name
-        cls.check()
+        if signum not in cls.deferred:
+            cls.check()
 
     @classmethod
     def check(cls) -> None:
-        if cls.signal is not None:
-            raise KeyboardInterrupt(f"stopped by signal {cls.signal}")
+        if cls.signal is None:
+            return
+        signum = signal.Signals[cls.signal]
+        if signum in cls.deferred:
+            cls.signal = None
+            cls.deferred[signum](signum, None)  # submitit: requeue and exit, or raise
+            return
+        raise KeyboardInterrupt(f"stopped by signal {cls.signal}")
 
 
 def main() -> None:
@@ -119,10 +144,7 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://ffbench.conf", config_name="config")
 def app(cfg: DictConfig) -> float:
-    # SIGTERM (a scheduler's kill, `kill PID`) unwinds like Ctrl-C, so the MLflow run is
-    # closed as KILLED with its metrics so far instead of being left RUNNING.
-    signal.signal(signal.SIGTERM, _Stop.handle)
-    signal.signal(signal.SIGINT, _Stop.handle)
+    _Stop.install()
     try:
         return run(cfg)
     except FFBenchError as err:

@@ -134,14 +134,13 @@ def test_a_slurm_sweep_records_through_a_server_on_postgresql(workdir, tmp_path,
     assert not (workdir / "outputs" / "mlflow.db").exists()
 
 
-# A job of about 45 s here under a 1-minute time limit: SLURM signals it (USR2) up to
-# signal_delay_s before the limit, and submitit requeues it or gives up.
+# Epochs of about 0.75 s here under a 1-minute time limit: SLURM signals the job (USR2) up to
+# signal_delay_s before the limit, and at the end of that epoch submitit requeues it or gives up.
 TIME_LIMITED = [
     *SLURM,
     "hydra.launcher.timeout_min=1",
     "hydra.launcher.signal_delay_s=30",
     "trainer.checkpoint=true",
-    "trainer.epochs=60",
     "model.width=1024",
     "trainer.num_threads=1",
     "trainer.eval_every=10",
@@ -149,18 +148,20 @@ TIME_LIMITED = [
 
 
 def test_a_job_at_its_time_limit_fails_with_the_reason(workdir):
-    result = run_ffbench(workdir, *TIME_LIMITED, "hydra.launcher.max_num_timeout=0", timeout=600)
+    overrides = [*TIME_LIMITED, "trainer.epochs=200", "hydra.launcher.max_num_timeout=0"]
+    result = run_ffbench(workdir, *overrides, timeout=600)  # 200 epochs: past the limit
     assert result.returncode != 0
     [parent], [job] = split(workdir)
     assert job.info.status == "FAILED" and parent.info.status == "FAILED"
     assert "timed-out too many times" in job.data.tags["ffbench.error"]
-    assert 0 < len(store(workdir).get_metric_history(job.info.run_id, "train_loss")) < 60
+    assert 0 < len(store(workdir).get_metric_history(job.info.run_id, "train_loss")) < 200
 
 
 def test_a_requeued_job_continues_its_run_to_the_end(workdir):
     """max_num_timeout: submitit requeues the job (SLURM starts it again after a delay of a
     few minutes), which continues its own run from its checkpoint."""
-    result = run_ffbench(workdir, *TIME_LIMITED, "hydra.launcher.max_num_timeout=2", timeout=900)
+    overrides = [*TIME_LIMITED, "trainer.epochs=60", "hydra.launcher.max_num_timeout=2"]
+    result = run_ffbench(workdir, *overrides, timeout=900)  # about 45 s of training
     assert result.returncode == 0, result.stderr[-3000:]
     [parent], [job] = split(workdir)
     assert job.info.status == "FINISHED" and parent.info.status == "FINISHED"
