@@ -347,3 +347,29 @@ def postgres(folder: Path):
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/mlflow"
     finally:
         run(programs / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
+
+
+def start_ffbench(cwd: Path, *args: str) -> subprocess.Popen:
+    """The installed command in the background, in a process group of its own (so that a
+    signal reaches it with its children); stderr kept for the failure message."""
+    return subprocess.Popen(
+        [FFBENCH, *args],
+        cwd=cwd,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_epoch(
+    process: subprocess.Popen, cwd: Path, epoch: int, logs: str = "outputs/*/*/*/**/ffbench.log"
+) -> None:
+    """Wait until a job's log (`logs`, under `cwd`) has logged pass `epoch`. The log, not the
+    store: a client on a store that ffbench is creating would race it to create the tables."""
+    deadline = time.monotonic() + 300
+    while not any(f" epoch {epoch} " in log.read_text() for log in cwd.glob(logs)):
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, f"no epoch {epoch} within 300 s"
+        time.sleep(0.05)

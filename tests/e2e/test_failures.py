@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FFBENCH, QUICK, all_runs, clean_env, run_ffbench, store
+from helpers import FFBENCH, QUICK, all_runs, run_ffbench, start_ffbench, store, wait_for_epoch
 
 OFFLINE = "dataset.mirror=http://127.0.0.1:9/"  # nothing listens there: as if offline
 # (the sweep's swept key and values, the failing value, a word of its reason)
@@ -58,28 +58,10 @@ def test_a_job_failing_anywhere_is_a_failed_run_the_parent_counts(workdir, point
     assert f"{key}={failing}" in line
 
 
-def training(workdir) -> bool:
-    """Whether a job has logged an epoch (read from its log: a client on the store while
-    ffbench creates it would race it to create the tables)."""
-    logs = workdir.glob("outputs/*/*/*/**/ffbench.log")
-    return any(" epoch 1 " in log.read_text() for log in logs)
-
-
 def start_running(workdir, *overrides: str) -> subprocess.Popen:
     """ffbench in its own process group, returned once its job trains."""
-    process = subprocess.Popen(
-        [FFBENCH, *overrides],
-        cwd=workdir,
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while not training(workdir):
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "no job run within 120 s"
-        time.sleep(0.5)
+    process = start_ffbench(workdir, *overrides)
+    wait_for_epoch(process, workdir, 1)
     return process
 
 
@@ -145,12 +127,8 @@ def test_a_killed_run_continues_from_its_checkpoint_as_if_never_stopped(tmp_path
     assert run_ffbench(reference, *CHECKPOINTED).returncode == 0
     [whole] = all_runs(reference)
 
-    process = start_running(interrupted, *CHECKPOINTED)
-    logs = interrupted.glob("outputs/runs/*/*/ffbench.log")
-    while not any(" epoch 3 " in log.read_text() for log in logs):
-        assert process.poll() is None
-        time.sleep(0.05)
-        logs = interrupted.glob("outputs/runs/*/*/ffbench.log")
+    process = start_ffbench(interrupted, *CHECKPOINTED)
+    wait_for_epoch(process, interrupted, 3)
     os.killpg(process.pid, signum)
     process.wait()
     [stopped] = all_runs(interrupted)

@@ -8,10 +8,9 @@ Needs the single-node cluster of `.ci/slurm up` (`make cluster-up`, as root); ma
 
 import shutil
 import subprocess
-import time
 
 import pytest
-from helpers import FFBENCH, all_runs, clean_env, mlflow_server, rest, run_ffbench, store
+from helpers import all_runs, mlflow_server, rest, run_ffbench, start_ffbench, store, wait_for_epoch
 
 pytestmark = pytest.mark.cluster
 
@@ -67,22 +66,8 @@ def test_a_sweep_runs_as_slurm_jobs_and_lands_finished(workdir):
 
 def test_scancel_kills_one_run_the_rest_finish_and_a_rerun_trains_only_it(workdir):
     sweep = [*SLURM, "trainer.epochs=2,300", "trainer.eval_every=100", *TINY]
-    process = subprocess.Popen(
-        [FFBENCH, *sweep],
-        cwd=workdir,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    long_log = None
-    deadline = time.monotonic() + 300
-    while long_log is None or " epoch 20 " not in long_log.read_text():
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "the long job never trained"
-        found = list(workdir.glob("outputs/multirun/*/*/1/ffbench.log"))
-        long_log = found[0] if found else None
-        time.sleep(0.5)
+    process = start_ffbench(workdir, *sweep)
+    wait_for_epoch(process, workdir, 20, logs="outputs/multirun/*/*/1/ffbench.log")  # the long job
     [running] = [r for r in split(workdir)[1] if r.data.params["trainer.epochs"] == "300"]
     job_id = running.data.tags["ffbench.slurm_job_id"]
     subprocess.run(["scancel", job_id], check=True)
