@@ -8,6 +8,7 @@ Needs the single-node cluster of `.ci/slurm up` (`make cluster-up`, as root); ma
 
 import shutil
 import subprocess
+import time
 
 import pytest
 from helpers import all_runs, mlflow_server, rest, run_ffbench, start_ffbench, store, wait_for_epoch
@@ -36,10 +37,16 @@ def cluster():
 
 
 def sacct(job_ids: list[str]) -> dict[str, str]:
-    """{job id: state} as SLURM's accounting recorded them."""
+    """{job id: state} as SLURM's accounting recorded them, once every job has ended there
+    (a job's result reaches submitit a moment before its end reaches the accounting)."""
     command = ["sacct", "-n", "-X", "--parsable2", "-o", "JobID,State", "-j", ",".join(job_ids)]
-    answer = subprocess.run(command, capture_output=True, text=True, check=True)
-    return dict(line.split("|")[:2] for line in answer.stdout.splitlines())
+    for _ in range(60):
+        answer = subprocess.run(command, capture_output=True, text=True, check=True)
+        states = dict(line.split("|")[:2] for line in answer.stdout.splitlines())
+        if not {"PENDING", "RUNNING", "COMPLETING", "REQUEUED"} & set(states.values()):
+            return states
+        time.sleep(0.5)
+    return states
 
 
 def split(workdir):
