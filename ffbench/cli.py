@@ -237,8 +237,11 @@ def run(cfg: DictConfig) -> float:
     with tracking.job_run(cfg, tags, earlier) as run, _progress() as progress:
         if earlier is None:
             run.log_datasets(job.data)
-        if start_from is not None and run.last_step() < start_from["step"]:
-            run.log_epoch(start_from["metrics"], step=start_from["step"])  # saved, not sent
+        if start_from is not None:  # the passes saved but not sent before the process died
+            sent = run.last_step()
+            for step, metrics in enumerate(start_from["history"], start=1):
+                if step > sent:
+                    run.log_epoch(metrics, step=step)
         checkpoint = None
         if cfg.trainer.checkpoint:
             checkpoint = Path(HydraConfig.get().runtime.output_dir, "checkpoint.pt")
@@ -247,7 +250,9 @@ def run(cfg: DictConfig) -> float:
         if start_from is not None:
             progress.update(bar, completed=start_from["step"])
 
-        last = dict(start_from["metrics"]) if start_from else {}
+        last = {}  # the latest of each metric (val_accuracy: of its latest evaluation)
+        for metrics in start_from["history"] if start_from else []:
+            last.update(metrics)
 
         def on_epoch(epoch: int, metrics: dict) -> None:
             _Stop.check()  # a stop the epoch's finalizers swallowed

@@ -178,18 +178,19 @@ def training_plan(job: Job) -> list[tuple[int | None, int]]:
     return [(layer, epoch) for layer in job.learner.stages() for epoch in epochs]
 
 
-def save_checkpoint(path: Path, job: Job, step: int, metrics: dict, seconds: tuple) -> None:
-    """Everything training needs to go on after pass `step` exactly as if it had not stopped:
-    the learner, the optimizer, torch's random state; with the pass's metrics and the training
-    and evaluation seconds so far. Written to a temporary file, then renamed: a kill leaves
+def save_checkpoint(path: Path, job: Job, history: list[dict], seconds: tuple) -> None:
+    """Everything training needs to go on after its last pass exactly as if it had not
+    stopped: the learner, the optimizer, torch's random state; with the metrics of every pass
+    so far (`history`, pass 1 first: those a killed process had not sent yet can be sent then)
+    and the training and evaluation seconds so far. Written to a temporary file, then renamed: a kill leaves
     the previous checkpoint or this one, never half of one."""
     state = {
-        "step": step,
+        "step": len(history),
+        "history": history,
         "learner": job.learner.state_dict(),
         "optimizer": job.optimizer.state_dict(),
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if job.device.type == "cuda" else [],
-        "metrics": metrics,
         "seconds": seconds,
     }
     partial = path.with_name(f"{path.name}.partial")
@@ -198,7 +199,7 @@ def save_checkpoint(path: Path, job: Job, step: int, metrics: dict, seconds: tup
 
 
 def load_checkpoint(path: Path, job: Job) -> dict:
-    """Restore `job` from save_checkpoint's file; returns the checkpoint (its step, metrics,
+    """Restore `job` from save_checkpoint's file; returns the checkpoint (its step, history,
     seconds) for `train` to start from."""
     try:
         state = torch.load(path, map_location=job.device, weights_only=False)
@@ -236,10 +237,11 @@ def train(
     plan = training_plan(job)
     stopwatch = Stopwatch(job.device)  # times training only, never evaluation
     evaluation = Stopwatch(job.device)
-    done = 0
+    history = []  # every pass's metrics, for the checkpoint
     if start is not None:
-        done = start["step"]
+        history = list(start["history"])
         stopwatch.seconds, evaluation.seconds = start["seconds"]
+    done = len(history)
     for step, (layer, epoch) in enumerate(plan, start=1):
         if step <= done:
             continue
@@ -260,8 +262,9 @@ def train(
         if step % cfg.eval_every == 0 or step == len(plan):
             with evaluation, autocast(cfg, job.device):
                 metrics |= accuracies(learner, d.x_val, d.y_val, "val")
+        history.append(metrics)
         if checkpoint is not None:  # before the metrics go out: a run never logs a pass twice
-            save_checkpoint(checkpoint, job, step, metrics, (stopwatch.seconds, evaluation.seconds))
+            save_checkpoint(checkpoint, job, history, (stopwatch.seconds, evaluation.seconds))
         on_epoch(step, metrics)
     with evaluation, autocast(cfg, job.device):
         final = accuracies(learner, d.x_test, d.y_test, "test")

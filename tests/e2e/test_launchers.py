@@ -102,20 +102,23 @@ def test_submitit_local_jobs_are_separate_processes_under_one_parent(workdir):
 
 
 def test_slurm_settings_in_the_docs_compose(workdir):
-    """docs/clusters.md's submitit_slurm command gives a valid launcher config (no cluster
-    here): composed with --cfg, which takes no -m and so no swept keys."""
+    """docs/clusters.md's submitit_slurm commands give valid launcher configs: composed with
+    --cfg, which takes no -m and so no swept keys (the cluster tests run them: test_slurm.py)."""
     readme = (REPO / "docs" / "clusters.md").read_text().replace("\\\n", " ")
     start = "ffbench -m hydra/launcher=submitit_slurm "
-    [line] = [s for s in readme.splitlines() if s.startswith(start)]
-    command = shlex.split(line.split("#")[0])
-    settings = [arg for arg in command[2:] if "," not in arg]
-    assert len(settings) < len(command) - 2  # it is a sweep
-    result = run_ffbench(workdir, *settings, "--cfg", "hydra")
-    assert result.returncode == 0, result.stderr
-    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
-    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
-    for key in ("partition", "timeout_min", "cpus_per_task"):
-        assert launcher[key] is not None, key
+    lines = [s for s in readme.splitlines() if s.startswith(start)]
+    assert len(lines) >= 2
+    for line in lines:
+        command = shlex.split(line.split("#")[0])
+        settings = [arg for arg in command[2:] if "," not in arg]
+        assert len(settings) < len(command) - 2  # it is a sweep
+        result = run_ffbench(workdir, *settings, "--cfg", "hydra")
+        assert result.returncode == 0, result.stderr
+        launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+        assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+        for key in ("partition", "timeout_min", "cpus_per_task"):
+            if f"hydra.launcher.{key}=" in line:
+                assert str(launcher[key]) in line, key
     assert not (workdir / "outputs").exists()
 
 
