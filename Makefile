@@ -16,8 +16,8 @@ STORE ?= $(CURDIR)/outputs/mlflow.db  # the store `make ui` opens
 UI_PORT ?= 5000
 
 .DEFAULT_GOAL := install
-.PHONY: help install lock run test test-unit test-e2e test-slow test-browser test-cluster \
-	cluster-up cluster-down bench bench-memory results docs lint format ui clean
+.PHONY: help install lock run test test-unit test-e2e test-slow test-browser test-faults \
+	test-cluster cluster-up cluster-down bench bench-memory results docs lint format ui clean
 
 help:  ## this list
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -60,6 +60,9 @@ test-e2e: install  ## the installed command end to end: real SQLite stores, MLfl
 
 test-browser: install  ## headless Chromium (Debian's `chromium`) on the MLflow UI; screenshots in outputs/ui/
 	$(BIN)/pytest -m slow -rs $(wildcard tests/test_ui.py tests/*/test_ui.py)
+
+test-faults: install  ## failures, kills, lost processes, checkpoints: tests/e2e/test_failures.py (minutes)
+	$(BIN)/pytest -m slow -rs tests/e2e/test_failures.py
 
 test-cluster: install  ## sweeps on the SLURM cluster of `make cluster-up` (skipped, saying why, without one)
 	$(BIN)/pytest -m cluster -rs -v tests/e2e/test_slurm.py

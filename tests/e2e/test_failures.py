@@ -2,7 +2,10 @@
 building its net or training is a FAILED child run with its reason, counted by the parent
 (then FAILED) and listed by the report, with the basic and the joblib launcher. A run whose
 process dies without a word (kill -9) is marked FAILED ("process lost") by the next ffbench
-on the store once its heartbeat has stopped, and a rerun of its sweep trains it again."""
+on the store once its heartbeat has stopped, and a rerun of its sweep trains it again; a killed
+run continues from its checkpoint.
+
+Minutes of sweeps, kills and restarts: marked slow, run by `make test-faults` (and CI)."""
 
 import os
 import signal
@@ -13,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import FFBENCH, QUICK, all_runs, run_ffbench, start_ffbench, store, wait_for_epoch
+
+pytestmark = pytest.mark.slow
 
 OFFLINE = "dataset.mirror=http://127.0.0.1:9/"  # nothing listens there: as if offline
 # (the sweep's swept key and values, the failing value, a word of its reason)
