@@ -65,7 +65,7 @@ test-faults: install  ## failures, kills, lost processes, checkpoints: tests/e2e
 	$(BIN)/pytest -m slow -rs tests/e2e/test_failures.py
 
 test-cluster: install  ## sweeps on the SLURM cluster of `make cluster-up` (skipped, saying why, without one)
-	$(BIN)/pytest -m cluster -rs -v tests/e2e/test_slurm.py
+	$(BIN)/pytest -m 'cluster and not slow' -rs -v tests/e2e/test_slurm.py
 
 cluster-up:  ## (root) a one-node SLURM cluster with accounting on this machine: .ci/slurm up
 	.ci/slurm up
