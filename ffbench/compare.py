@@ -504,7 +504,7 @@ def links(client: MlflowClient, runs, parent, base: str) -> dict[str, str]:
     if parent is not None:
         return ui.sweep_links(client, parent, ids, base)
     experiment_id = runs[0].info.experiment_id
-    found = {"all runs of the experiment": ui.experiment_links(client, experiment_id, base)}
+    found = {ui.EXPERIMENT_LINK: ui.experiment_links(client, experiment_id, base)}
     if len(ids) <= COMPARE_AT_MOST:
         found[f"its {len(ids)} runs compared"] = ui.compare_url(base, experiment_id, ids)
     return found

@@ -265,8 +265,9 @@ def fetch(
     checksums: str | None = None,
 ) -> Files:
     """The verified contents of a data set's files (gzip files decompressed), by file name,
-    found locally or downloaded once, with the paths they were read from. `source` is a Source or a name in REGISTRY; `mirror`
-    replaces its mirrors; `checksums` names an md5sum-format file that replaces its checksums."""
+    found locally or downloaded once, with the paths they were read from. `source` is a
+    Source or a name in REGISTRY; `mirror` replaces its mirrors; `checksums` names an
+    md5sum-format file that replaces its checksums."""
     source = REGISTRY[source] if isinstance(source, str) else source
     manifest = read_manifest(checksums) if checksums else None
     look_in, target = folders(source, root)

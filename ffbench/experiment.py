@@ -182,8 +182,8 @@ def save_checkpoint(path: Path, job: Job, history: list[dict], seconds: tuple) -
     """Everything training needs to go on after its last pass exactly as if it had not
     stopped: the learner, the optimizer, torch's random state; with the metrics of every pass
     so far (`history`, pass 1 first: those a killed process had not sent yet can be sent then)
-    and the training and evaluation seconds so far. Written to a temporary file, then renamed: a kill leaves
-    the previous checkpoint or this one, never half of one."""
+    and the training and evaluation seconds so far. Written to a temporary file, then
+    renamed: a kill leaves the previous checkpoint or this one, never half of one."""
     state = {
         "step": len(history),
         "history": history,

@@ -29,6 +29,7 @@ SORT = "metrics.`test_accuracy`"
 JOBS = "params.algo != ''"
 EXPERIMENT_VIEW = "ffbench"
 SWEEP_VIEW = "ffbench-sweep-"  # + the parent run's id
+EXPERIMENT_LINK = "all runs of the experiment"  # the label of experiment_links' URL
 KEEP_SWEEP_VIEWS = 20  # the UI lists every view in one menu, and saves no more than 40
 
 
@@ -94,7 +95,7 @@ def sweep_links(client: MlflowClient, parent, job_ids: list[str], base: str) -> 
     links = {"the sweep's runs by test accuracy": runs_url(base, experiment_id, key)}
     if job_ids:
         links[f"its {len(job_ids)} jobs compared"] = compare_url(base, experiment_id, job_ids)
-    links["all runs of the experiment"] = experiment_links(client, experiment_id, base)
+    links[EXPERIMENT_LINK] = experiment_links(client, experiment_id, base)
     return links
 
 
@@ -126,17 +127,22 @@ def store_links(client: MlflowClient, base: str) -> dict[str, str]:
         eid = experiment.experiment_id
         if not client.search_runs([eid], max_results=1):
             continue
-        links[f"experiment {experiment.name!r}"] = experiment_links(client, eid, base)
-        sweeps = client.search_runs(
-            [eid], "tags.`ffbench.sweep_dir` != ''", order_by=["attributes.start_time DESC"]
+        label = f"experiment {experiment.name!r}"
+        newest = client.search_runs(
+            [eid],
+            "tags.`ffbench.sweep_dir` != ''",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
         )
-        if sweeps:
-            parent = sweeps[0]
-            jobs = client.search_runs([eid], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-            newest = sweep_links(client, parent, [job.info.run_id for job in jobs], base)
-            newest.pop("all runs of the experiment")  # listed above
-            for what, url in newest.items():
-                links[f"newest sweep ({parent.info.run_name}), {what}"] = url
+        if not newest:
+            links[label] = experiment_links(client, eid, base)
+            continue
+        [parent] = newest
+        jobs = client.search_runs([eid], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        sweep = sweep_links(client, parent, [job.info.run_id for job in jobs], base)
+        links[label] = sweep.pop(EXPERIMENT_LINK)  # the experiment's view, saved once
+        for what, url in sweep.items():
+            links[f"newest sweep ({parent.info.run_name}), {what}"] = url
     return links
 
 
