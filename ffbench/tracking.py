@@ -184,7 +184,14 @@ class JobRun:
             for split in CONTEXTS
         ]
         contexts = list(CONTEXTS.values())
-        mlflow.log_inputs(datasets, contexts=contexts, tags_list=[{}] * len(contexts))
+        tags = [{}] * len(contexts)
+        try:
+            mlflow.log_inputs(datasets, contexts=contexts, tags_list=tags)
+        except mlflow.exceptions.MlflowException:
+            # Two jobs logging the same data set at once (parallel workers): MLflow's SQL
+            # store looks the data set up, then inserts it, and the later insert fails on its
+            # unique key. The data set is there now: a second call links it to this run.
+            mlflow.log_inputs(datasets, contexts=contexts, tags_list=tags)
 
     def log_model(self, learner: torch.nn.Module, example: torch.Tensor, step: int) -> str:
         """`learner` as an MLflow model of the run ("Logged models"); returns its URI. Loaded
