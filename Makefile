@@ -61,8 +61,8 @@ test-e2e: install  ## the installed command end to end: real SQLite stores, MLfl
 test-browser: install  ## headless Chromium (Debian's `chromium`) on the MLflow UI; screenshots in outputs/ui/
 	$(BIN)/pytest -m slow -rs $(wildcard tests/test_ui.py tests/*/test_ui.py)
 
-test-faults: install  ## failures, kills, lost processes, checkpoints: tests/e2e/test_failures.py (minutes)
-	$(BIN)/pytest -m slow -rs tests/e2e/test_failures.py
+test-faults: install  ## failures, kills, lost processes, checkpoints, a tracking server stopped mid-sweep (minutes)
+	$(BIN)/pytest -m slow -rs tests/e2e/test_failures.py tests/e2e/test_server_loss.py
 
 test-cluster: install  ## sweeps on the SLURM cluster of `make cluster-up` (skipped, saying why, without one)
 	$(BIN)/pytest -m 'cluster and not slow' -rs -v tests/e2e/test_slurm.py

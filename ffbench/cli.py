@@ -173,7 +173,7 @@ def _reuse(cfg: DictConfig, done, tags: dict, passes: int, data) -> float:
     message = f"reused run {original} ({done.info.run_name}): FINISHED with the same settings"
     log.info(message)
     console.print(
-        f"{run.info.run_name}: {message}; not trained (skip_finished=false trains anyway)",
+        f"{run.name}: {message}; not trained (skip_finished=false trains anyway)",
         soft_wrap=True,
     )
     return done.data.metrics["val_accuracy"]
@@ -246,7 +246,7 @@ def run(cfg: DictConfig) -> float:
         if cfg.trainer.checkpoint:
             checkpoint = Path(HydraConfig.get().runtime.output_dir, "checkpoint.pt")
             run.keep_checkpoint(checkpoint)
-        bar = progress.add_task(run.info.run_name, total=passes, loss=0.0, val=0.0)
+        bar = progress.add_task(run.name, total=passes, loss=0.0, val=0.0)
         if start_from is not None:
             progress.update(bar, completed=start_from["step"])
 
@@ -277,7 +277,7 @@ def run(cfg: DictConfig) -> float:
         run.log_metrics(final, step=passes)
     final["val_accuracy"] = last["val_accuracy"]
     log.info("final %s", _pairs(final))
-    console.print(_summary(run.info.run_name, final))
+    console.print(_summary(run.name, final))
     if memory is not None:
         console.print(_memory(final))
     return final["val_accuracy"]

@@ -333,6 +333,11 @@ class TrackingConfig:
         "Seconds between a running job's signs of life; one silent for 3 is marked FAILED (process lost).",
         bound="positive",
     )
+    offline_wait_s: float = key(
+        60.0,
+        "Seconds a job whose tracking server went away waits for it at its end; then it exits 1, its run kept for `ffbench-sync FOLDER`.",
+        bound="non_negative",
+    )
 
 
 @dataclass

@@ -4,3 +4,7 @@ importing Hydra; the CLI prints its message (one line) and exits 1."""
 
 class FFBenchError(Exception):
     """A problem the user can fix; the message says what to change."""
+
+
+class TrackingUnreachable(FFBenchError):
+    """The MLflow tracking server does not answer."""

@@ -23,7 +23,7 @@ import mlflow
 import requests
 from mlflow.tracking import MlflowClient
 
-from ffbench.errors import FFBenchError
+from ffbench.errors import TrackingUnreachable
 
 try:
     import fcntl
@@ -34,6 +34,14 @@ except ImportError:  # Windows: no flock; one process at a time creates a new st
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 PROBE_TIMEOUT_S = 5.0
+# Requests to a tracking server give up within seconds instead of MLflow's minutes of retries:
+# a job then goes on recording to its journal (journal.py) and sends it once the server is
+# back. Environment variables of the same names set by the user win.
+SHORT_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 _answered: set[str] = set()  # servers found up in this process
 _created: set[str] = set()  # SQLite stores whose tables this process has seen or made
 
@@ -54,9 +62,17 @@ def connect(cfg, launch_dir: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
+def experiment_name(cfg) -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or cfg.experiment
+
+
 def experiment_id(client: MlflowClient, cfg, launch_dir: str) -> str:
     """Id of the configured experiment, created on first use."""
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or cfg.experiment
+    return experiment_named(client, experiment_name(cfg), launch_dir)
+
+
+def experiment_named(client: MlflowClient, name: str, launch_dir: str) -> str:
+    """Id of experiment `name`, created on first use."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
@@ -76,6 +92,9 @@ def ready_store(uri: str) -> None:
     """Make the store at `uri` ready for a client: an http(s) server must answer
     (check_server); a SQLite store gets its folder and its tables under an exclusive lock on
     <store>.lock beside it, so that processes starting together never migrate it twice."""
+    if is_server(uri):
+        for name, value in SHORT_RETRIES.items():
+            os.environ.setdefault(name, value)
     check_server(uri)
     if not uri.startswith("sqlite:///") or uri in _created:
         return
@@ -90,12 +109,31 @@ def ready_store(uri: str) -> None:
     _created.add(uri)
 
 
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
 def check_server(uri: str) -> None:
     """For an http(s) tracking URI: one request with a short timeout, so that a server that is
     down or unreachable stops the run at once with one line. Any HTTP answer counts (a server
     that wants a login, or puts MLflow under a path without /health, is up)."""
-    if not uri.startswith(("http://", "https://")) or uri in _answered:
+    if not is_server(uri) or uri in _answered:
         return
+    reason = unreachable(uri)
+    if reason:
+        raise TrackingUnreachable(
+            f"cannot reach the MLflow tracking server at {uri} ({reason}): start "
+            "it, or set MLFLOW_TRACKING_URI (or tracking.uri) to a server that answers; unset "
+            "both to record in the local store outputs/mlflow.db"
+        )
+    _answered.add(uri)
+
+
+def unreachable(uri: str) -> str | None:
+    """Why the tracking server at `uri` does not answer one quick request, or None if it does
+    (always None for a store that is not a server)."""
+    if not is_server(uri):
+        return None
     verify: bool | str = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
     if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
         verify = False
@@ -105,12 +143,8 @@ def check_server(uri: str) -> None:
             f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S, verify=verify, cert=cert
         ).close()
     except requests.RequestException as err:
-        raise FFBenchError(
-            f"cannot reach the MLflow tracking server at {uri} ({_short_reason(err)}): start "
-            "it, or set MLFLOW_TRACKING_URI (or tracking.uri) to a server that answers; unset "
-            "both to record in the local store outputs/mlflow.db"
-        ) from None
-    _answered.add(uri)
+        return _short_reason(err)
+    return None
 
 
 def _short_reason(err: Exception) -> str:

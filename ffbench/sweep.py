@@ -6,11 +6,13 @@ only if every job was, and prints the links that open the sweep in the MLflow UI
 import atexit
 import logging
 import os
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
 from ffbench import compare, liveness, preflight, store, ui
+from ffbench.errors import FFBenchError
 from ffbench.tracking import PARENT_ENV, git_commit
 
 
@@ -40,6 +42,7 @@ class SweepRun(Callback):
             },
         )
         self.run_id = run.info.run_id
+        self.offline_wait_s = config.tracking.offline_wait_s
         every = config.tracking.heartbeat_s
         self.heartbeat = liveness.Heartbeat(self.client, self.run_id, every).start()
         # The jobs find their parent here (tracking.job_run), also in other processes.
@@ -56,27 +59,32 @@ class SweepRun(Callback):
         self._close()
 
     def _close(self) -> None:
+        """Close the parent, waiting up to tracking.offline_wait_s for a server that went
+        away; one that does not come back is left for `ffbench-sync SWEEP_DIR`, and exit 1."""
         self.heartbeat.stop()
-        parent = self.client.get_run(self.run_id).info
-        if parent.status != "RUNNING":
-            return
-        children = self.client.search_runs(
-            [parent.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'",
-        )
-        statuses = [child.info.status for child in children]
-        for status in ("FINISHED", "FAILED", "KILLED"):
-            self.client.log_metric(self.run_id, f"jobs_{status.lower()}", statuses.count(status))
-        try:  # the comparison table and pictures, into the sweep folder and the parent run
-            for path in compare.report(children, self.client, self.sweep_dir):
-                self.client.log_artifact(self.run_id, str(path))
-        except Exception as err:  # a picture is not worth losing the sweep's status over
-            logging.getLogger("ffbench").warning("no comparison report: %s", err)
-        ok = bool(statuses) and all(s == "FINISHED" for s in statuses)
-        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+        waited = time.time()
+        while True:
+            try:
+                closed = close_parent(self.client, self.run_id, self.sweep_dir)
+                break
+            except Exception as err:
+                if not store.unreachable(self.client.tracking_uri):
+                    raise
+                if time.time() - waited >= self.offline_wait_s:
+                    os.environ.pop(PARENT_ENV, None)
+                    preflight.exit_with(
+                        FFBenchError(
+                            f"the sweep's parent run {self.run_id} is not closed: the tracking "
+                            f"server at {self.client.tracking_uri} does not answer ({err}); once "
+                            f"it is back, run `ffbench-sync {self.sweep_dir}`"
+                        )
+                    )
+                time.sleep(2.0)
         os.environ.pop(PARENT_ENV, None)
+        if closed is None:  # closed before (on_multirun_end, then at exit)
+            return
         try:
-            self._print_links([child.info.run_id for child in children])
+            self._print_links([child.info.run_id for child in closed])
         except Exception as err:  # the sweep is recorded; a link is not worth failing it
             logging.getLogger("ffbench").warning("no MLflow UI links: %s", err)
 
@@ -84,3 +92,35 @@ class SweepRun(Callback):
         parent = self.client.get_run(self.run_id)
         links = ui.sweep_links(self.client, parent, job_ids, self.ui_url)
         print(ui.links_text(links, self.client.tracking_uri), flush=True)
+
+
+def close_parent(client, run_id: str, sweep_dir: Path, again: bool = False):
+    """Count the sweep's jobs into its parent run (metrics jobs_finished, jobs_failed,
+    jobs_killed), write the comparison report, and end it FINISHED if every job was, else
+    FAILED; returns the jobs, or None if the parent was closed already. `again`
+    (ffbench-sync): recount a closed parent, changing it only if a count or its status
+    changed."""
+    parent = client.get_run(run_id)
+    if parent.info.status != "RUNNING" and not again:
+        return None
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+        max_results=50000,
+    )
+    statuses = [child.info.status for child in children]
+    counts = {f"jobs_{s.lower()}": statuses.count(s) for s in ("FINISHED", "FAILED", "KILLED")}
+    ok = bool(statuses) and all(s == "FINISHED" for s in statuses)
+    status = "FINISHED" if ok else "FAILED"
+    known = {k: parent.data.metrics.get(k) for k in counts}
+    if again and known == counts and parent.info.status == status:
+        return None
+    for key, count in counts.items():
+        client.log_metric(run_id, key, count)
+    try:  # the comparison table and pictures, into the sweep folder and the parent run
+        for path in compare.report(children, client, sweep_dir):
+            client.log_artifact(run_id, str(path))
+    except Exception as err:  # a picture is not worth losing the sweep's status over
+        logging.getLogger("ffbench").warning("no comparison report: %s", err)
+    client.set_terminated(run_id, status)
+    return children

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import traceback
 import warnings
@@ -22,12 +23,16 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from mlflow.data.dataset_source_registry import resolve_dataset_source
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import RunStatus
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from ffbench import liveness, store
+from ffbench import journal, liveness, store
 from ffbench.config import GROUPS
+from ffbench.errors import FFBenchError
+
+log = logging.getLogger("ffbench")
 
 # A multirun's parent run id, handed to its jobs (also to jobs in other processes).
 PARENT_ENV = "FFBENCH_PARENT_RUN_ID"
@@ -80,21 +85,41 @@ def git_commit(folder: Path = Path(__file__).parent) -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+def _lookup(cfg, search):
+    """search(client, experiment_id) on the job's store. A sweep's job whose tracking server
+    is away gets None (it then trains, recorded offline: JobRun); a single run stops."""
+    hydra = HydraConfig.get()
+    try:
+        client = store.connect(cfg.tracking, hydra.runtime.cwd)
+        return search(client, store.experiment_id(client, cfg.tracking, hydra.runtime.cwd))
+    except Exception:
+        uri = store.tracking_uri(cfg.tracking, hydra.runtime.cwd)
+        reason = store.unreachable(uri)
+        if hydra.mode != RunMode.MULTIRUN or not reason:
+            raise
+        log.warning(
+            "no look-up of earlier runs: the tracking server at %s is away (%s)", uri, reason
+        )
+        return None
+
+
 def finished_run(cfg, settings_hash: str):
     """The newest run of the experiment that trained these settings (ffbench/settings.py) and
     ended FINISHED, or None. FAILED and KILLED runs never count, nor skipped ones (they point to
     the run holding the result), nor deleted ones."""
-    hydra = HydraConfig.get()
-    client = store.connect(cfg.tracking, hydra.runtime.cwd)
-    runs = client.search_runs(
-        [store.experiment_id(client, cfg.tracking, hydra.runtime.cwd)],
-        # a run that holds a result has its test accuracy (a FINISHED run without one was
-        # closed by something else than its job: MLflow's exit handler, a user)
-        filter_string=f"tags.`ffbench.settings_hash` = '{settings_hash}'"
-        " and attributes.status = 'FINISHED' and metrics.test_accuracy >= 0",
-        order_by=["attributes.start_time DESC"],
-    )
-    return next((run for run in runs if "ffbench.skipped" not in run.data.tags), None)
+
+    def search(client, experiment_id):
+        runs = client.search_runs(
+            [experiment_id],
+            # a run that holds a result has its test accuracy (a FINISHED run without one was
+            # closed by something else than its job: a user)
+            filter_string=f"tags.`ffbench.settings_hash` = '{settings_hash}'"
+            " and attributes.status = 'FINISHED' and metrics.test_accuracy >= 0",
+            order_by=["attributes.start_time DESC"],
+        )
+        return next((run for run in runs if "ffbench.skipped" not in run.data.tags), None)
+
+    return _lookup(cfg, search)
 
 
 CHECKPOINT = "ffbench.checkpoint"  # tag: the file of a run's last checkpoint
@@ -103,58 +128,184 @@ CHECKPOINT = "ffbench.checkpoint"  # tag: the file of a run's last checkpoint
 def resumable_run(cfg, settings_hash: str):
     """The newest run of these settings that stopped before its end (KILLED, or FAILED: a
     crash, a lost process) and whose checkpoint file is still there, or None."""
-    hydra = HydraConfig.get()
-    client = store.connect(cfg.tracking, hydra.runtime.cwd)
-    experiment_id = store.experiment_id(client, cfg.tracking, hydra.runtime.cwd)
-    liveness.mark_lost(client, [experiment_id])  # a job killed with -9 is resumable too
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`ffbench.settings_hash` = '{settings_hash}'"
-        " and attributes.status != 'FINISHED' and attributes.status != 'RUNNING'",
-        order_by=["attributes.start_time DESC"],
-    )
-    return next((r for r in runs if Path(r.data.tags.get(CHECKPOINT, "")).is_file()), None)
+
+    def search(client, experiment_id):
+        liveness.mark_lost(client, [experiment_id])  # a job killed with -9 is resumable too
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`ffbench.settings_hash` = '{settings_hash}'"
+            " and attributes.status != 'FINISHED' and attributes.status != 'RUNNING'",
+            order_by=["attributes.start_time DESC"],
+        )
+        return next((r for r in runs if Path(r.data.tags.get(CHECKPOINT, "")).is_file()), None)
+
+    return _lookup(cfg, search)
 
 
 class JobRun:
-    """The MLflow run of one job, as job_run yields it: what the job records goes through it.
+    """The MLflow run of one job, as job_run yields it: what the job records goes through it,
+    into the job's journal first (journal.py), then to the store.
 
     Per-epoch metrics wait in the run's own queue and reach the store at most once a second, as
     one batch: a round trip per epoch costs more than an epoch of a small net
-    (docs/performance.md).
-    job_run sends what is left when the run ends, however it ends. The queue belongs to the run,
-    so that the jobs of a sweep sharing a process share nothing."""
+    (docs/performance.md). The queue belongs to the run, so that the jobs of a sweep sharing a
+    process share nothing.
+
+    A tracking server that stops answering does not stop the job: the run goes on offline,
+    recording to its journal only, and asks the server again every RECONNECT_EVERY_S; once it
+    answers, the journal is replayed (what the store lacks is added) and the run is online
+    again. At its end, a run still offline waits tracking.offline_wait_s for the server, then
+    raises TrackingOffline, which names the folder to give `ffbench-sync`."""
 
     SEND_EVERY_S = 1.0
+    RECONNECT_EVERY_S = 10.0
 
-    def __init__(self, run: mlflow.ActiveRun, client: MlflowClient):
-        self.info = run.info  # run_id, run_name, ...
-        self.client = client
+    def __init__(self, cfg, launch_dir: str, folder: Path, name: str):
+        self.cfg = cfg  # the TrackingConfig
+        self.launch_dir = launch_dir
+        self.uri = store.tracking_uri(cfg, launch_dir)
+        self.folder = folder
+        self.name = name
+        self.journal = journal.Journal(_fresh_journal(folder))
+        self.client: MlflowClient | None = None
+        self.run_id: str | None = None
+        self.online = False
+        self.tried_at = 0.0  # when the server was last asked for, while offline
         self.checkpoint: Path | None = None  # logged as an artifact when the run ends
-        self.pending: list[Metric] = []
+        self.pending: list[list] = []  # metric rows not sent yet
         self.sent_at = 0.0
+        self.model_id: str | None = None  # the logged model that final metrics link to
+        self.heartbeat: liveness.Heartbeat | None = None
+        self.monitor = None  # MLflow's system metrics sampler
+        self.ending = False
+
+    # -- the connection --------------------------------------------------------------------
+
+    def open(self, start: dict, params: dict, may_start_offline: bool) -> None:
+        """Journal the run's start and params, then create (or reopen) it in the store. With
+        `may_start_offline` (a sweep's job: the server answered when the sweep began) a server
+        that is away leaves the run offline; else its error is raised."""
+        if not may_start_offline:
+            store.check_server(self.uri)  # before anything is journaled
+        self.journal.append("start", **start)
+        if params:
+            self.journal.append("params", params=params)
+        try:
+            self.client = store.connect(self.cfg, self.launch_dir)
+            experiment = store.experiment_named(self.client, start["experiment"], self.launch_dir)
+            liveness.mark_lost(self.client, [experiment])
+            self._replay()
+        except Exception as err:
+            if not may_start_offline:
+                raise
+            self._went_offline(err)
+
+    def _replay(self) -> None:
+        """Bring the store up to date with the journal, then send live."""
+
+        def experiment_id(name: str) -> str:
+            return store.experiment_named(self.client, name, self.launch_dir)
+
+        done = journal.replay(self.client, self.journal, experiment_id, live=not self.ending)
+        self.run_id, self.online, self.pending = done.run_id, True, []
+        if self.ending:  # no heartbeat or sampler for a run that ends now
+            return
+        if self.heartbeat is None:
+            every = self.cfg.heartbeat_s
+            self.heartbeat = liveness.Heartbeat(self.client, self.run_id, every).start()
+        if self.cfg.system_metrics and self.monitor is None:
+            self.monitor = SystemMetricsMonitor(
+                self.run_id, self.cfg.system_metrics_interval_s, tracking_uri=self.uri
+            )
+            self.monitor.start()
+
+    def _went_offline(self, err: BaseException) -> None:
+        """Go on offline if the store is a server that no longer answers; else raise `err`."""
+        if self.client is None:  # it never connected: the client for later
+            self.client = MlflowClient(self.uri)
+            mlflow.set_tracking_uri(self.uri)
+        reason = store.unreachable(self.uri)
+        if not reason:  # a store that answers and refuses: a real error
+            raise err
+        if self.online or self.tried_at == 0.0:
+            log.warning(
+                "the tracking server at %s does not answer (%s): recording to %s, trying again "
+                "every %g s",
+                self.uri,
+                reason,
+                self.journal.path,
+                self.RECONNECT_EVERY_S,
+            )
+        self.online, self.tried_at = False, time.time()
+
+    def _reconnect(self) -> bool:
+        """Ask the server again (at most every RECONNECT_EVERY_S); True once online."""
+        if self.online:
+            return True
+        if time.time() - self.tried_at < self.RECONNECT_EVERY_S:
+            return False
+        self.tried_at = time.time()
+        if store.unreachable(self.uri):
+            return False
+        try:
+            self._replay()
+        except Exception as err:
+            self._went_offline(err)
+            return False
+        log.warning(
+            "the tracking server at %s is back: run %s is up to date", self.uri, self.run_id
+        )
+        return True
+
+    def _record(self, op: str, **fields) -> None:
+        """Journal one record, then send it if online."""
+        record = self.journal.append(op, **fields)
+        if self._reconnect():  # a replay sends it too
+            try:
+                journal.send(self.client, self.run_id, record)
+            except Exception as err:
+                self._went_offline(err)
+
+    # -- what a job records ----------------------------------------------------------------
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         """Record metrics at once (the final ones, or those a skipped job copies)."""
-        mlflow.log_metrics(metrics, step=step, run_id=self.info.run_id)
+        self.flush()
+        rows = journal.metric_rows(metrics, step, int(time.time() * 1000))
+        self._record("metrics", metrics=rows, model_id=self.model_id)
 
     def log_epoch(self, metrics: dict, step: int) -> None:
         """Record one epoch's metrics (sent within a second, or when the run ends)."""
         now = time.time()
-        stamp = int(now * 1000)
-        self.pending += [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+        rows = journal.metric_rows(metrics, step, int(now * 1000))
+        self.journal.append("metrics", metrics=rows)
+        self.pending += rows
         if now - self.sent_at >= self.SEND_EVERY_S:
             self.flush()
 
     def flush(self) -> None:
-        """Send the queued epochs."""
-        if self.pending:
-            self.client.log_batch(self.info.run_id, metrics=self.pending)
-        self.pending = []
+        """Send the queued epochs (offline: ask the server again, at most every 10 s)."""
         self.sent_at = time.time()
+        if self.pending and self._reconnect():
+            try:
+                journal.send(self.client, self.run_id, {"op": "metrics", "metrics": self.pending})
+            except Exception as err:
+                self._went_offline(err)
+        if self.online:
+            self.pending = []
+
+    def set_tags(self, tags: dict) -> None:
+        self._record("tags", tags={k: str(v) for k, v in tags.items()})
 
     def set_tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.info.run_id, key, value)
+        self.set_tags({key: value})
+
+    def log_text(self, text: str, file: str) -> None:
+        self._record("text", text=text, file=file)
+
+    def log_files(self, path: Path, dest: str) -> None:
+        """A file, or a folder's files, as artifacts under `dest`."""
+        self._record("files", path=str(Path(path).resolve()), dest=dest)
 
     def keep_checkpoint(self, path: Path) -> None:
         """The run's checkpoints go to `path`: a rerun finds them there (resumable_run)."""
@@ -162,54 +313,113 @@ class JobRun:
         self.set_tag(CHECKPOINT, str(path))
 
     def last_step(self) -> int:
-        """The last pass whose metrics the run holds (0 for none)."""
-        history = self.client.get_metric_history(self.info.run_id, "train_loss")
+        """The last pass whose metrics the store holds (0 for none, or offline)."""
+        if not self._reconnect():
+            return 0
+        history = self.client.get_metric_history(self.run_id, "train_loss")
         return max((m.step for m in history), default=0)
-
-    def _log_checkpoint(self) -> None:
-        if self.checkpoint is not None and self.checkpoint.is_file():
-            mlflow.log_artifact(str(self.checkpoint), "checkpoint")
 
     def log_datasets(self, splits) -> None:
         """The training, validation and test splits (data.Splits) as the run's dataset inputs:
         the data set's name, a digest of the examples as trained on, the file they were read
         from, and the context, so that the UI names the data and a run leads to its files."""
-        datasets = [
-            mlflow.data.from_numpy(
-                getattr(splits, f"x_{split}").cpu().numpy(),
-                targets=getattr(splits, f"y_{split}").cpu().numpy(),
-                source=_file_source(splits.sources[split]),
-                name=splits.name,
+        inputs = [
+            (
+                mlflow.data.from_numpy(
+                    getattr(splits, f"x_{split}").cpu().numpy(),
+                    targets=getattr(splits, f"y_{split}").cpu().numpy(),
+                    source=_file_source(splits.sources[split]),
+                    name=splits.name,
+                )._to_mlflow_entity(),
+                context,
             )
-            for split in CONTEXTS
+            for split, context in CONTEXTS.items()
         ]
-        contexts = list(CONTEXTS.values())
-        tags = [{}] * len(contexts)
-        try:
-            mlflow.log_inputs(datasets, contexts=contexts, tags_list=tags)
-        except mlflow.exceptions.MlflowException:
-            # Two jobs logging the same data set at once (parallel workers): MLflow's SQL
-            # store looks the data set up, then inserts it, and the later insert fails on its
-            # unique key. The data set is there now: a second call links it to this run.
-            mlflow.log_inputs(datasets, contexts=contexts, tags_list=tags)
+        record = self.journal.append("inputs", datasets=journal.dataset_rows(inputs))
+        if self._reconnect():
+            try:
+                journal.send(self.client, self.run_id, record)
+            except mlflow.exceptions.MlflowException:
+                # Two jobs logging the same data set at once (parallel workers): MLflow's SQL
+                # store looks the data set up, then inserts it, and the later insert fails on
+                # its unique key. The data set is there now: a second call links it.
+                try:
+                    journal.send(self.client, self.run_id, record)
+                except Exception as err:
+                    self._went_offline(err)
 
-    def log_model(self, learner: torch.nn.Module, example: torch.Tensor, step: int) -> str:
-        """`learner` as an MLflow model of the run ("Logged models"); returns its URI. Loaded
-        back, it maps rows like `example` (as the job fed them to the net) to labels. Metrics
-        logged after it at the same `step` are linked to it."""
+    def log_model(self, learner: torch.nn.Module, example: torch.Tensor, step: int) -> None:
+        """`learner` as an MLflow model of the run ("Logged models"). Loaded back, it maps rows
+        like `example` (as the job fed them to the net) to labels. Metrics logged after it are
+        linked to it. Not journaled: offline, the run has no model (a warning says so)."""
+        if not self._reconnect():
+            log.warning("no model logged: the tracking server at %s is away", self.uri)
+            return
         example = example.cpu()
         with torch.no_grad():
             labels = learner.cpu()(example)
         info = mlflow.pytorch.log_model(
             learner,
             name="model",
+            run_id=self.run_id,
             serialization_format="pickle",
             signature=mlflow.models.infer_signature(example.numpy(), labels.numpy()),
             # given, not inferred: inference loads the model in a subprocess, seconds per run
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ffbench"],
             step=step,
         )
-        return info.model_uri
+        self.model_id = info.model_id
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def log_checkpoint(self) -> None:
+        if self.checkpoint is not None and self.checkpoint.is_file():
+            self.log_files(self.checkpoint, "checkpoint")
+
+    def end(self, status: str) -> None:
+        """Journal the run's end and send it; offline, wait up to tracking.offline_wait_s for
+        the server, then raise TrackingOffline."""
+        self.ending = True
+        if self.monitor is not None:
+            _quietly(self.monitor.finish)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        self.flush()
+        self._record("end", status=status, time=int(time.time() * 1000))
+        self.journal.sync_to_disk()
+        waited = time.time()
+        while not self._reconnect() and time.time() - waited < self.cfg.offline_wait_s:
+            time.sleep(1.0)
+        self.journal.close()
+        if not self.online:
+            raise TrackingOffline(
+                f"the MLflow tracking server at {self.uri} did not come back within "
+                f"{self.cfg.offline_wait_s:g} s: run {self.name} is recorded in "
+                f"{self.folder}; once the server is back, run `ffbench-sync {self.folder}`"
+            )
+
+
+class TrackingOffline(FFBenchError):
+    """A job ended while its tracking server was away: its journal holds the run."""
+
+
+def _quietly(stop) -> None:
+    try:
+        stop()
+    except Exception:  # a sampler whose last send failed: the run's end matters more
+        pass
+
+
+def _fresh_journal(folder: Path) -> Path:
+    """The journal file for a new run in `folder`; an earlier run's journal there (a job
+    folder used twice) is kept under a numbered name, which ffbench-sync also reads."""
+    path = folder / journal.NAME
+    if path.exists():
+        n = 1
+        while path.with_suffix(f".{n}.jsonl").exists():
+            n += 1
+        path.rename(path.with_suffix(f".{n}.jsonl"))
+    return path
 
 
 def _file_source(path: str):
@@ -232,9 +442,6 @@ def _start(cfg, tags: dict | None, resume=None) -> JobRun:
     """Open the MLflow run of the current Hydra job (once the store's lost runs are marked),
     or reopen `resume`, an earlier run of the same settings that it continues."""
     hydra = HydraConfig.get()
-    client = store.connect(cfg.tracking, hydra.runtime.cwd)
-    experiment_id = store.experiment_id(client, cfg.tracking, hydra.runtime.cwd)
-    liveness.mark_lost(client, [experiment_id])
     choices = {group: hydra.runtime.choices[group] for group in GROUPS}
     tags = {
         **choices,
@@ -247,28 +454,12 @@ def _start(cfg, tags: dict | None, resume=None) -> JobRun:
         **_slurm_job(),
         **(tags or {}),
     }
-    parent = None
-    if hydra.mode == RunMode.MULTIRUN:
-        parent = os.environ.get(PARENT_ENV)
+    sweeping = hydra.mode == RunMode.MULTIRUN
+    parent = os.environ.get(PARENT_ENV) if sweeping else None
+    if sweeping:
         tags["ffbench.job_num"] = str(hydra.job.num)
-    mlflow.set_system_metrics_sampling_interval(cfg.tracking.system_metrics_interval_s)
-    if resume is not None:  # the same run goes on: its parent, name and history stay
-        started = mlflow.start_run(
-            run_id=resume.info.run_id, log_system_metrics=cfg.tracking.system_metrics
-        )
+    if resume is not None:  # the same run goes on: its name and history stay
         tags["ffbench.resumed"] = str(int(resume.data.tags.get("ffbench.resumed", "0")) + 1)
-        if parent:  # it moves into the sweep that finishes it, whose parent then counts it
-            tags["mlflow.parentRunId"] = parent
-        mlflow.set_tags(tags)
-        client.delete_tag(resume.info.run_id, "ffbench.error")  # it goes on, not failed
-    else:
-        started = mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=run_name(choices),
-            parent_run_id=parent,
-            tags=tags,
-            log_system_metrics=cfg.tracking.system_metrics,
-        )
     try:  # a config that does not resolve (a failed job of an optuna sweep) keeps its raw values
         values = OmegaConf.to_container(cfg, resolve=True)
     except Exception:
@@ -276,8 +467,20 @@ def _start(cfg, tags: dict | None, resume=None) -> JobRun:
     params = flatten(values) | choices
     if resume is not None:  # params are written once: a resumed run keeps its first values
         params = {k: v for k, v in params.items() if k not in resume.data.params}
-    mlflow.log_params(params)
-    return JobRun(started, client)
+    name = resume.info.run_name if resume is not None else run_name(choices)
+    start = journal.start_record(
+        store.tracking_uri(cfg.tracking, hydra.runtime.cwd),
+        store.experiment_name(cfg.tracking),
+        name,
+        tags,
+        parent,
+        resume.info.run_id if resume is not None else None,
+    )
+    run = JobRun(cfg.tracking, hydra.runtime.cwd, Path(hydra.runtime.output_dir), name)
+    # A sweep's job goes on without the server (it answered when the sweep began); a single
+    # run stops at once with one line if the server does not answer.
+    run.open(start, {k: str(v) for k, v in params.items()}, may_start_offline=sweeping)
+    return run
 
 
 def _reason(err: BaseException) -> str:
@@ -310,38 +513,38 @@ def _signals_held():
 def _end_failed(run: JobRun, err: BaseException) -> None:
     """End the run FAILED (KILLED if interrupted) with its reason and traceback. A second
     signal (a scheduler's SIGTERM right after its requeue signal) waits: cut short, this would
-    leave MLflow's own exit handler to close the run FINISHED."""
+    leave the run RUNNING."""
+    status = RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED
     with _signals_held():
         try:
-            run.flush()  # the epochs a failed or interrupted run did finish stay recorded
-            run._log_checkpoint()
-            mlflow.set_tag("ffbench.error", _reason(err)[:5000])
-            mlflow.log_text("".join(traceback.format_exception(err)), "error.txt")
-        finally:
-            status = RunStatus.KILLED if isinstance(err, KeyboardInterrupt) else RunStatus.FAILED
-            mlflow.end_run(RunStatus.to_string(status))
+            run.log_checkpoint()  # the epochs a failed run did finish stay recorded (flushed)
+            run.set_tag(journal.ERROR, _reason(err)[:5000])
+            run.log_text("".join(traceback.format_exception(err)), "error.txt")
+            run.end(RunStatus.to_string(status))
+        except TrackingOffline as offline:  # the job's own error comes first; this one too
+            log.error("%s", offline)
+            print(f"ffbench: {offline}", file=sys.stderr)
 
 
 @contextmanager
 def job_run(cfg, tags: dict | None = None, resume=None):
     """One MLflow run for the current Hydra job, ended FINISHED, FAILED or KILLED, never left
     RUNNING (a process that dies silently stops its heartbeat: liveness.py); yields its JobRun;
-    `tags` are added to the standard ones. `resume`: an earlier run that this job continues."""
+    `tags` are added to the standard ones. `resume`: an earlier run that this job continues.
+    Raises TrackingOffline at the end if the tracking server went away and did not come back
+    (the run is then in the job's journal: ffbench-sync)."""
     run = _start(cfg, tags, resume)
     try:
-        with liveness.Heartbeat(run.client, run.info.run_id, cfg.tracking.heartbeat_s):
-            yield run
-        run.flush()
-        run._log_checkpoint()
+        yield run
+        run.log_checkpoint()
         if cfg.tracking.log_artifacts:
             hydra = HydraConfig.get()
-            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-            output = Path(hydra.runtime.output_dir, hydra.output_subdir)
-            mlflow.log_artifacts(str(output), "hydra")
+            run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            run.log_files(Path(hydra.runtime.output_dir, hydra.output_subdir), "hydra")
     except BaseException as err:
         _end_failed(run, err)
         raise
-    mlflow.end_run()
+    run.end(RunStatus.to_string(RunStatus.FINISHED))
 
 
 def failed_job(cfg, err: BaseException) -> None:

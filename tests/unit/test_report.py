@@ -20,7 +20,7 @@ def test_a_failing_report_leaves_the_sweep_status_alone(tmp_path, monkeypatch, c
     monkeypatch.setattr(compare, "report", broken)
     closing = SweepRun()
     closing.client, closing.run_id, closing.sweep_dir = client, parent.info.run_id, tmp_path
-    closing.ui_url = "http://127.0.0.1:5000"
+    closing.ui_url, closing.offline_wait_s = "http://127.0.0.1:5000", 0.0
     closing.heartbeat = liveness.Heartbeat(client, parent.info.run_id, 60).start()
     closing._close()
     assert not closing.heartbeat.thread.is_alive()
