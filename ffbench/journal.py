@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 NAME = "mlflow-journal.jsonl"
 JOURNAL_ID = "ffbench.journal_id"  # tag: the journal a run was recorded from
 ERROR = "ffbench.error"  # tag: why a run failed (also set by liveness.mark_lost)
+BEAT = "ffbench.heartbeat"  # liveness.BEAT: a replay never sets a live run's beat back
 BATCH = 1000  # metrics per log_batch request (MLflow's limit)
 
 
@@ -81,7 +82,8 @@ def start_record(
         "tags": tags,
         "parent": parent,
         "resume": resume,  # the id of an earlier run that this job continues, or None
-        "journal_id": uuid.uuid4().hex,
+        # ordered by start: a run continued by a later job carries a later journal's id
+        "journal_id": f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:12]}",
         "time": int(time.time() * 1000),
     }
 
@@ -203,6 +205,10 @@ def replay(client: MlflowClient, journal: Journal, experiment_id, live: bool = F
         done.created = True
         journal.append("created", run_id=run_id, uri=client.tracking_uri)
     run = client.get_run(run_id)
+    later = run.data.tags.get(JOURNAL_ID, "")
+    if later > start["journal_id"]:  # a later job continued the run: it holds the newer truth
+        done.notes.append(f"continued by a later job (journal {later}): left as it is")
+        return done
 
     params, tags, deleted, rows, inputs, files, end = (
         {},
@@ -234,6 +240,10 @@ def replay(client: MlflowClient, journal: Journal, experiment_id, live: bool = F
     if start["parent"]:
         tags["mlflow.parentRunId"] = start["parent"]
     tags[JOURNAL_ID] = start["journal_id"]
+    if not done.created:  # the beat of the job's start would make a live run look lost
+        tags.pop(BEAT, None)
+    if live:
+        tags[BEAT] = f"{time.time():.0f}"
 
     new_params = {k: v for k, v in params.items() if k not in run.data.params}
     if new_params:

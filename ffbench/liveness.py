@@ -10,7 +10,7 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-BEAT = "ffbench.heartbeat"  # the last beat, in seconds since the epoch
+BEAT = "ffbench.heartbeat"  # the last beat, in seconds since the epoch (journal.BEAT)
 EVERY = "ffbench.heartbeat_s"  # the run's own interval, so that any process can judge it
 LOST_AFTER_BEATS = 3
 

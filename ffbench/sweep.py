@@ -15,6 +15,10 @@ from ffbench import compare, liveness, preflight, store, ui
 from ffbench.errors import FFBenchError
 from ffbench.tracking import PARENT_ENV, git_commit
 
+# In a sweep folder: the parent run id that the launching process could not close (its
+# server was away); ffbench-sync closes that parent even before its heartbeat goes stale.
+UNCLOSED = "mlflow-parent-unclosed"
+
 
 class SweepRun(Callback):
     """Hydra callback: a parent MLflow run around a multirun, FINISHED only if every job was."""
@@ -72,6 +76,7 @@ class SweepRun(Callback):
                     raise
                 if time.time() - waited >= self.offline_wait_s:
                     os.environ.pop(PARENT_ENV, None)
+                    (self.sweep_dir / UNCLOSED).write_text(f"{self.run_id}\n")
                     preflight.exit_with(
                         FFBenchError(
                             f"the sweep's parent run {self.run_id} is not closed: the tracking "

@@ -65,6 +65,8 @@ def close_sweeps(folders: list[Path], clients: dict[str, MlflowClient]) -> list[
         if not (folder / "multirun.yaml").is_file():
             continue
         sweep_dir = folder.resolve()
+        unclosed = sweep_dir / sweep.UNCLOSED
+        given_up = unclosed.read_text().strip() if unclosed.is_file() else None
         for client in clients.values():
             parents = client.search_runs(
                 [e.experiment_id for e in client.search_experiments()],
@@ -72,13 +74,15 @@ def close_sweeps(folders: list[Path], clients: dict[str, MlflowClient]) -> list[
             )
             for parent in parents:
                 run_id = parent.info.run_id
-                if parent.info.status == "RUNNING":
+                if parent.info.status == "RUNNING" and run_id != given_up:
                     if run_id not in liveness.mark_lost(client, [parent.info.experiment_id]):
                         done.append(f"sweep {run_id}: still running, left alone")
                         continue
                 if sweep.close_parent(client, run_id, sweep_dir, again=True) is not None:
                     status = client.get_run(run_id).info.status
                     done.append(f"sweep {run_id}: jobs counted again, {status}")
+                if run_id == given_up:
+                    unclosed.unlink()
     return done
 
 
@@ -119,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         if not done.ended:
             status += " (no end journaled)"
         console.print(f"{path.parent}: run {done.run_id} {status}: {added or 'nothing added'}")
+        for note in done.notes:
+            console.print(f"{path.parent}: {note}")
     for line in close_sweeps(args.folders, clients):
         console.print(line)
     if failed:

@@ -258,13 +258,22 @@ class JobRun:
         return True
 
     def _record(self, op: str, **fields) -> None:
-        """Journal one record, then send it if online."""
-        record = self.journal.append(op, **fields)
-        if self._reconnect():  # a replay sends it too
+        """Journal one record, then send it."""
+        self._send(self.journal.append(op, **fields))
+
+    def _send(self, record: dict, tries: int = 1) -> None:
+        """Send a journaled record if online. Offline, ask the server again: the replay of a
+        reconnection sends every record, this one too. `tries`: sends before going offline."""
+        if not self.online:
+            self._reconnect()
+            return
+        for attempt in range(tries):
             try:
                 journal.send(self.client, self.run_id, record)
+                return
             except Exception as err:
-                self._went_offline(err)
+                if attempt == tries - 1:
+                    self._went_offline(err)
 
     # -- what a job records ----------------------------------------------------------------
 
@@ -286,13 +295,9 @@ class JobRun:
     def flush(self) -> None:
         """Send the queued epochs (offline: ask the server again, at most every 10 s)."""
         self.sent_at = time.time()
-        if self.pending and self._reconnect():
-            try:
-                journal.send(self.client, self.run_id, {"op": "metrics", "metrics": self.pending})
-            except Exception as err:
-                self._went_offline(err)
-        if self.online:
-            self.pending = []
+        if self.pending:
+            pending, self.pending = self.pending, []  # journaled: a replay would send them
+            self._send({"op": "metrics", "metrics": pending})
 
     def set_tags(self, tags: dict) -> None:
         self._record("tags", tags={k: str(v) for k, v in tags.items()})
@@ -335,18 +340,10 @@ class JobRun:
             )
             for split, context in CONTEXTS.items()
         ]
-        record = self.journal.append("inputs", datasets=journal.dataset_rows(inputs))
-        if self._reconnect():
-            try:
-                journal.send(self.client, self.run_id, record)
-            except mlflow.exceptions.MlflowException:
-                # Two jobs logging the same data set at once (parallel workers): MLflow's SQL
-                # store looks the data set up, then inserts it, and the later insert fails on
-                # its unique key. The data set is there now: a second call links it.
-                try:
-                    journal.send(self.client, self.run_id, record)
-                except Exception as err:
-                    self._went_offline(err)
+        # Two jobs logging the same data set at once (parallel workers): MLflow's SQL store
+        # looks the data set up, then inserts it, and the later insert fails on its unique
+        # key. The data set is there then: a second try links it to this run.
+        self._send(self.journal.append("inputs", datasets=journal.dataset_rows(inputs)), tries=2)
 
     def log_model(self, learner: torch.nn.Module, example: torch.Tensor, step: int) -> None:
         """`learner` as an MLflow model of the run ("Logged models"). Loaded back, it maps rows

@@ -54,13 +54,23 @@ def job_runs(client: MlflowClient) -> list:
     return client.search_runs(ids)
 
 
-def test_a_sweep_survives_its_server_stopping_and_starting_again(workdir):
+LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_sweep_survives_its_server_stopping_and_starting_again(workdir, launcher):
     backend = f"sqlite:///{workdir / 'server.db'}"
     port = free_port()
     artifacts = ["--artifacts-destination", str(workdir / "artifacts")]
     with mlflow_server(backend, *artifacts, cwd=workdir, port=port) as url:
         sweep = start_ffbench(
-            workdir, "-m", "algo=ff,bp", "trainer.seed=0,1", f"tracking.uri={url}", *JOB
+            workdir,
+            "-m",
+            "algo=ff,bp",
+            "trainer.seed=0,1",
+            f"tracking.uri={url}",
+            *JOB,
+            *LAUNCHERS[launcher],
         )
         wait_for_epoch(sweep, workdir, 3, logs="outputs/multirun/*/*/0/ffbench.log")
     # the server is down: the first job trains on, the next ones start without it

@@ -128,3 +128,24 @@ def test_a_line_cut_short_by_a_kill_is_left_out(tmp_path, store_uri):
     done, client = replay(log, store_uri)
     assert history(client, done.run_id, "train_loss") == journaled(log, "train_loss")
     assert len(journaled(log, "train_loss")) == EPOCHS
+
+
+def test_an_older_journal_never_undoes_the_job_that_continued_its_run(tmp_path, store_uri):
+    first_folder, second_folder = tmp_path / "killed", tmp_path / "continued"
+    first = write_job(first_folder, store_uri, status="KILLED", epochs=3)
+    done, client = replay(first, store_uri)
+    second = journal.Journal(second_folder / journal.NAME)  # a rerun resumed from the checkpoint
+    start = journal.start_record(store_uri, "ffbench", "x", {"algo": "ff"}, None, done.run_id)
+    assert start["journal_id"] > first.records()[0]["journal_id"]
+    second.append("start", **start)
+    second.append("metrics", metrics=journal.metric_rows({"train_loss": 0.1}, 4, 9000))
+    second.append("end", status="FINISHED", time=9500)
+    second.close()
+    again, _ = replay(second, store_uri)
+    assert again.run_id == done.run_id and again.status == "FINISHED"
+
+    stale, _ = replay(first, store_uri)  # e.g. a sync of every folder under outputs/
+    assert stale.added == 0 and stale.notes
+    run = client.get_run(done.run_id)
+    assert run.info.status == "FINISHED" and run.info.end_time == 9500
+    assert len(client.search_runs([run.info.experiment_id])) == 1
