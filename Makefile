@@ -96,9 +96,11 @@ format: install  ## ruff: fix what can be fixed, format the code
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The UI starts without the 7 job-runner processes MLflow 3 starts for its GenAI features.
 ui: install  ## the MLflow UI on the local store, http://127.0.0.1:5000 (STORE=PATH, UI_PORT=N); prints the links to open
 	$(BIN)/python -m ffbench.ui sqlite:///$(STORE) --ui-url http://127.0.0.1:$(UI_PORT)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE) --host 127.0.0.1 --port $(UI_PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
+		$(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE) --host 127.0.0.1 --port $(UI_PORT)
 
 clean:  ## remove .venv and build leftovers (outputs/ stays)
 	rm -rf $(VENV) build *.egg-info
