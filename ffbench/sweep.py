@@ -6,15 +6,16 @@ only if every job was, and prints the links that open the sweep in the MLflow UI
 import atexit
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
 from ffbench import compare, liveness, preflight, store, ui
-from ffbench.errors import FFBenchError
 from ffbench.tracking import PARENT_ENV, git_commit
 
+PLANNED = "ffbench.jobs_planned"  # tag: how many jobs the sweep launches (basic sweeper)
 # In a sweep folder: the parent run id that the launching process could not close (its
 # server was away); ffbench-sync closes that parent even before its heartbeat goes stale.
 UNCLOSED = "mlflow-parent-unclosed"
@@ -35,6 +36,8 @@ class SweepRun(Callback):
         self.ui_url = ui.base_url(config.tracking.ui_url, self.client.tracking_uri)
         experiment_id = store.experiment_id(self.client, config.tracking, launch_dir)
         liveness.mark_lost(self.client, [experiment_id])
+        jobs = preflight.sweep_jobs(config)  # none known for sweepers that choose as they go
+        planned = {PLANNED: str(len(jobs))} if jobs else {}
         run = self.client.create_run(
             experiment_id,
             run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
@@ -43,6 +46,7 @@ class SweepRun(Callback):
                 "ffbench.overrides": " ".join(config.hydra.overrides.task),
                 "ffbench.git_commit": git_commit(),
                 **liveness.tags(config.tracking.heartbeat_s),
+                **planned,
             },
         )
         self.run_id = run.info.run_id
@@ -52,7 +56,8 @@ class SweepRun(Callback):
         # The jobs find their parent here (tracking.job_run), also in other processes.
         os.environ[PARENT_ENV] = self.run_id
         # A failing job makes Hydra raise before on_multirun_end: close the parent at exit.
-        atexit.register(self._close)
+        atexit.register(self._close, at_exit=True)
+        self.done = False
 
     def __getstate__(self) -> dict:
         """What a copy of the callback holds (joblib's workers get one): not the heartbeat's
@@ -62,31 +67,37 @@ class SweepRun(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         self._close()
 
-    def _close(self) -> None:
+    def _close(self, at_exit: bool = False) -> None:
         """Close the parent, waiting up to tracking.offline_wait_s for a server that went
-        away; one that does not come back is left for `ffbench-sync SWEEP_DIR`, and exit 1."""
+        away; one that does not come back leaves it for `ffbench-sync SWEEP_DIR`, with one
+        line, and exit status 1 (at exit, a job has failed already: the status is 1)."""
+        if self.done:
+            return
+        self.done = True
         self.heartbeat.stop()
+        os.environ.pop(PARENT_ENV, None)
         waited = time.time()
         while True:
             try:
                 closed = close_parent(self.client, self.run_id, self.sweep_dir)
                 break
-            except Exception as err:
-                if not store.unreachable(self.client.tracking_uri):
+            except Exception:
+                reason = store.unreachable(self.client.tracking_uri)
+                if not reason:
                     raise
                 if time.time() - waited >= self.offline_wait_s:
-                    os.environ.pop(PARENT_ENV, None)
                     (self.sweep_dir / UNCLOSED).write_text(f"{self.run_id}\n")
-                    preflight.exit_with(
-                        FFBenchError(
-                            f"the sweep's parent run {self.run_id} is not closed: the tracking "
-                            f"server at {self.client.tracking_uri} does not answer ({err}); once "
-                            f"it is back, run `ffbench-sync {self.sweep_dir}`"
-                        )
+                    print(
+                        f"ffbench: error: the sweep's parent run {self.run_id} is not closed: "
+                        f"the tracking server at {self.client.tracking_uri} does not answer "
+                        f"({reason}); once it is back, run `ffbench-sync {self.sweep_dir}`",
+                        file=sys.stderr,
                     )
+                    if not at_exit:  # SystemExit in an atexit handler prints a traceback
+                        sys.exit(1)
+                    return
                 time.sleep(2.0)
-        os.environ.pop(PARENT_ENV, None)
-        if closed is None:  # closed before (on_multirun_end, then at exit)
+        if closed is None:  # closed before
             return
         try:
             self._print_links([child.info.run_id for child in closed])
@@ -101,8 +112,9 @@ class SweepRun(Callback):
 
 def close_parent(client, run_id: str, sweep_dir: Path, again: bool = False):
     """Count the sweep's jobs into its parent run (metrics jobs_finished, jobs_failed,
-    jobs_killed), write the comparison report, and end it FINISHED if every job was, else
-    FAILED; returns the jobs, or None if the parent was closed already. `again`
+    jobs_killed, and jobs_missing: planned jobs that left no run, such as one a scheduler
+    killed as it started), write the comparison report, and end it FINISHED if every planned
+    job was, else FAILED; returns the jobs, or None if the parent was closed already. `again`
     (ffbench-sync): recount a closed parent, changing it only if a count or its status
     changed."""
     parent = client.get_run(run_id)
@@ -115,7 +127,10 @@ def close_parent(client, run_id: str, sweep_dir: Path, again: bool = False):
     )
     statuses = [child.info.status for child in children]
     counts = {f"jobs_{s.lower()}": statuses.count(s) for s in ("FINISHED", "FAILED", "KILLED")}
+    if PLANNED in parent.data.tags:
+        counts["jobs_missing"] = max(0, int(parent.data.tags[PLANNED]) - len(children))
     ok = bool(statuses) and all(s == "FINISHED" for s in statuses)
+    ok = ok and not counts.get("jobs_missing")
     status = "FINISHED" if ok else "FAILED"
     known = {k: parent.data.metrics.get(k) for k in counts}
     if again and known == counts and parent.info.status == status:

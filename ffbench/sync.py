@@ -12,6 +12,7 @@ parent run is then counted and closed again, unless its sweep is still running.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         "--tracking-uri", help="the store to record into; default: the one each job recorded to"
     )
     args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # ours say it
     clients: dict[str, MlflowClient] = {}
     failed = 0
     try:
@@ -122,10 +124,11 @@ def main(argv: list[str] | None = None) -> None:
         status = client.get_run(done.run_id).info.status
         if not done.ended:
             status += " (no end journaled)"
-        console.print(f"{path.parent}: run {done.run_id} {status}: {added or 'nothing added'}")
+        line = f"{path.parent}: run {done.run_id} {status}: {added or 'nothing added'}"
+        console.print(line, soft_wrap=True)
         for note in done.notes:
-            console.print(f"{path.parent}: {note}")
+            console.print(f"{path.parent}: {note}", soft_wrap=True)
     for line in close_sweeps(args.folders, clients):
-        console.print(line)
+        console.print(line, soft_wrap=True)
     if failed:
         sys.exit(1)

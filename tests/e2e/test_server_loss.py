@@ -133,3 +133,42 @@ def test_a_job_whose_server_never_comes_back_is_recorded_by_sync_once(workdir):
         assert second.stdout.count("nothing added") == 1, second.stdout
         [run] = job_runs(client)
         assert stored_metrics(client, run.info.run_id) == journal_metrics(folder)
+
+
+def test_a_sweep_whose_server_never_comes_back_is_closed_by_sync(workdir):
+    backend = f"sqlite:///{workdir / 'server.db'}"
+    port = free_port()
+    with mlflow_server(backend, cwd=workdir, port=port) as url:
+        sweep = start_ffbench(
+            workdir, "-m", "algo=ff,bp", f"tracking.uri={url}", "tracking.offline_wait_s=2", *JOB
+        )
+        wait_for_epoch(sweep, workdir, 3, logs="outputs/multirun/*/*/0/ffbench.log")
+    _, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 1
+    [sweep_dir] = Path(workdir, "outputs", "multirun").glob("*/*")
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("ffbench: error: the sweep's parent run") and last.endswith(
+        f"run `ffbench-sync {sweep_dir}`"
+    ), stderr[-3000:]
+    assert "Traceback" not in stderr
+
+    with mlflow_server(backend, cwd=workdir, port=port) as url:
+        client = MlflowClient(url)
+        assert len(job_runs(client)) == 2  # the parent and the first job; the second: none
+        first = sync(sweep_dir)
+        assert first.returncode == 0, first.stderr
+        assert "run created" in first.stdout and "jobs counted again, FINISHED" in first.stdout
+        runs = job_runs(client)
+        [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        jobs = [r for r in runs if r is not parent]
+        assert len(jobs) == 2 and {r.info.status for r in jobs} == {"FINISHED"}
+        assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_finished"] == 2
+        for job in jobs:
+            assert job.data.tags["mlflow.parentRunId"] == parent.info.run_id
+            folder = Path(job.data.tags["ffbench.output_dir"])
+            assert stored_metrics(client, job.info.run_id) == journal_metrics(folder)
+
+        second = sync(sweep_dir)
+        assert second.stdout.count("nothing added") == 2
+        assert "jobs counted again" not in second.stdout
+        assert len(job_runs(client)) == 3
