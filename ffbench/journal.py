@@ -14,6 +14,7 @@ the logged model (tracking.log_model), which needs the learner in memory.
 """
 
 import json
+import math
 import os
 import time
 import uuid
@@ -123,9 +124,6 @@ def send(client: MlflowClient, run_id: str, record: dict) -> None:
             client.log_batch(run_id, metrics=rows[i : i + BATCH])
     elif op == "tags":
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in record["tags"].items()])
-    elif op == "delete_tag":
-        if record["key"] in client.get_run(run_id).data.tags:
-            client.delete_tag(run_id, record["key"])
     elif op == "inputs":
         client.log_inputs(run_id, dataset_inputs(record["datasets"]))
     elif op == "text":
@@ -138,7 +136,7 @@ def send(client: MlflowClient, run_id: str, record: dict) -> None:
             client.log_artifact(run_id, str(path), record["dest"])
     elif op == "end":
         client.set_terminated(run_id, record["status"], record["time"])
-    elif op not in ("created", "model"):
+    elif op != "created":
         raise ValueError(f"unknown journal record {op!r}")
 
 
@@ -210,61 +208,39 @@ def replay(client: MlflowClient, journal: Journal, experiment_id, live: bool = F
         done.notes.append(f"continued by a later job (journal {later}): left as it is")
         return done
 
-    params, tags, deleted, rows, inputs, files, end = (
-        {},
-        dict(start["tags"]),
-        set(),
-        [],
-        [],
-        [],
-        None,
-    )
-    for record in records[1:]:
-        op = record["op"]
-        if op == "params":
-            params |= record["params"]
-        elif op == "tags":
-            tags |= record["tags"]
-            deleted -= set(record["tags"])
-        elif op == "delete_tag":
-            tags.pop(record["key"], None)
-            deleted.add(record["key"])
-        elif op == "metrics":
-            rows += record["metrics"]
-        elif op == "inputs":
-            inputs += record["datasets"]
-        elif op in ("text", "files"):
-            files.append(record)
-        elif op == "end":
-            end = record
+    journaled = _collect(records)
+    tags = journaled["tags"] | {JOURNAL_ID: start["journal_id"]}
     if start["parent"]:
         tags["mlflow.parentRunId"] = start["parent"]
-    tags[JOURNAL_ID] = start["journal_id"]
     if not done.created:  # the beat of the job's start would make a live run look lost
         tags.pop(BEAT, None)
     if live:
         tags[BEAT] = f"{time.time():.0f}"
+    end = journaled["end"]
 
-    new_params = {k: v for k, v in params.items() if k not in run.data.params}
+    new_params = {k: v for k, v in journaled["params"].items() if k not in run.data.params}
     if new_params:
         send(client, run_id, {"op": "params", "params": new_params})
     done.params = len(new_params)
 
-    sets_status = end is not None or live
-    if sets_status and ERROR not in tags:  # a "process lost" mark that the journal refutes
-        deleted.add(ERROR)
     changed = {k: v for k, v in tags.items() if run.data.tags.get(k) != str(v)}
     if changed:
         send(client, run_id, {"op": "tags", "tags": changed})
-    for key in deleted & set(run.data.tags):
-        client.delete_tag(run_id, key)
+    done.tags = len(changed)
+    if (end is not None or live) and ERROR in run.data.tags and ERROR not in tags:
+        client.delete_tag(run_id, ERROR)  # a "process lost" mark that the journal refutes
         done.tags += 1
-    done.tags += len(changed)
 
     missing = []
-    for key in {row[0] for row in rows}:
-        stored = {(m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)}
-        missing += [row for row in rows if row[0] == key and (row[3], row[2], row[1]) not in stored]
+    for key in {row[0] for row in journaled["metrics"]}:
+        stored = {
+            _point(m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)
+        }
+        missing += [
+            row
+            for row in journaled["metrics"]
+            if row[0] == key and _point(row[3], row[2], row[1]) not in stored
+        ]
     if missing:
         send(client, run_id, {"op": "metrics", "metrics": missing})
     done.metrics = len(missing)
@@ -273,12 +249,14 @@ def replay(client: MlflowClient, journal: Journal, experiment_id, live: bool = F
         (i.dataset.digest, {t.key: t.value for t in i.tags}.get("mlflow.data.context"))
         for i in (run.inputs.dataset_inputs if run.inputs else [])
     }
-    new_inputs = [r for r in inputs if (r["dataset"]["digest"], r["context"]) not in have]
+    new_inputs = [
+        r for r in journaled["inputs"] if (r["dataset"]["digest"], r["context"]) not in have
+    ]
     if new_inputs:
         send(client, run_id, {"op": "inputs", "datasets": new_inputs})
     done.inputs = len(new_inputs)
 
-    for record in files:
+    for record in journaled["files"]:
         target = record["file"] if record["op"] == "text" else _artifact_name(record)
         if not _has_artifact(client, run_id, target):
             send(client, run_id, record)
@@ -292,6 +270,31 @@ def replay(client: MlflowClient, journal: Journal, experiment_id, live: bool = F
         client.update_run(run_id, status="RUNNING")
         done.status = "RUNNING"
     return done
+
+
+def _collect(records: list[dict]) -> dict:
+    """What a journal's records add up to: the params, the tags' last values, every metric
+    row, the dataset inputs, the files, and the end record (or None)."""
+    found = {"params": {}, "tags": dict(records[0]["tags"]), "metrics": [], "inputs": []}
+    found |= {"files": [], "end": None}
+    for record in records[1:]:
+        op = record["op"]
+        if op in ("params", "tags"):
+            found[op] |= record[op]
+        elif op == "metrics":
+            found["metrics"] += record["metrics"]
+        elif op == "inputs":
+            found["inputs"] += record["datasets"]
+        elif op in ("text", "files"):
+            found["files"].append(record)
+        elif op == "end":
+            found["end"] = record
+    return found
+
+
+def _point(step: int, stamp: int, value: float) -> tuple:
+    """A metric's point as the store and the journal both give it (NaN equal to NaN)."""
+    return (step, stamp, "nan" if math.isnan(value) else value)
 
 
 def _artifact_name(record: dict) -> str:
