@@ -335,7 +335,7 @@ class JobRun:
                     targets=getattr(splits, f"y_{split}").cpu().numpy(),
                     source=_file_source(splits.sources[split]),
                     name=splits.name,
-                )._to_mlflow_entity(),
+                )._to_mlflow_entity(),  # the entity mlflow.log_inputs would make of it
                 context,
             )
             for split, context in CONTEXTS.items()
@@ -384,9 +384,12 @@ class JobRun:
         self.flush()
         self._record("end", status=status, time=int(time.time() * 1000))
         self.journal.sync_to_disk()
-        waited = time.time()
-        while not self._reconnect() and time.time() - waited < self.cfg.offline_wait_s:
-            time.sleep(1.0)
+        deadline = time.time() + self.cfg.offline_wait_s
+        while not self.online:
+            self.tried_at = 0.0  # ask now, not RECONNECT_EVERY_S after the last time
+            if self._reconnect() or time.time() >= deadline:
+                break
+            time.sleep(min(1.0, max(0.0, deadline - time.time())))
         self.journal.close()
         if not self.online:
             raise TrackingOffline(
