@@ -34,17 +34,19 @@ def sweep_jobs(config) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
-def check_sweep(config) -> None:
+def check_sweep(config) -> list[list[str]]:
     """Compose every job of the sweep and check its values, as each job would, before any
     job starts: an unknown option, key or type raises Hydra's own error, a bad value an
-    FFBenchError naming the job's overrides."""
+    FFBenchError naming the job's overrides. Returns the jobs (sweep_jobs)."""
     loader = GlobalHydra.instance().config_loader()
-    for job in sweep_jobs(config):
+    jobs = sweep_jobs(config)
+    for job in jobs:
         job_config = loader.load_sweep_config(config, list(job))
         try:
             validate(job_config)
         except FFBenchError as err:
             raise FFBenchError(f"{err} (in the sweep's job {' '.join(job)})") from err
+    return jobs
 
 
 def exit_with(err: Exception) -> NoReturn:

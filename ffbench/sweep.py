@@ -27,7 +27,7 @@ class SweepRun(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         launch_dir = config.hydra.runtime.cwd
         try:  # every job composes and the server answers, or nothing is written
-            preflight.check_sweep(config)
+            jobs = preflight.check_sweep(config)  # [] for sweepers that choose as they go
             self.client = store.connect(config.tracking, launch_dir)
         except Exception as err:  # Hydra would only warn about a callback's error, and go on
             preflight.exit_with(err)
@@ -36,7 +36,6 @@ class SweepRun(Callback):
         self.ui_url = ui.base_url(config.tracking.ui_url, self.client.tracking_uri)
         experiment_id = store.experiment_id(self.client, config.tracking, launch_dir)
         liveness.mark_lost(self.client, [experiment_id])
-        jobs = preflight.sweep_jobs(config)  # none known for sweepers that choose as they go
         planned = {PLANNED: str(len(jobs))} if jobs else {}
         run = self.client.create_run(
             experiment_id,
