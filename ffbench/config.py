@@ -28,10 +28,38 @@ BOUNDS = {
 }
 
 
-def key(default, doc: str, choices=(), bound: str | None = None):
+def key(
+    default,
+    doc: str,
+    choices=(),
+    bound: str | None = None,
+    *,
+    ignored_by: dict | None = None,
+    result: bool = True,
+):
     """A schema field: `choices` is a registry (its keys are the allowed values) or a tuple;
-    `bound` one of BOUNDS."""
-    return field(default=default, metadata={"doc": doc, "choices": tuple(choices), "bound": bound})
+    `bound` one of BOUNDS. What a run's result depends on (settings.py): the key counts,
+    unless `result` is false (where things are kept, never what is computed) or the job's
+    options are among those of `ignored_by` ({selector key: options that never read this
+    key}: any match drops it). A new option is in no such list, so every key counts for it:
+    a forgotten declaration costs a duplicate run, never a wrong reuse."""
+    metadata = {
+        "doc": doc,
+        "choices": tuple(choices),
+        "bound": bound,
+        "ignored_by": ignored_by or {},
+        "result": result,
+    }
+    return field(default=default, metadata=metadata)
+
+
+# The options that never read a key, for `ignored_by` (each names the options it lists, so
+# that a new option, which they do not name, has the key counted).
+BACKPROP = {"algo.name": ("bp", "bp_ckpt")}  # FF's keys: the goodness and algo.*
+FORWARD_FORWARD = {"algo.name": ("ff",)}
+SPATIAL = {"model.name": ("conv", "local")}  # the MLP's width
+MLP = {"model.name": ("mlp",)}  # the spatial models' sizes and goodness per position
+NO_BLACKBOX = {"model.blackbox": ("none",)}
 
 
 @dataclass
@@ -42,13 +70,17 @@ class DatasetConfig:
     root: str | None = key(
         None,
         "Folder of the data files (or its NAME/ subfolder); unset: $FFBENCH_DATA, else ~/.cache/ffbench/NAME.",
+        result=False,
     )
     mirror: str | None = key(
-        None, "Base URL to download the files from instead of the data set's usual mirrors."
+        None,
+        "Base URL to download the files from instead of the data set's usual mirrors.",
+        result=False,
     )
     checksums: str | None = key(
         None,
         "File of MD5s in `md5sum` format replacing the built-in checksums (data made by hand).",
+        result=False,
     )
     normalize: bool = key(
         False, "Standardise each channel by the training split's mean and standard deviation."
@@ -61,6 +93,7 @@ class DatasetConfig:
     test_size: int | None = key(
         None,
         "Examples held out for testing, for data sets without an official test split (digits).",
+        ignored_by={"dataset.name": ("mnist", "fashion_mnist", "kmnist", "cifar10")},
     )
     split_seed: int = key(
         0, "Seed of the train/validation(/test) split, fixed so every run sees the same split."
@@ -75,7 +108,7 @@ class ModelConfig:
         models.LAYERS,
     )
     depth: int = key(2, "Number of hidden layers.", bound="positive")
-    width: int = key(256, "mlp: units per hidden layer.", bound="positive")
+    width: int = key(256, "mlp: units per hidden layer.", bound="positive", ignored_by=SPATIAL)
     norm: str = key(
         "mean_square",
         "Normalisation of each layer's input (mean_square: the reference code).",
@@ -89,15 +122,25 @@ class ModelConfig:
     channels: typing.Any = key(
         32,
         "conv, local: channels (feature maps) of every hidden layer, or a list of one per layer (e.g. [20,80,240]).",
+        ignored_by=MLP,
     )
     kernel: int = key(
-        5, "conv, local: side of each layer's square receptive field.", bound="positive"
+        5,
+        "conv, local: side of each layer's square receptive field.",
+        bound="positive",
+        ignored_by=MLP,
     )
     stride: int = key(
-        2, "conv, local: step between neighbouring receptive fields.", bound="positive"
+        2,
+        "conv, local: step between neighbouring receptive fields.",
+        bound="positive",
+        ignored_by=MLP,
     )
     padding: int = key(
-        2, "conv, local: zeros added on each side of each layer's input.", bound="non_negative"
+        2,
+        "conv, local: zeros added on each side of each layer's input.",
+        bound="non_negative",
+        ignored_by=MLP,
     )
     groups: typing.Any = key(
         1,
@@ -112,21 +155,31 @@ class ModelConfig:
         "layer",
         "conv, local: normalise each hidden layer's whole activity vector, or each position's channel vector.",
         ("layer", "position"),
+        ignored_by=MLP,
     )
     blackbox: str = key(
         "none",
         "A transform without gradient between two hidden layers (FF trains through it).",
         ("none", *models.BLACKBOXES),
+        ignored_by=NO_BLACKBOX,
     )
     blackbox_after: int = key(
-        1, "The black box sits on the output of this hidden layer (1 = the first)."
+        1,
+        "The black box sits on the output of this hidden layer (1 = the first).",
+        ignored_by=NO_BLACKBOX,
     )
     blackbox_grad: str = key(
         "none",
         "BP through the black box: refused, or straight-through (backward treats it as the identity).",
         ("none", "straight_through"),
+        ignored_by=NO_BLACKBOX | FORWARD_FORWARD,
     )
-    blackbox_step: float = key(0.5, "quantize: width of a quantisation level.", bound="positive")
+    blackbox_step: float = key(
+        0.5,
+        "quantize: width of a quantisation level.",
+        bound="positive",
+        ignored_by={"model.blackbox": ("none", "sign", "numpy")},
+    )
 
 
 @dataclass
@@ -140,85 +193,111 @@ class AlgoConfig:
         "threshold",
         "FF: each layer's loss: threshold (the paper), symba (pairs), or cwc (cross-entropy over channel groups, one per class; no negatives).",
         goodness.LOSSES,
+        ignored_by=BACKPROP,
     )
     theta: float | None = key(
         None,
         "FF: goodness threshold; unset picks the one that fits the goodness and the normalisation.",
+        ignored_by=BACKPROP,
     )
     alpha: float = key(
-        4.0, "FF, symba: sharpness, softplus(-alpha * (G_pos - G_neg)).", bound="positive"
+        4.0,
+        "FF, symba: sharpness, softplus(-alpha * (G_pos - G_neg)).",
+        bound="positive",
+        ignored_by=BACKPROP | {"algo.loss": ("threshold", "cwc")},
     )
     temperature: float = key(
         1.0,
         "FF, cwc: the class goodnesses (mean per unit) are divided by it before the softmax.",
         bound="positive",
+        ignored_by=BACKPROP,
     )
     negatives: str = key(
         "random_label",
         "FF: wrong label drawn uniformly, from the read-out's beliefs (hard), hybrid images (unsupervised), or none (cwc).",
         ff_data.NEGATIVES,
+        ignored_by=BACKPROP,
     )
     hybrid_blur_steps: int = key(
         6,
         "FF, hybrid negatives: blur passes that make the random mask smooth.",
         bound="non_negative",
+        ignored_by=BACKPROP | {"algo.negatives": ("random_label", "hard_label", "none")},
     )
     evaluation: str = key(
         "goodness",
         "FF: the headline prediction: label with the largest goodness, or the linear read-out.",
         ("goodness", "readout"),
+        ignored_by=BACKPROP,
     )
     eval_skip_first: bool = key(
-        True, "FF: leave the first hidden layer out of the evaluation (paper), if depth > 1."
+        True,
+        "FF: leave the first hidden layer out of the evaluation (paper), if depth > 1.",
+        ignored_by=BACKPROP,
     )
     label_input: str = key(
         "pixels",
         "FF: the label one-hot in the first pixels (paper), as one input plane per class, as a class pattern over the image, or none (cwc, hybrid).",
         ff_data.LABEL_INPUTS,
+        ignored_by=BACKPROP,
     )
     label_strength: float = key(
-        1.0, "FF: value written into the true label's input (the others get 0)."
+        1.0,
+        "FF: value written into the true label's input (the others get 0).",
+        ignored_by=BACKPROP,
     )
     peer_norm: float = key(
         0.0,
         "FF: peer normalisation: pushes each unit's mean activity towards its layer's (reference code: 0.03); 0 turns it off.",
         bound="non_negative",
+        ignored_by=BACKPROP,
     )
     readout: bool = key(
         True,
         "FF: train a linear read-out alongside (one extra label-free forward pass per minibatch).",
+        ignored_by=BACKPROP,
     )
-    readout_lr: float = key(0.01, "FF: learning rate of the linear read-out.", bound="positive")
+    readout_lr: float = key(
+        0.01, "FF: learning rate of the linear read-out.", bound="positive", ignored_by=BACKPROP
+    )
     readout_weight_decay: float = key(
         0.003,
         "FF: L2 weight cost of the read-out's weights (reference code: 0.003).",
         bound="non_negative",
+        ignored_by=BACKPROP,
     )
     schedule: str = key(
         "simultaneous",
         "FF: every layer on every minibatch, or layer by layer (each for trainer.epochs).",
         ("simultaneous", "sequential"),
+        ignored_by=BACKPROP,
     )
 
 
 @dataclass
 class GoodnessConfig:
     name: str = key(
-        MISSING, "How a layer's activities become one number per example.", goodness.GOODNESS
+        MISSING,
+        "How a layer's activities become one number per example.",
+        goodness.GOODNESS,
+        ignored_by=BACKPROP,
     )
     inverted: bool = key(
         False,
         "Positive data minimises the goodness and negative data maximises it (the paper's min ssq).",
+        ignored_by=BACKPROP,
     )
     spatial: str = key(
         "whole",
         "conv, local: goodness of the whole layer, or per position (needs model.norm_scope=position).",
         ("whole", "position"),
+        ignored_by=BACKPROP | MLP,
     )
     feature_fraction: float = key(
         0.5,
         "split: share of units that are feature detectors (the rest detect violations).",
         bound="fraction",
+        ignored_by=BACKPROP | {"goodness.name": ("sumsq", "meansq", "sumabs")},
     )
 
 
@@ -227,7 +306,23 @@ class ActivationConfig:
     name: str = key(
         MISSING, "Non-linearity of every hidden layer, for FF and BP alike.", ACTIVATIONS
     )
-    nu: float = key(1.0, "tdist: degrees of freedom of the Student-t.", bound="positive")
+    nu: float = key(
+        1.0,
+        "tdist: degrees of freedom of the Student-t.",
+        bound="positive",
+        ignored_by={
+            "activation.name": (
+                "relu",
+                "relu_fullgrad",
+                "gelu",
+                "leaky_relu",
+                "silu",
+                "tanh",
+                "sigmoid",
+                "softplus",
+            )
+        },
+    )
 
 
 @dataclass
@@ -237,7 +332,10 @@ class OptimizerConfig:
         1e-3, "Learning rate of the hidden layers (and BP's output layer).", bound="positive"
     )
     momentum: float = key(
-        0.0, "sgd: momentum (torch's form: b = momentum * b + g).", bound="non_negative"
+        0.0,
+        "sgd: momentum (torch's form: b = momentum * b + g).",
+        bound="non_negative",
+        ignored_by={"optimizer.name": ("adam",)},
     )
     weight_decay: float = key(
         0.0,
@@ -289,10 +387,12 @@ class TrainerConfig:
         1,
         "BP: split each minibatch into this many micro-batches, one backward each, one step.",
         bound="positive",
+        ignored_by=FORWARD_FORWARD,
     )
     checkpoint: bool = key(
         False,
         "Save learner, optimizer and random state after every pass (checkpoint.pt in the job's folder); a rerun of the same settings continues its killed or failed run from there.",
+        result=False,
     )
 
 
@@ -307,36 +407,48 @@ class MeasureConfig:
 @dataclass
 class TrackingConfig:
     uri: str | None = key(
-        None, "MLflow tracking URI; unset: $MLFLOW_TRACKING_URI, else SQLite in outputs/mlflow.db."
+        None,
+        "MLflow tracking URI; unset: $MLFLOW_TRACKING_URI, else SQLite in outputs/mlflow.db.",
+        result=False,
     )
-    experiment: str = key("ffbench", "MLflow experiment; $MLFLOW_EXPERIMENT_NAME overrides it.")
+    experiment: str = key(
+        "ffbench", "MLflow experiment; $MLFLOW_EXPERIMENT_NAME overrides it.", result=False
+    )
     ui_url: str | None = key(
         None,
         "MLflow UI address in the links a sweep prints; unset: the tracking server's, else http://127.0.0.1:5000 (make ui).",
+        result=False,
     )
     log_artifacts: bool = key(
-        True, "Store the resolved config and the job's .hydra/ folder with the run."
+        True, "Store the resolved config and the job's .hydra/ folder with the run.", result=False
     )
     log_model: bool = key(
         False,
         "Log the trained learner as an MLflow model of the run; mlflow.pyfunc.load_model(...).predict(rows) gives labels.",
+        result=False,
     )
     system_metrics: bool = key(
         False,
         "Sample CPU, memory, disk, network (GPU with nvidia-ml-py) into the run's System metrics tab.",
+        result=False,
     )
     system_metrics_interval_s: float = key(
-        10.0, "Seconds between two samples of tracking.system_metrics.", bound="positive"
+        10.0,
+        "Seconds between two samples of tracking.system_metrics.",
+        bound="positive",
+        result=False,
     )
     heartbeat_s: float = key(
         60.0,
         "Seconds between a running job's signs of life; one silent for 3 is marked FAILED (process lost).",
         bound="positive",
+        result=False,
     )
     offline_wait_s: float = key(
         60.0,
         "Seconds a job whose tracking server went away waits for it at its end; then it exits 1, its run kept for `ffbench-sync FOLDER`.",
         bound="non_negative",
+        result=False,
     )
 
 
@@ -352,10 +464,12 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     skip_finished: bool = key(
-        True, "Sweeps: skip a job whose settings already have a FINISHED run (false: train anyway)."
+        True,
+        "Sweeps: skip a job whose settings already have a FINISHED run (false: train anyway).",
+        result=False,
     )
     resume: bool | None = key(
-        None, "Deprecated: the old name of skip_finished; when given, it wins."
+        None, "Deprecated: the old name of skip_finished; when given, it wins.", result=False
     )
 
 
