@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ffbench.activations import make_activation
 from ffbench.data import minibatches
-from ffbench.learner import Learner, step
+from ffbench.learner import Learner, chunks, step
 from ffbench.models import Classifier, LayerStack, make_stack
 
 
@@ -67,4 +67,4 @@ class Backprop(Learner):
     @torch.no_grad()
     def predict_all(self, x: torch.Tensor, chunk: int = 10000) -> dict[str, torch.Tensor]:
         self.eval()
-        return {"output": torch.cat([self.net(part).argmax(1) for part in x.split(chunk)])}
+        return {"output": torch.cat([self.net(part).argmax(1) for part in chunks(x, chunk)])}

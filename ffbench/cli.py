@@ -8,7 +8,6 @@ ffbench -m algo=ff,bp activation=relu,gelu
 import functools
 import gc
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ffbench import experiment, tracking
+from ffbench import experiment, stops, tracking
 from ffbench.config import register_schemas, validate
 from ffbench.errors import FFBenchError
 from ffbench.measure import PeakMemory, static_memory_mb
@@ -89,49 +88,6 @@ def _pairs(metrics: dict) -> str:
     return " ".join(f"{k}={v:.5g}" for k, v in metrics.items())
 
 
-class _Stop:
-    """Ctrl-C and SIGTERM. The handler raises KeyboardInterrupt at once, but one raised while
-    a weakref finalizer runs (the saved-tensor counter has many) is printed and dropped by
-    Python: the signal is remembered too, and the end of the epoch raises it again.
-
-    A handler that was there before for SIGUSR2 (submitit's, in a SLURM job: SLURM's warning
-    of the time limit, on which submitit requeues the job or gives up with an error) runs at
-    the end of the epoch instead, where its exception cannot be dropped."""
-
-    signal: str | None = None
-    deferred: dict = {}  # signal number -> the handler to run at the end of the epoch
-
-    @classmethod
-    def install(cls) -> None:
-        warning = getattr(signal, "SIGUSR2", None)  # not on Windows
-        if warning is not None:
-            before = signal.getsignal(warning)
-            if callable(before) and before != cls.handle:  # not ours from a previous job
-                cls.deferred[warning] = before
-                signal.signal(warning, cls.handle)
-        # SIGTERM (a scheduler's kill, `kill PID`) unwinds like Ctrl-C, so the MLflow run is
-        # closed as KILLED with its metrics so far instead of being left RUNNING.
-        signal.signal(signal.SIGTERM, cls.handle)
-        signal.signal(signal.SIGINT, cls.handle)
-
-    @classmethod
-    def handle(cls, signum, frame):
-        cls.signal = signal.Signals(signum).name
-        if signum not in cls.deferred:
-            cls.check()
-
-    @classmethod
-    def check(cls) -> None:
-        if cls.signal is None:
-            return
-        signum = signal.Signals[cls.signal]
-        if signum in cls.deferred:
-            cls.signal = None
-            cls.deferred[signum](signum, None)  # submitit: requeue and exit, or raise
-            return
-        raise KeyboardInterrupt(f"stopped by signal {cls.signal}")
-
-
 def main() -> None:
     """The console script: the Hydra app, then a quick exit."""
     try:
@@ -144,7 +100,9 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://ffbench.conf", config_name="config")
 def app(cfg: DictConfig) -> float:
-    _Stop.install()
+    # Ctrl-C, SIGTERM (kill, scancel) and SLURM's time-limit warning are acted on at the next
+    # training step or evaluation chunk; the run then ends KILLED, or is requeued (stops.py).
+    stops.install()
     try:
         return run(cfg)
     except FFBenchError as err:
@@ -255,7 +213,6 @@ def run(cfg: DictConfig) -> float:
             last.update(metrics)
 
         def on_epoch(epoch: int, metrics: dict) -> None:
-            _Stop.check()  # a stop the epoch's finalizers swallowed
             last.update(metrics)
             run.log_epoch(metrics, step=epoch)
             log.info("epoch %d %s", epoch, _pairs(metrics))

@@ -28,7 +28,7 @@ from ffbench.data import minibatches
 from ffbench.errors import FFBenchError
 from ffbench.ff_data import LABEL_INPUTS, NEGATIVES, UNSUPERVISED
 from ffbench.goodness import LOSSES, default_theta, goodness_scale, make_goodness
-from ffbench.learner import Learner, step, weights_and_biases
+from ffbench.learner import Learner, chunks, step, weights_and_biases
 from ffbench.models import LayerStack, make_stack, positions
 
 PEER_MOMENTUM = 0.9  # smoothing of the per-unit mean activity in peer normalisation
@@ -302,15 +302,14 @@ class ForwardForward(Learner):
     def predict_all(self, x: torch.Tensor, chunk: int = 1000) -> dict[str, torch.Tensor]:
         """Predicted labels by the read-out (if trained) and by goodness (if labels are used)."""
         self.eval()
-        parts = x.split(chunk)
         predictions = {}
         if self.readout is not None:
             predictions["readout"] = torch.cat(
-                [self.readout(self.features(p)).argmax(1) for p in parts]
+                [self.readout(self.features(p)).argmax(1) for p in chunks(x, chunk)]
             )
         if self.labels is not None or self.competitive:
             predictions["goodness"] = torch.cat(
-                [(self.sign * self.label_goodness(p)).argmax(1) for p in parts]
+                [(self.sign * self.label_goodness(p)).argmax(1) for p in chunks(x, chunk)]
             )
         return predictions
 

@@ -9,6 +9,7 @@ experiment builds it with `from_config`, gives `param_groups()` to the optimizer
 import torch
 from torch import nn
 
+from ffbench import stops
 from ffbench.models import LayerStack
 
 
@@ -57,9 +58,20 @@ class Learner(nn.Module):
 def step(optimizer: torch.optim.Optimizer) -> None:
     """Update the weights, then forget the bf16 copies of them that autocast cached during the
     step (experiment.autocast keeps them for a step: FF's read-out pass, its training pass and
-    evaluation then cast each weight once, not once per pass). Every learner steps through this."""
+    evaluation then cast each weight once, not once per pass). Every learner steps through this,
+    so a stop that arrived during the step (Ctrl-C, SIGTERM, SLURM's time-limit warning) is
+    acted on here, before the update, whatever swallowed its exception (stops.py)."""
+    stops.check()
     optimizer.step()
     torch.clear_autocast_cache()
+
+
+def chunks(x: torch.Tensor, size: int):
+    """The rows of `x`, `size` at a time: evaluation goes through this, in pieces that bound its
+    memory, and a stop that arrived during a piece is acted on before the next (stops.py)."""
+    for part in x.split(size):
+        stops.check()
+        yield part
 
 
 def weights_and_biases(module: nn.Module, **options) -> list[dict]:
