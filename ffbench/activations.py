@@ -5,6 +5,8 @@ Both FF and BP build their layers from these, so a sweep over `activation=` or
 """
 
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,29 +24,42 @@ def tdist(x: torch.Tensor, nu: float) -> torch.Tensor:
     return (nu + 1) / 2 * torch.log1p(x.pow(2) / nu)
 
 
+@dataclass(frozen=True)
+class Activation:
+    """An activation and what the rest of ffbench must know about it: `bounded`, whether its
+    units stay within [-1, 1] (the goodness threshold must stay within what they can reach:
+    goodness.default_theta); `saves_output_only`, whether its backward needs only its
+    output, which the next layer saves anyway (analytic.py); `params`, the ActivationConfig
+    keys it takes (bound by make_activation). Called, it computes the function."""
+
+    fn: Callable
+    bounded: bool = False
+    saves_output_only: bool = False
+    params: tuple[str, ...] = ()
+
+    def __call__(self, x: torch.Tensor, **params) -> torch.Tensor:
+        return self.fn(x, **params)
+
+
 ACTIVATIONS = {
-    "relu": F.relu,
-    "relu_fullgrad": relu_fullgrad,
-    "gelu": F.gelu,
-    "leaky_relu": functools.partial(F.leaky_relu, negative_slope=0.01),
-    "silu": F.silu,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "softplus": F.softplus,
-    "tdist": tdist,
+    "relu": Activation(F.relu, saves_output_only=True),
+    "relu_fullgrad": Activation(relu_fullgrad),
+    "gelu": Activation(F.gelu),
+    "leaky_relu": Activation(functools.partial(F.leaky_relu, negative_slope=0.01)),
+    "silu": Activation(F.silu),
+    "tanh": Activation(torch.tanh, bounded=True, saves_output_only=True),
+    "sigmoid": Activation(torch.sigmoid, bounded=True, saves_output_only=True),
+    "softplus": Activation(F.softplus),
+    "tdist": Activation(tdist, params=("nu",)),
 }
-
-
-# Activations bounded above (|activity| <= 1): the goodness threshold must stay within what
-# such units can reach (goodness.default_theta).
-BOUNDED = ("tanh", "sigmoid")
 
 
 def make_activation(cfg):
     """The function named by an ActivationConfig, with its parameters bound."""
-    if cfg.name == "tdist":
-        return functools.partial(tdist, nu=cfg.nu)
-    return ACTIVATIONS[cfg.name]
+    activation = ACTIVATIONS[cfg.name]
+    if not activation.params:
+        return activation.fn
+    return functools.partial(activation.fn, **{name: cfg[name] for name in activation.params})
 
 
 _EPS = 1e-8
@@ -77,11 +92,28 @@ def standard(x: torch.Tensor) -> torch.Tensor:
     return mean_square(centred)
 
 
+@dataclass(frozen=True)
+class Normalisation:
+    """A normalisation of each layer's input; `theta_per_unit` is the threshold per unit of a
+    squared goodness that fits it (goodness.default_theta); `identity`, whether it leaves the
+    input as it is (then it saves nothing for backward: analytic.py). Called, it normalises."""
+
+    fn: Callable
+    theta_per_unit: float = 1.0
+    identity: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
 # Normalisation removes the goodness (the vector's length) before the next layer sees the
-# vector, so that layer must find structure in the direction alone.
+# vector, so that layer must find structure in the direction alone. Mean-square normalisation
+# (the reference code) hands each layer an input of mean square 1, and theta asks the layer's
+# units for mean square 1 too; unit-length normalisation goes with theta 2 (per unit, squared)
+# in the popular PyTorch scripts.
 NORMALISATIONS = {
-    "mean_square": mean_square,
-    "unit_length": unit_length,
-    "standard": standard,
-    "none": lambda x: x,
+    "mean_square": Normalisation(mean_square),
+    "unit_length": Normalisation(unit_length, theta_per_unit=2.0),
+    "standard": Normalisation(standard),
+    "none": Normalisation(lambda x: x, identity=True),
 }

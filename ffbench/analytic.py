@@ -6,9 +6,9 @@ measure.SavedTensors counts. tests/test_memory.py checks it byte for byte agains
 measurement, so a change to the layer code that changes memory shows up as a failing test.
 """
 
-# Activations whose backward needs only their output: the output is saved, and it is the same
-# storage that the next op saves, so it counts once. The others save their input as well.
-_SAVES_OUTPUT_ONLY = {"relu", "tanh", "sigmoid"}
+from ffbench.activations import ACTIVATIONS, NORMALISATIONS
+from ffbench.learners import LEARNERS
+from ffbench.models import LAYERS
 
 
 def saved_activation_bytes(
@@ -35,30 +35,33 @@ def saved_activation_bytes(
     For bp_ckpt it counts what checkpointing keeps between forward and backward; the one layer
     recomputed at a time during backward is held by checkpoint's own hooks and not counted.
     """
-    if model != "mlp":
+    if LAYERS[model].spatial:
         raise ValueError(f"the analytic saved-activation bytes cover model=mlp only, not {model}")
-    if blackbox != "none" and algo != "ff":
+    if algo not in LEARNERS:
+        raise ValueError(f"unknown algo {algo!r}")
+    learner = LEARNERS[algo]
+    if blackbox != "none" and learner.end_to_end:
         raise ValueError(f"the analytic saved-activation bytes of {algo} omit the black box")
-    per_layer = 1 if activation in _SAVES_OUTPUT_ONLY else 2  # output, plus input if needed
+    # An activation whose backward needs only its output saves the output, the same storage
+    # that the next op saves, so it counts once; the others save their input as well.
+    per_layer = 1 if ACTIVATIONS[activation].saves_output_only else 2
     # mean_square / unit_length keep the layer input (for x^2 and the division), the per-row
     # norm and the normalised input (for the weight gradient); without norm the linear layer
     # saves the input itself.
-    normed = norm != "none"
-    if algo == "ff":
+    normed = not NORMALISATIONS[norm].identity
+    if not learner.end_to_end:
         # One layer at a time, positives and negatives together (2 x batch rows); the input
         # of layer 0 needs no gradient, so only its normalised copy is saved, and the loss
         # keeps one number per row (softplus input). The widest layer input sets the peak.
         widest_input = max(features, width) if depth > 1 else features
         return float_bytes * 2 * batch * (widest_input + per_layer * width + 1)
-    if algo == "bp":
+    if not learner.checkpoint:
         # layer 0: normalised input; every layer: its activation(s); layers above 0 and the
         # head: the per-row norm and the normalised input (the activation below is shared)
         rows = features + depth * per_layer * width + normed * depth * (width + 1)
-    elif algo == "bp_ckpt":
+    else:
         # each checkpointed layer keeps its input: the data for layer 0, the activation below
         # for the others; the head keeps the top activation (and norm, normalised copy)
         rows = features + (depth - 1) * width + width + normed * (width + 1)
-    else:
-        raise ValueError(f"unknown algo {algo!r}")
     # cross-entropy: log-softmax output per row, the int64 targets and one float total weight
     return float_bytes * batch * (rows + classes) + 8 * batch + float_bytes

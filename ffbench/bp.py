@@ -17,6 +17,8 @@ from ffbench.models import Classifier, LayerStack, make_stack
 
 class Backprop(Learner):
     evaluation = "output"
+    end_to_end = True  # gradients through every layer from the output layer (flops, analytic)
+    checkpoint = False  # per-layer gradient checkpointing (CheckpointedBackprop)
 
     def __init__(
         self,
@@ -38,8 +40,7 @@ class Backprop(Learner):
     @classmethod
     def from_config(cls, cfg, num_features: int, num_classes: int, image_shape: tuple):
         stack = make_stack(cfg.model, num_features, image_shape, make_activation(cfg.activation))
-        checkpoint = cfg.algo.name == "bp_ckpt"
-        return cls(stack, num_classes, cfg.model.init, checkpoint, cfg.trainer.grad_accum_steps)
+        return cls(stack, num_classes, cfg.model.init, cls.checkpoint, cfg.trainer.grad_accum_steps)
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the net on (x, y); trainer.compile compiles this function."""
@@ -68,3 +69,9 @@ class Backprop(Learner):
     def predict_all(self, x: torch.Tensor, chunk: int = 10000) -> dict[str, torch.Tensor]:
         self.eval()
         return {"output": torch.cat([self.net(part).argmax(1) for part in chunks(x, chunk)])}
+
+
+class CheckpointedBackprop(Backprop):
+    """algo=bp_ckpt: BP with per-layer gradient checkpointing."""
+
+    checkpoint = True

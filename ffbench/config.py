@@ -9,6 +9,7 @@ option tables of `ffbench --help` and docs/options.md are generated from the sam
 """
 
 import difflib
+import importlib
 import importlib.resources
 import typing
 from dataclasses import MISSING as NO_DEFAULT
@@ -17,8 +18,6 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from ffbench import data, experiment, ff_data, goodness, models
-from ffbench.activations import ACTIVATIONS, NORMALISATIONS
 from ffbench.errors import FFBenchError
 
 BOUNDS = {
@@ -26,6 +25,20 @@ BOUNDS = {
     "non_negative": (lambda v: v >= 0, "must not be negative", "set {key}=0 or more"),
     "fraction": (lambda v: 0 < v < 1, "must be between 0 and 1", "set {key}=0.5, say"),
 }
+
+
+class Registry:
+    """The allowed values of a key: the names of the registry `module.NAME` (a dict next to
+    the code it names), with `first` before them. Looked up when first asked for, so that the
+    schema imports without the training stack (torch): ffbench-sync, the report and the
+    settings hash read it."""
+
+    def __init__(self, module: str, name: str, first: tuple = ()):
+        self.module, self.name, self.first = module, name, first
+
+    def __iter__(self):
+        registry = getattr(importlib.import_module(f"ffbench.{self.module}"), self.name)
+        return iter((*self.first, *registry))
 
 
 def key(
@@ -37,15 +50,15 @@ def key(
     ignored_by: dict | None = None,
     result: bool = True,
 ):
-    """A schema field: `choices` is a registry (its keys are the allowed values) or a tuple;
-    `bound` one of BOUNDS. What a run's result depends on (settings.py): the key counts,
+    """A schema field: `choices` a Registry or a tuple of the allowed values; `bound` one of
+    BOUNDS. What a run's result depends on (settings.py): the key counts,
     unless `result` is false (where things are kept, never what is computed) or the job's
     options are among those of `ignored_by` ({selector key: options that never read this
     key}: any match drops it). A new option is in no such list, so every key counts for it:
     a forgotten declaration costs a duplicate run, never a wrong reuse."""
     metadata = {
         "doc": doc,
-        "choices": tuple(choices),
+        "choices": choices,
         "bound": bound,
         "ignored_by": ignored_by or {},
         "result": result,
@@ -65,7 +78,9 @@ NO_BLACKBOX = {"model.blackbox": ("none",)}
 @dataclass
 class DatasetConfig:
     name: str = key(
-        MISSING, "Which data set (digits is bundled; the others download once).", data.LOADERS
+        MISSING,
+        "Which data set (digits is bundled; the others download once).",
+        Registry("data", "LOADERS"),
     )
     root: str | None = key(
         None,
@@ -105,19 +120,19 @@ class ModelConfig:
     name: str = key(
         "mlp",
         "Hidden layers: fully connected, convolutional, or locally connected (a convolution without weight sharing).",
-        models.LAYERS,
+        Registry("models", "LAYERS"),
     )
     depth: int = key(2, "Number of hidden layers.", bound="positive")
     width: int = key(256, "mlp: units per hidden layer.", bound="positive", ignored_by=SPATIAL)
     norm: str = key(
         "mean_square",
         "Normalisation of each layer's input (mean_square: the reference code).",
-        NORMALISATIONS,
+        Registry("activations", "NORMALISATIONS"),
     )
     init: str = key(
         "reference",
         "Initial weights of FF's and BP's layers: N(0, 1/fan-in) and zero biases (reference code), or torch's default.",
-        models.INITS,
+        Registry("models", "INITS"),
     )
     channels: typing.Any = key(
         32,
@@ -160,7 +175,7 @@ class ModelConfig:
     blackbox: str = key(
         "none",
         "A transform without gradient between two hidden layers (FF trains through it).",
-        ("none", *models.BLACKBOXES),
+        Registry("models", "BLACKBOXES", first=("none",)),
         ignored_by=NO_BLACKBOX,
     )
     blackbox_after: int = key(
@@ -187,12 +202,12 @@ class AlgoConfig:
     name: str = key(
         MISSING,
         "Learning rule: Forward-Forward, backprop, or backprop with per-layer gradient checkpointing.",
-        experiment.LEARNERS,
+        Registry("learners", "LEARNERS"),
     )
     loss: str = key(
         "threshold",
         "FF: each layer's loss: threshold (the paper), symba (pairs), or cwc (cross-entropy over channel groups, one per class; no negatives).",
-        goodness.LOSSES,
+        Registry("goodness", "LOSSES"),
         ignored_by=BACKPROP,
     )
     theta: float | None = key(
@@ -215,7 +230,7 @@ class AlgoConfig:
     negatives: str = key(
         "random_label",
         "FF: wrong label drawn uniformly, from the read-out's beliefs (hard), hybrid images (unsupervised), or none (cwc).",
-        ff_data.NEGATIVES,
+        Registry("ff_data", "NEGATIVES"),
         ignored_by=BACKPROP,
     )
     hybrid_blur_steps: int = key(
@@ -238,7 +253,7 @@ class AlgoConfig:
     label_input: str = key(
         "pixels",
         "FF: the label one-hot in the first pixels (paper), as one input plane per class, as a class pattern over the image, or none (cwc, hybrid).",
-        ff_data.LABEL_INPUTS,
+        Registry("ff_data", "LABEL_INPUTS"),
         ignored_by=BACKPROP,
     )
     label_strength: float = key(
@@ -279,7 +294,7 @@ class GoodnessConfig:
     name: str = key(
         MISSING,
         "How a layer's activities become one number per example.",
-        goodness.GOODNESS,
+        Registry("goodness", "GOODNESS"),
         ignored_by=BACKPROP,
     )
     inverted: bool = key(
@@ -304,7 +319,9 @@ class GoodnessConfig:
 @dataclass
 class ActivationConfig:
     name: str = key(
-        MISSING, "Non-linearity of every hidden layer, for FF and BP alike.", ACTIVATIONS
+        MISSING,
+        "Non-linearity of every hidden layer, for FF and BP alike.",
+        Registry("activations", "ACTIVATIONS"),
     )
     nu: float = key(
         1.0,
@@ -327,7 +344,9 @@ class ActivationConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = key(MISSING, "Optimizer of every trained parameter.", experiment.OPTIMIZERS)
+    name: str = key(
+        MISSING, "Optimizer of every trained parameter.", Registry("experiment", "OPTIMIZERS")
+    )
     lr: float = key(
         1e-3, "Learning rate of the hidden layers (and BP's output layer).", bound="positive"
     )
@@ -369,7 +388,7 @@ class TrainerConfig:
     lr_schedule: str = key(
         "constant",
         "Learning-rate schedule (linear_decay: constant for the first half, then linearly down to 1/epochs).",
-        experiment.LR_SCHEDULES,
+        Registry("experiment", "LR_SCHEDULES"),
     )
     precision: str = key(
         "fp32",
@@ -488,6 +507,23 @@ def schema_keys() -> list:
     return keys + [(f.name, f) for f in fields(Config) if not is_dataclass(f.type)]
 
 
+def allowed(f) -> tuple:
+    """The allowed values of the schema field `f` (empty: any value of its type)."""
+    return tuple(f.metadata["choices"])
+
+
+def ignored(cfg, f) -> bool:
+    """Whether the result of the job `cfg` does not depend on the schema field `f` (a field
+    or its dotted key), as the field declares: settings.py leaves it out of the hash, and the
+    checks of validate() that concern it do not apply."""
+    if isinstance(f, str):
+        f = dict(schema_keys())[f]
+    if not f.metadata["result"]:
+        return True
+    selected = f.metadata["ignored_by"].items()
+    return any(OmegaConf.select(cfg, selector) in options for selector, options in selected)
+
+
 def _has_yaml(group: str, name: str) -> bool:
     return importlib.resources.files("ffbench.conf").joinpath(group, f"{name}.yaml").is_file()
 
@@ -503,7 +539,7 @@ def register_schemas() -> None:
     )
     keys = dict(schema_keys())
     for group in GROUPS:
-        for name in keys[f"{group}.name"].metadata["choices"]:
+        for name in allowed(keys[f"{group}.name"]):
             if not _has_yaml(group, name):
                 store.store(group=group, name=name, node={"name": name})
 
@@ -528,91 +564,113 @@ def validate(cfg) -> None:
             raise FFBenchError(f"{section}.{name} is not a setting of {section}{hint}")
     for dotted, f in schema_keys():
         value = OmegaConf.select(cfg, dotted)
-        allowed = f.metadata["choices"]
-        if allowed and value not in allowed:
+        names = allowed(f)
+        if names and value not in names:
             raise FFBenchError(
-                f"{dotted}={value} is not supported: choose one of {', '.join(allowed)}"
+                f"{dotted}={value} is not supported: choose one of {', '.join(names)}"
             )
         if f.metadata["bound"] and value is not None:
             holds, says, fix = BOUNDS[f.metadata["bound"]]
             if not holds(value):
                 raise FFBenchError(f"{dotted} {says} (got {value}): {fix.format(key=dotted)}")
-    needs_readout = [
-        f"algo.{name}={cfg.algo[name]}"
-        for name, value in (("evaluation", "readout"), ("negatives", "hard_label"))
-        if cfg.algo[name] == value
-    ]
-    if cfg.algo.name == "ff" and not cfg.algo.readout and needs_readout:
+    # The checks below read the registries' facts: the training stack, loaded here, not when
+    # the schema is imported.
+    from ffbench import ff_data, goodness, models
+
+    a, m = cfg.algo, cfg.model
+
+    def reads(key: str) -> bool:  # the job's options read the key (its checks apply)
+        return not ignored(cfg, key)
+
+    needs_readout = [f"algo.evaluation={a.evaluation}"] if a.evaluation == "readout" else []
+    if ff_data.NEGATIVES[a.negatives].needs_readout:
+        needs_readout.append(f"algo.negatives={a.negatives}")
+    if reads("algo.readout") and not a.readout and needs_readout:
         raise FFBenchError(f"{needs_readout[0]} needs the read-out: set algo.readout=true")
-    _validate_model(cfg)
-    sequential = cfg.algo.name == "ff" and cfg.algo.schedule == "sequential"
-    if cfg.trainer.matmul_reference and (cfg.model.name != "mlp" or sequential):
+    _validate_model(cfg, models.LAYERS, reads)
+    sequential = reads("algo.schedule") and a.schedule == "sequential"
+    if cfg.trainer.matmul_reference and (models.LAYERS[m.name].spatial or sequential):
         raise FFBenchError(
             "trainer.matmul_reference times the products of one MLP training step: set "
             "model=mlp (and algo.schedule=simultaneous for FF), or trainer.matmul_reference=false"
         )
-    if cfg.algo.name == "ff":
-        _validate_labels(cfg.algo)
-    if cfg.algo.negatives == "hybrid" and cfg.algo.evaluation != "readout":
+    if reads("algo.label_input"):
+        _validate_labels(a, goodness.LOSSES, ff_data.NEGATIVES, ff_data.LABEL_INPUTS)
+    if ff_data.NEGATIVES[a.negatives].unsupervised and a.evaluation != "readout":
         raise FFBenchError(
-            "algo.negatives=hybrid is unsupervised: set algo.evaluation=readout (goodness evaluation needs labels in the input)"
+            f"algo.negatives={a.negatives} is unsupervised: set algo.evaluation=readout (goodness evaluation needs labels in the input)"
         )
 
 
-def _validate_labels(a) -> None:
+def _validate_labels(a, losses: dict, negatives: dict, label_inputs: dict) -> None:
     """The label input, the negative data and the loss go together (ff_data.py, goodness.py)."""
-    labelled = a.label_input != "none"
-    if a.loss == "cwc" and labelled:
+    loss, negative = losses[a.loss], negatives[a.negatives]
+    labelled = label_inputs[a.label_input] is not None
+    unlabelled = next(name for name, kind in label_inputs.items() if kind is None)
+    no_negatives = next(name for name, kind in negatives.items() if kind.none)
+    without = " or ".join(name for name, kind in losses.items() if not kind.negatives)
+    if not loss.label_input and labelled:
         raise FFBenchError(
-            "algo.loss=cwc reads the class from each layer's channel groups, not from the input: "
-            "set algo.label_input=none"
+            f"algo.loss={a.loss} reads the class from each layer's channel groups, not from the "
+            f"input: set algo.label_input={unlabelled}"
         )
-    if (a.loss == "cwc") != (a.negatives == "none"):
-        fix = "algo.negatives=none" if a.loss == "cwc" else "algo.loss=cwc (or other negatives)"
+    if loss.negatives == negative.none:
+        fix = (
+            f"algo.negatives={no_negatives}"
+            if not loss.negatives
+            else f"algo.loss={without} (or other negatives)"
+        )
         raise FFBenchError(
-            f"algo.loss={a.loss} with algo.negatives={a.negatives}: only the cwc loss trains "
-            f"without negative data: set {fix}"
+            f"algo.loss={a.loss} with algo.negatives={a.negatives}: only the {without} loss "
+            f"trains without negative data: set {fix}"
         )
-    if a.negatives == "hybrid" and a.label_input not in ("pixels", "none"):
+    default = dict(schema_keys())["algo.label_input"].default  # what nobody chose
+    if negative.unsupervised and labelled and a.label_input != default:
         raise FFBenchError(
-            "algo.negatives=hybrid is unsupervised and writes no label: set algo.label_input=none"
+            f"algo.negatives={a.negatives} is unsupervised and writes no label: set "
+            f"algo.label_input={unlabelled}"
         )
-    if not labelled and a.negatives in ("random_label", "hard_label"):
+    if not labelled and negative.wrong_label:
+        inputs = ", ".join(name for name, kind in label_inputs.items() if kind is not None)
         raise FFBenchError(
             f"algo.negatives={a.negatives} writes a wrong label into the input, which "
-            "algo.label_input=none leaves out: choose a label input (pixels, planes, pattern), "
-            "or algo.loss=cwc algo.negatives=none"
+            f"algo.label_input={a.label_input} leaves out: choose a label input ({inputs}), "
+            f"or algo.loss={without} algo.negatives={no_negatives}"
         )
 
 
-def _validate_model(cfg) -> None:
+def _validate_model(cfg, layers: dict, reads) -> None:
     """Spatial goodness and the black box. Sizes that depend on the data (a kernel larger
     than a layer's input) are checked when the net is built (models.spatial_shapes)."""
-    m, is_ff = cfg.model, cfg.algo.name == "ff"
-    if m.name != "mlp":
-        models.layer_channels(m.channels, m.depth)  # one positive count per layer
-        models.layer_channels(m.groups, m.depth, key="model.groups")
-    elif m.groups != 1 or m.pool != 1:
-        key = "model.groups" if m.groups != 1 else "model.pool"
-        raise FFBenchError(f"{key} acts on spatial layers: set model=conv, or {key}=1")
-    if is_ff and cfg.goodness.spatial == "position":
-        if m.name == "mlp":
+    from ffbench.models import layer_channels
+
+    m, kind = cfg.model, layers[cfg.model.name]
+    if kind.spatial:
+        layer_channels(m.channels, m.depth)  # one positive count per layer
+        layer_channels(m.groups, m.depth, key="model.groups")
+    for name in ("groups", "pool"):
+        if name not in kind.sized_by and m[name] != 1:
+            sized = next(n for n, other in layers.items() if name in other.sized_by)
             raise FFBenchError(
-                "goodness.spatial=position needs spatial layers: set model=conv or model=local"
+                f"model.{name} acts on spatial layers: set model={sized}, or model.{name}=1"
             )
+    if reads("goodness.name") and cfg.goodness.spatial == "position":
+        if not kind.spatial:
+            spatial = " or ".join(f"model={n}" for n, other in layers.items() if other.spatial)
+            raise FFBenchError(f"goodness.spatial=position needs spatial layers: set {spatial}")
         if m.norm_scope != "position":
             raise FFBenchError(
                 "goodness.spatial=position would leak through a whole-layer normalisation: "
                 "set model.norm_scope=position"
             )
-    if m.blackbox == "none":
+    if ignored(cfg, "model.blackbox"):  # there is none
         return
     if not 1 <= m.blackbox_after < m.depth:
         raise FFBenchError(
             f"model.blackbox_after={m.blackbox_after} is not between two of the {m.depth} hidden "
             f"layers: set model.blackbox_after between 1 and {m.depth - 1} (model.depth 2 or more)"
         )
-    if not is_ff and m.blackbox_grad == "none":
+    if reads("model.blackbox_grad") and m.blackbox_grad == "none":
         raise FFBenchError(
             f"algo={cfg.algo.name} cannot train through model.blackbox={m.blackbox}: it has no "
             "gradient. Use algo=ff, or set model.blackbox_grad=straight_through (identity gradient)"
@@ -657,11 +715,9 @@ def options_markdown() -> str:
             "|---|---|---|---|---|",
         ]
         for f in rows:
-            allowed = (
-                ", ".join(f"`{c}`" for c in f.metadata["choices"]) or f.metadata["bound"] or ""
-            )
+            names = ", ".join(f"`{c}`" for c in allowed(f)) or f.metadata["bound"] or ""
             lines.append(
-                f"| `{f.name}` | {_type(f)} | `{_default(f)}` | {allowed} | {f.metadata['doc']} |"
+                f"| `{f.name}` | {_type(f)} | `{_default(f)}` | {names} | {f.metadata['doc']} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -670,7 +726,7 @@ def options_text() -> str:
     """The key table of `ffbench --help`: key, default, allowed values, doc."""
     lines = []
     for dotted, f in schema_keys():
-        allowed = "|".join(f.metadata["choices"]) or f.metadata["bound"] or ""
-        lines.append(f"  {dotted} = {_default(f)}  {f'[{allowed}]' if allowed else ''}".rstrip())
+        names = "|".join(allowed(f)) or f.metadata["bound"] or ""
+        lines.append(f"  {dotted} = {_default(f)}  {f'[{names}]' if names else ''}".rstrip())
         lines.append(f"      {f.metadata['doc']}")
     return "\n".join(lines)

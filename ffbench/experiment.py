@@ -13,17 +13,13 @@ from pathlib import Path
 import torch
 
 from ffbench import data as datasets
-from ffbench.bp import Backprop
 from ffbench.errors import FFBenchError
-from ffbench.ff import ForwardForward
 from ffbench.flops import train_flops_per_example, train_matmul_shapes
 from ffbench.learner import Learner
+from ffbench.learners import LEARNERS
 from ffbench.measure import PeakMemory, Stopwatch, keep_freed_memory, matmul_gflops
 
 MATMUL_SECONDS = 3.0  # trainer.matmul_reference: how long to time the plain products
-
-# algo.name -> the learner class
-LEARNERS = {"ff": ForwardForward, "bp": Backprop, "bp_ckpt": Backprop}
 
 
 @dataclass
@@ -136,8 +132,6 @@ def prepare(cfg, device: torch.device) -> Job:
             f"trainer.batch_size={cfg.trainer.batch_size} exceeds the {len(splits.x_train)} training "
             f"examples of {splits.name}: set trainer.batch_size={len(splits.x_train)} or less"
         )
-    if cfg.algo.name == "ff" and splits.num_features <= splits.num_classes:
-        raise FFBenchError(f"{splits.name} has too few features to write a label into for FF")
     configure_torch(cfg.trainer, device)
     torch.manual_seed(cfg.trainer.seed)  # every job starts from the same random state
     learner = build_learner(

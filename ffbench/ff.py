@@ -26,10 +26,10 @@ from torch import nn
 from ffbench.activations import NORMALISATIONS, make_activation
 from ffbench.data import minibatches
 from ffbench.errors import FFBenchError
-from ffbench.ff_data import LABEL_INPUTS, NEGATIVES, UNSUPERVISED
+from ffbench.ff_data import LABEL_INPUTS, NEGATIVES
 from ffbench.goodness import LOSSES, default_theta, goodness_scale, make_goodness
 from ffbench.learner import Learner, chunks, step, weights_and_biases
-from ffbench.models import LayerStack, make_stack, positions
+from ffbench.models import INITS, LayerStack, make_stack, positions
 
 PEER_MOMENTUM = 0.9  # smoothing of the per-unit mean activity in peer normalisation
 
@@ -116,6 +116,7 @@ class Readout(nn.Linear):
 
 
 class ForwardForward(Learner):
+    end_to_end = False  # each layer learns on its own, from detached inputs (flops, analytic)
     reports_each_evaluation = True  # goodness and read-out side by side
     competitive = False  # the classes compete within each layer (ChannelwiseCompetitive)
 
@@ -129,7 +130,7 @@ class ForwardForward(Learner):
         self.num_classes, self.image_shape = num_classes, image_shape
         self.stack, self.labels = stack, labels
         self.blur_steps = cfg.algo.hybrid_blur_steps
-        self.negatives = NEGATIVES[cfg.algo.negatives]
+        self.negatives = NEGATIVES[cfg.algo.negatives].make
         depth = len(stack.layers)
         # Per layer: the goodness (of the whole layer, or per position: (batch, positions)),
         # theta in score units and the loss. All layers of an MLP get the same ones.
@@ -138,7 +139,7 @@ class ForwardForward(Learner):
         self.thetas = [self.sign * t for t in thetas]
         # per-unit divisor of each layer's goodness (SymBa compares goodness per unit)
         scales = [goodness_scale(cfg.goodness.name, u) for u in goodness_units(stack, cfg.goodness)]
-        loss = LOSSES[cfg.algo.loss]
+        loss = LOSSES[cfg.algo.loss].make
         self.losses = [
             loss(cfg.algo, t, scale) for t, scale in zip(self.thetas, scales, strict=True)
         ]
@@ -154,7 +155,7 @@ class ForwardForward(Learner):
         if cfg.algo.readout:
             evaluated = sum(stack.out_features[self.eval_from :])
             self.readout = Readout(evaluated, self.num_classes)
-            if cfg.model.init == "reference":  # a convex problem: start from no opinion
+            if INITS[cfg.model.init].zero_readout:
                 nn.init.zeros_(self.readout.weight)
                 nn.init.zeros_(self.readout.bias)
         self.readout_lr = cfg.algo.readout_lr
@@ -165,7 +166,7 @@ class ForwardForward(Learner):
     def from_config(cls, cfg, num_features: int, num_classes: int, image_shape: tuple):
         a = cfg.algo
         labels = None  # unsupervised or cwc: no label in the input
-        if a.negatives not in UNSUPERVISED and LABEL_INPUTS[a.label_input] is not None:
+        if not NEGATIVES[a.negatives].unsupervised and LABEL_INPUTS[a.label_input] is not None:
             norm = NORMALISATIONS[cfg.model.norm]
             labels = LABEL_INPUTS[a.label_input](
                 num_classes, a.label_strength, image_shape, num_features, norm
@@ -179,7 +180,7 @@ class ForwardForward(Learner):
             units = goodness_units(stack, cfg.goodness)
             g = cfg.goodness.name
             thetas = [default_theta(g, u, cfg.model.norm, cfg.activation.name) for u in units]
-        learner = ChannelwiseCompetitive if a.loss == "cwc" else cls
+        learner = ChannelwiseCompetitive if LOSSES[a.loss].competitive else cls
         return learner(cfg, stack, labels, thetas, num_classes, image_shape)
 
     def param_groups(self) -> list[dict]:

@@ -6,10 +6,14 @@ entry in its registry; ff.py assembles the learner from them.
 """
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+from ffbench.errors import FFBenchError
 
 if TYPE_CHECKING:  # the learner the negatives read their parts from; it imports this module
     from ffbench.ff import ForwardForward
@@ -87,29 +91,48 @@ def colour_planes(image_shape: tuple, num_features: int) -> int:
     return num_features // plane
 
 
-# How the label enters the input (algo.label_input). Each writes a label into raw data rows,
-# or the neutral label (no class preferred) for the label-free pass of the read-out. A label
-# input that `normalises_image` normalises the image by itself (model.norm) and then adds the
-# label at a set energy, so the stack takes its rows as they come; the paper's pixels are
-# written first and normalised with the image, as in the reference code.
-
-
 def rms(x: torch.Tensor) -> torch.Tensor:
     """Root mean square of each row, (N, 1): the scale of one normalised image feature."""
     return x.pow(2).mean(dim=1, keepdim=True).sqrt()
 
 
-class PixelLabels:
-    """The one-hot label in the first pixels of every colour plane (the paper)."""
+class LabelInput:
+    """How the label enters the input (algo.label_input): what every entry of LABEL_INPUTS is.
+
+    Built from the number of classes, algo.label_strength, the data's image shape and
+    features, and the normalisation of the layer inputs (model.norm); writes a label into raw
+    data rows, or the neutral label (no class preferred) for the label-free pass of the
+    read-out. One that `normalises_image` normalises the image by itself and then adds the
+    label at a set energy, so the stack takes its rows as they come; the paper's pixels are
+    written first and normalised with the image, as in the reference code."""
 
     normalises_image = False
 
-    def __init__(self, num_classes, strength, image_shape, num_features, norm):
-        self.num_classes, self.strength = num_classes, strength
-        self.channels = colour_planes(image_shape, num_features)
+    def __init__(self, num_classes: int, strength: float, image_shape, num_features: int, norm):
+        self.num_classes, self.strength, self.norm = num_classes, strength, norm
 
     def in_features(self, num_features: int) -> int:
+        """The stack's input size for data rows of `num_features`."""
         return num_features
+
+    def with_label(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def neutral(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PixelLabels(LabelInput):
+    """The one-hot label in the first pixels of every colour plane (the paper)."""
+
+    def __init__(self, num_classes, strength, image_shape, num_features, norm):
+        super().__init__(num_classes, strength, image_shape, num_features, norm)
+        if num_features <= num_classes:
+            raise FFBenchError(
+                f"algo.label_input=pixels writes the label into the first {num_classes} "
+                f"features, and the data have {num_features}: set algo.label_input=planes"
+            )
+        self.channels = colour_planes(image_shape, num_features)
 
     def with_label(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return embed_labels(x, labels, self.num_classes, self.strength, self.channels)
@@ -118,7 +141,7 @@ class PixelLabels:
         return embed_neutral(x, self.num_classes, self.channels)
 
 
-class PlaneLabels:
+class PlaneLabels(LabelInput):
     """One extra input plane per class, constant over the image, one-hot: every position of a
     conv or locally connected layer sees the label.
 
@@ -131,7 +154,7 @@ class PlaneLabels:
     normalises_image = True
 
     def __init__(self, num_classes, strength, image_shape, num_features, norm):
-        self.num_classes, self.strength, self.norm = num_classes, strength, norm
+        super().__init__(num_classes, strength, image_shape, num_features, norm)
         self.plane = label_plane_size(image_shape)
 
     def in_features(self, num_features: int) -> int:
@@ -170,7 +193,7 @@ def class_patterns(num_classes: int, image_shape: tuple, channels: int) -> torch
     return patterns / patterns.pow(2).mean(dim=1, keepdim=True).sqrt()
 
 
-class PatternLabels:
+class PatternLabels(LabelInput):
     """The label as a class-specific pattern superimposed over the whole image (class_patterns):
     every receptive field of a conv net sees it, and the input keeps its size.
 
@@ -180,12 +203,9 @@ class PatternLabels:
     normalises_image = True
 
     def __init__(self, num_classes, strength, image_shape, num_features, norm):
-        self.num_classes, self.strength, self.norm = num_classes, strength, norm
+        super().__init__(num_classes, strength, image_shape, num_features, norm)
         shape = image_shape if len(image_shape) == 2 else (1, num_features)
         self.patterns = class_patterns(num_classes, shape, colour_planes(shape, num_features))
-
-    def in_features(self, num_features: int) -> int:
-        return num_features
 
     def _add(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The normalised image plus the patterns, pattern k at weights[:, k]."""
@@ -201,7 +221,8 @@ class PatternLabels:
         return self._add(x, x.new_full((len(x), c), c**-0.5, dtype=torch.float32))
 
 
-# none: no label in the input (algo.loss=cwc, or unsupervised hybrid negatives)
+# algo.label_input -> a LabelInput class; none: no label in the input (a loss that reads the
+# class elsewhere, as cwc, or unsupervised negatives)
 LABEL_INPUTS = {
     "pixels": PixelLabels,
     "planes": PlaneLabels,
@@ -212,6 +233,21 @@ LABEL_INPUTS = {
 
 # How negative data are made (algo.negatives): (learner, x, y, read-out features) ->
 # (positive rows, negative rows). `features` is the read-out's input (None without one).
+
+
+@dataclass(frozen=True)
+class Negatives:
+    """A way of making negative data, `make(learner, x, y, features)`, and what it asks of
+    the rest: `wrong_label`, whether it writes a wrong label into the input (it needs a label
+    input); `unsupervised`, whether it uses no label at all (none in the input, a read-out
+    to classify); `needs_readout`, whether it reads the read-out's beliefs; `none`, whether
+    it makes no negatives (for losses without them)."""
+
+    make: Callable
+    wrong_label: bool = False
+    unsupervised: bool = False
+    needs_readout: bool = False
+    none: bool = False
 
 
 def random_label(ff: "ForwardForward", x, y, features) -> tuple:
@@ -244,9 +280,8 @@ def no_negatives(ff: "ForwardForward", x, y, features) -> tuple:
 
 
 NEGATIVES = {
-    "random_label": random_label,
-    "hard_label": hard_label,
-    "hybrid": hybrid,
-    "none": no_negatives,
+    "random_label": Negatives(random_label, wrong_label=True),
+    "hard_label": Negatives(hard_label, wrong_label=True, needs_readout=True),
+    "hybrid": Negatives(hybrid, unsupervised=True),
+    "none": Negatives(no_negatives, none=True),
 }
-UNSUPERVISED = ("hybrid",)  # negatives that need no label in the input

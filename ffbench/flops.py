@@ -22,7 +22,9 @@ normalisation, goodness and the black box are left out, so the count is a lower 
 
 import math
 
-from ffbench.models import image_chw, layer_channels, layer_groups, spatial_shapes
+from ffbench.goodness import LOSSES
+from ffbench.learners import LEARNERS
+from ffbench.models import LAYERS, image_chw, layer_channels, layer_groups, spatial_shapes
 
 
 def layer_macs(features: int, width: int, depth: int) -> list[int]:
@@ -33,7 +35,7 @@ def model_layers(cfg, features: int, image_shape: tuple | None = None) -> tuple[
     """(MACs, output units) of each hidden layer of cfg.model; spatial models need the image
     shape of the data ((H, W) or (C, H, W)) and raise ValueError without one."""
     m = cfg.model
-    if m.name == "mlp":
+    if not LAYERS[m.name].spatial:
         return layer_macs(features, m.width, m.depth), [m.width] * m.depth
     if image_shape is None:
         raise ValueError(f"model={m.name}: the FLOP count needs the image shape of the data")
@@ -61,11 +63,11 @@ def train_flops_per_example(cfg, features: int, classes: int, image_shape=None) 
     passes of the run (they differ only in FF's sequential schedule)."""
     depth = cfg.model.depth
     macs, units = model_layers(cfg, features, image_shape)
-    if cfg.algo.name != "ff":
+    if LEARNERS[cfg.algo.name].end_to_end:
         head = units[-1] * classes
         return 2 * sum(macs) + 2 * (sum(macs) - macs[0]) + 2 * sum(macs) + 6 * head
     extra = 2 * sum(macs) + 4 * _readout_macs(cfg, units, classes) if cfg.algo.readout else 0
-    rows = 1 if cfg.algo.loss == "cwc" else 2  # cwc: the positive example only
+    rows = 2 if LOSSES[cfg.algo.loss].negatives else 1  # cwc: the positive example only
     if cfg.algo.schedule == "sequential":
         per_pass = [rows * (4 * macs[k] + 2 * sum(macs[:k])) for k in range(depth)]
         return sum(per_pass) / depth + extra
@@ -75,7 +77,7 @@ def train_flops_per_example(cfg, features: int, classes: int, image_shape=None) 
 def goodness_eval_flops_per_example(cfg, features: int, classes: int, image_shape=None) -> float:
     """FLOPs of predicting one example by goodness: every label through every layer (cwc:
     one pass, the classes compete within it)."""
-    passes = 1 if cfg.algo.loss == "cwc" else classes
+    passes = 1 if LOSSES[cfg.algo.loss].competitive else classes
     return passes * 2 * sum(model_layers(cfg, features, image_shape)[0])
 
 
@@ -85,8 +87,9 @@ def train_matmul_shapes(cfg, features: int, classes: int, batch: int) -> list[tu
     of `make bench` and trainer.matmul_reference). FF: forward and weight gradient of
     [positives; negatives] (positives only under cwc), plus the read-out's label-free forward
     and its own products if it has one; BP: input gradients too, and the output layer."""
-    depth, width, ff = cfg.model.depth, cfg.model.width, cfg.algo.name == "ff"
-    rows = batch if not ff or cfg.algo.loss == "cwc" else 2 * batch
+    depth, width = cfg.model.depth, cfg.model.width
+    ff = not LEARNERS[cfg.algo.name].end_to_end
+    rows = 2 * batch if ff and LOSSES[cfg.algo.loss].negatives else batch
     shapes = []
     for fan_in in [features] + [width] * (depth - 1):
         shapes += [(rows, fan_in, width), (fan_in, rows, width)]

@@ -8,11 +8,13 @@ once: a higher score always means "more positive".
 
 import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ffbench.activations import ACTIVATIONS, BOUNDED
+from ffbench.activations import ACTIVATIONS, NORMALISATIONS
 
 # Every goodness sums in float32, whatever the activities' dtype: a bf16 layer's (N, units)
 # output is read once, never copied to float32, and its goodness keeps float32's precision.
@@ -44,20 +46,49 @@ def split(a: torch.Tensor, features: int) -> torch.Tensor:
     )
 
 
-GOODNESS = {"sumsq": sumsq, "meansq": meansq, "sumabs": sumabs, "split": split}
+@dataclass(frozen=True)
+class Goodness:
+    """A goodness and how its threshold is chosen (default_theta): `power`, of the activities
+    it adds up (2: squares, 1: absolute values); `mean`, whether it averages over the units
+    rather than summing them (then it is the same at every width); `balanced`, whether it
+    weighs detectors for and against so that 0 is the natural threshold (split). `params`:
+    the GoodnessConfig keys that make_goodness turns into the function's arguments for a
+    layer of `width` units. Called, it computes the goodness."""
+
+    fn: Callable
+    power: int = 2
+    mean: bool = False
+    balanced: bool = False
+    params: Callable | None = None
+
+    def __call__(self, a: torch.Tensor, **params) -> torch.Tensor:
+        return self.fn(a, **params)
+
+
+GOODNESS = {
+    "sumsq": Goodness(sumsq),
+    "meansq": Goodness(meansq, mean=True),
+    "sumabs": Goodness(sumabs, power=1),
+    "split": Goodness(
+        split,
+        balanced=True,
+        params=lambda cfg, width: {"features": round(cfg.feature_fraction * width)},
+    ),
+}
 
 
 def make_goodness(cfg, width: int):
     """The function named by a GoodnessConfig, for layers of `width` units."""
-    if cfg.name == "split":
-        return functools.partial(split, features=round(cfg.feature_fraction * width))
-    return GOODNESS[cfg.name]
+    goodness = GOODNESS[cfg.name]
+    if goodness.params is None:
+        return goodness.fn
+    return functools.partial(goodness.fn, **goodness.params(cfg, width))
 
 
 def goodness_scale(goodness: str, units: int) -> float:
     """How a goodness grows with the units it sums over: `units` for the sums, 1 for meansq.
     A goodness divided by it is per unit, the same at every width."""
-    return 1.0 if goodness == "meansq" else float(units)
+    return 1.0 if GOODNESS[goodness].mean else float(units)
 
 
 def initial_level(activation: str, power: int) -> float:
@@ -84,13 +115,13 @@ def default_theta(goodness: str, units: int, norm: str, activation: str = "relu"
     learning: theta is then what its units give at initialisation (initial_level), so that
     from the first step positives are pushed above it and negatives below.
     """
-    if goodness == "split":
+    g = GOODNESS[goodness]
+    if g.balanced:
         return 0.0
-    squared = goodness in ("sumsq", "meansq")
-    if activation in BOUNDED:
-        per_unit = initial_level(activation, 2 if squared else 1)
+    if ACTIVATIONS[activation].bounded:
+        per_unit = initial_level(activation, g.power)
     else:
-        per_unit = 2.0 if squared and norm == "unit_length" else 1.0
+        per_unit = NORMALISATIONS[norm].theta_per_unit if g.power == 2 else 1.0
     return per_unit * goodness_scale(goodness, units)
 
 
@@ -115,13 +146,31 @@ def channelwise_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, labels, *, temper
     return F.cross_entropy(s_pos / temperature, labels)
 
 
-# algo.loss -> (AlgoConfig, theta, scale) -> loss(s_pos, s_neg, labels); theta is in score
-# units (signed), scale the goodness's per-unit divisor (goodness_scale). Scores are one per
-# example, except under cwc: one per example and class (and there are no negatives).
+@dataclass(frozen=True)
+class Loss:
+    """An FF loss: `make(AlgoConfig, theta, scale)` gives a layer's loss(s_pos, s_neg, labels),
+    theta in score units (signed), scale the goodness's per-unit divisor (goodness_scale).
+    What the rest of FF must know about it: `negatives`, whether it trains on negative data;
+    `label_input`, whether the label enters the input; `competitive`, whether it scores one
+    goodness per class within each layer (one per example and class: ff.ChannelwiseCompetitive,
+    which predicts in one pass), not one per example (predicted with every candidate label
+    in the input, one pass each)."""
+
+    make: Callable
+    negatives: bool = True
+    label_input: bool = True
+    competitive: bool = False
+
+
 LOSSES = {
-    "threshold": lambda cfg, theta, scale: functools.partial(threshold_loss, theta=theta),
-    "symba": lambda cfg, theta, scale: functools.partial(symba_loss, alpha=cfg.alpha, scale=scale),
-    "cwc": lambda cfg, theta, scale: functools.partial(
-        channelwise_loss, temperature=cfg.temperature
+    "threshold": Loss(lambda cfg, theta, scale: functools.partial(threshold_loss, theta=theta)),
+    "symba": Loss(
+        lambda cfg, theta, scale: functools.partial(symba_loss, alpha=cfg.alpha, scale=scale)
+    ),
+    "cwc": Loss(
+        lambda cfg, theta, scale: functools.partial(channelwise_loss, temperature=cfg.temperature),
+        negatives=False,
+        label_input=False,
+        competitive=True,
     ),
 }

@@ -22,6 +22,7 @@ ff_data.py).
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -254,7 +255,7 @@ class LayerStack(nn.Module):
             self.norms = [norm_fn] * depth
         else:
             s = spatial
-            kind = LAYERS[s["kind"]]
+            kind = LAYERS[s["kind"]].layer
             self.pool = s["pool"]
             convs, self.shapes = zip(
                 *spatial_shapes(
@@ -318,8 +319,23 @@ class LayerStack(nn.Module):
         return activities
 
 
-# model.name -> the layer class of every hidden layer
-LAYERS = {"mlp": nn.Linear, "conv": Conv, "local": LocallyConnected}
+@dataclass(frozen=True)
+class Layers:
+    """What model.name chooses: the class of every hidden layer; whether the layers are
+    spatial (they see images as (channels, height, width) maps, LayerStack's `spatial`); and
+    `sized_by`, the ModelConfig keys that size them besides model.depth."""
+
+    layer: type
+    spatial: bool
+    sized_by: tuple[str, ...]
+
+
+SPATIAL_SIZES = ("channels", "kernel", "stride", "padding", "pool", "groups", "norm_scope")
+LAYERS = {
+    "mlp": Layers(nn.Linear, spatial=False, sized_by=("width",)),
+    "conv": Layers(Conv, spatial=True, sized_by=SPATIAL_SIZES),
+    "local": Layers(LocallyConnected, spatial=True, sized_by=SPATIAL_SIZES),
+}
 
 
 @torch.no_grad()
@@ -334,9 +350,25 @@ def reference_init(layer: nn.Module) -> None:
     layer.bias.zero_()
 
 
-# model.init -> what it does to each freshly built layer (torch: keep torch's own default,
-# uniform with std 1/sqrt(3 fan-in) and random biases)
-INITS = {"reference": reference_init, "torch": lambda layer: None}
+@dataclass(frozen=True)
+class Init:
+    """What model.init does to each freshly built layer (called with the layer), and whether a
+    linear classifier trained alongside (FF's read-out) starts at zero: no opinion, as in the
+    reference code, where the classifier's problem is convex."""
+
+    fn: Callable
+    zero_readout: bool = False
+
+    def __call__(self, layer: nn.Module) -> None:
+        self.fn(layer)
+
+
+# model.init (torch: keep torch's own default, uniform with std 1/sqrt(3 fan-in) and random
+# biases)
+INITS = {
+    "reference": Init(reference_init, zero_readout=True),
+    "torch": Init(lambda layer: None),
+}
 
 
 class Classifier(nn.Module):
@@ -367,7 +399,7 @@ def make_stack(
     """The LayerStack a ModelConfig `m` asks for, on rows of `features` from images of
     `image_shape` ((H, W), or (C, H, W) channel-first)."""
     spatial = None
-    if m.name != "mlp":
+    if LAYERS[m.name].spatial:
         spatial = {
             "kind": m.name,
             "in_shape": image_chw(image_shape, features),

@@ -28,15 +28,7 @@ import json
 
 from omegaconf import OmegaConf
 
-from ffbench.config import schema_keys
-
-
-def ignored(cfg, f) -> bool:
-    """Whether the result of the job `cfg` does not depend on the schema field `f`."""
-    if not f.metadata["result"]:
-        return True
-    selected = f.metadata["ignored_by"].items()
-    return any(OmegaConf.select(cfg, selector) in options for selector, options in selected)
+from ffbench.config import ignored, schema_keys
 
 
 def _drop(tree: dict, dotted: str) -> None:

@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from ffbench import journal, liveness, store
-from ffbench.config import GROUPS
+from ffbench.config import GROUPS, ignored
 from ffbench.errors import FFBenchError
 
 log = logging.getLogger("ffbench")
@@ -57,10 +57,11 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def run_name(choices: dict) -> str:
-    """Readable name such as ff-sumsq-relu-mnist (goodness is meaningless for bp)."""
+def run_name(choices: dict, cfg) -> str:
+    """Readable name such as ff-sumsq-relu-mnist: the goodness only where the job reads it
+    (not bp's, config.ignored)."""
     parts = [choices["algo"]]
-    if choices["algo"] == "ff":
+    if not ignored(cfg, "goodness.name"):
         parts.append(choices["goodness"])
     return "-".join([*parts, choices["activation"], choices["dataset"]])
 
@@ -467,7 +468,7 @@ def _start(cfg, tags: dict | None, resume=None) -> JobRun:
     params = flatten(values) | choices
     if resume is not None:  # params are written once: a resumed run keeps its first values
         params = {k: v for k, v in params.items() if k not in resume.data.params}
-    name = resume.info.run_name if resume is not None else run_name(choices)
+    name = resume.info.run_name if resume is not None else run_name(choices, cfg)
     start = journal.start_record(
         store.tracking_uri(cfg.tracking, hydra.runtime.cwd),
         store.experiment_name(cfg.tracking),

@@ -8,7 +8,7 @@ import typing
 import pytest
 from omegaconf import OmegaConf
 
-from ffbench.config import compose, schema_keys
+from ffbench.config import allowed, compose, schema_keys, validate
 from ffbench.settings import ignored, settings_hash
 
 
@@ -59,8 +59,8 @@ def test_settings_hash_on_cuda_is_the_one_recorded():
 
 def _changed(dotted: str, f, value):
     """Another value of the key: another allowed option, the other bool, a larger number."""
-    if f.metadata["choices"]:
-        return next(c for c in f.metadata["choices"] if c != value)
+    if allowed(f):
+        return next(c for c in allowed(f) if c != value)
     if isinstance(value, bool):
         return not value
     if isinstance(value, int | float):
@@ -108,15 +108,17 @@ def test_every_key_changes_the_hash_unless_it_declares_otherwise(overrides):
 def test_a_new_learner_model_and_data_set_get_every_key_hashed(monkeypatch):
     """Registered the documented way (docs/extending.md), with no rule written for them: every
     key that can change a result counts, so no sweep reuses a run made with other settings."""
-    from ffbench import data, experiment, models
+    from ffbench import data, learners, models
 
-    monkeypatch.setitem(experiment.LEARNERS, "toy_rule", experiment.LEARNERS["bp"])
+    monkeypatch.setitem(learners.LEARNERS, "toy_rule", learners.LEARNERS["bp"])
     monkeypatch.setitem(models.LAYERS, "toy_layers", models.LAYERS["mlp"])
     monkeypatch.setitem(data.LOADERS, "toy_data", data.LOADERS["digits"])
     # the other options, those that read every key that is theirs
     cfg = compose(
         [
             "model.blackbox=quantize",
+            "model.blackbox_grad=straight_through",
+            "algo.evaluation=readout",
             "algo.loss=symba",
             "algo.negatives=hybrid",
             "goodness=split",
@@ -130,6 +132,7 @@ def test_a_new_learner_model_and_data_set_get_every_key_hashed(monkeypatch):
         ("dataset.name", "toy_data"),
     ):
         cfg = _with(cfg, dotted, name)
+    validate(cfg)  # they are options like the others
     before = settings_hash(cfg, "cpu")
     never = [d for d, f in schema_keys() if not f.metadata["result"]]
     assert never == [
