@@ -73,7 +73,7 @@ cluster-up:  ## (root) a one-node SLURM cluster with accounting on this machine:
 cluster-down:  ## (root) stop it
 	.ci/slurm down
 
-test-slow: install  ## long checks: real MNIST accuracy, e.g. FFBENCH_DATA=../shared/data/mnist
+test-slow: install  ## long checks: real MNIST accuracy, e.g. FFBENCH_DATA=/path/to/mnist
 	$(BIN)/pytest -m slow -v
 
 bench: install  ## training speed against matmul throughput (minutes): JSON in outputs/bench/, table in docs/performance.md

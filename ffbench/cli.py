@@ -1,7 +1,7 @@
 """The `ffbench` command: Hydra composes the config, this file wires one job together.
 
 ffbench                                   FF on the bundled digits, a few seconds
-ffbench algo=bp dataset=mnist dataset.root=../shared/data/mnist
+ffbench algo=bp dataset=mnist             BP on MNIST: dataset.root or $FFBENCH_DATA, else downloaded
 ffbench -m algo=ff,bp activation=relu,gelu
 """
 

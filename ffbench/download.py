@@ -66,7 +66,7 @@ def _idx_files(*sums: tuple[str, str | None]) -> dict[str, Checksum]:
 
 
 # MD5s as torchvision lists them (the archives as published); the MNIST and Fashion-MNIST
-# ones of the decompressed files were checked against /work/shared/data/mnist and Debian's
+# ones of the decompressed files were checked against a local copy of MNIST and Debian's
 # dataset-fashion-mnist, whose .gz files were compressed again and so differ from the archives.
 REGISTRY = {
     "mnist": Source(

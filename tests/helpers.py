@@ -35,6 +35,7 @@ from ffbench.config import compose, validate
 from ffbench.download import IDX_STEMS
 
 REPO = Path(__file__).resolve().parents[1]
+TRACKED_FILES = ("git", "-C", str(REPO), "ls-files", "-z")  # the checkout's tracked files
 FFBENCH = shutil.which("ffbench", path=str(Path(sys.executable).parent)) or "ffbench"
 MLFLOW = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
 CPU = torch.device("cpu")
@@ -42,6 +43,10 @@ CPU = torch.device("cpu")
 QUICK = ["trainer.epochs=2", "model.width=32", "trainer.num_threads=1"]  # 1 thread: tiny nets
 ONE_THREAD = "trainer.num_threads=1"  # a tiny net: more threads than work only adds waiting
 SMALL_FF = ["algo=ff", "model.depth=3", "model.width=16"]  # the FF net most unit tests use
+# ctypes.util.find_library runs `ldconfig -p` to find a library: ffbench.measure looks up the
+# C library that way for malloc_trim. A lookup, not a process a test starts (the unit and app
+# tiers allow it).
+LIBRARY_LOOKUP = ("/sbin/ldconfig", "-p")
 
 
 # --- learners, built by the real config and experiment code --------------------------------
@@ -268,9 +273,7 @@ def real_mnist() -> str:
     published or decompressed); the calling test is skipped otherwise."""
     root = os.environ.get("FFBENCH_DATA")
     if not root:
-        pytest.skip(
-            "FFBENCH_DATA is not set: point it at real MNIST (FFBENCH_DATA=../shared/data/mnist)"
-        )
+        pytest.skip("FFBENCH_DATA is not set: point it at real MNIST (FFBENCH_DATA=/path/to/mnist)")
     for folder in (Path(root), Path(root) / "mnist"):
         if all(
             (folder / f"{stem}.gz").is_file() or (folder / stem).is_file() for stem in IDX_STEMS

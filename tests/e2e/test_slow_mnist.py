@@ -1,5 +1,5 @@
 """Accuracy on real MNIST (`make test-slow`, minutes): needs FFBENCH_DATA pointing at the
-four IDX files, e.g. FFBENCH_DATA=../shared/data/mnist make test-slow."""
+four IDX files, e.g. FFBENCH_DATA=/path/to/mnist make test-slow."""
 
 import pytest
 from helpers import all_runs, clean_env, real_mnist, run_ffbench

@@ -1,16 +1,15 @@
 """The unit tier's promises, checked and kept: no test here starts a process (the installed
-commands, servers, git and compiler workers belong in tests/e2e), and torch computes on one
-thread (tiny tensors: more threads only add waiting, much of it on a busy 2-core machine)."""
+commands, servers, compiler workers and whole jobs belong in tests/e2e and tests/app), and
+torch computes on one thread (tiny tensors: more threads only add waiting, much of it on a busy
+2-core machine). Two reads are let through: ldconfig's (LIBRARY_LOOKUP) and git's list of
+the tracked files (TRACKED_FILES, for test_tracked_files.py)."""
 
 import os
 import subprocess
 
 import pytest
 import torch
-
-# ctypes.util.find_library runs `ldconfig -p` to find a library: ffbench.measure looks up the
-# C library that way for malloc_trim. A lookup, not a process a test starts.
-LIBRARY_LOOKUP = ("/sbin/ldconfig", "-p")
+from helpers import LIBRARY_LOOKUP, TRACKED_FILES
 
 
 @pytest.fixture(autouse=True)
@@ -18,7 +17,7 @@ def no_processes(monkeypatch):
     start = subprocess.Popen._execute_child
 
     def only_library_lookups(self, args, *rest, **kwargs):
-        if tuple(args) != LIBRARY_LOOKUP:
+        if tuple(map(str, args)) not in (LIBRARY_LOOKUP, TRACKED_FILES):
             raise AssertionError(f"a unit test started {args}: move it to tests/e2e")
         return start(self, args, *rest, **kwargs)
 

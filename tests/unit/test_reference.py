@@ -1,6 +1,7 @@
-"""FF as Hinton's reference code trains it (../shared/REFERENCE.md, "details that are easy to
-get wrong"): peer normalisation at the units' input, the initialisation, the weight cost and
-the learning-rate decay, each checked against the reference's formula on a tiny net."""
+"""FF as Hinton's reference code trains it (the Matlab code he published with the paper: its
+details that are easy to get wrong): peer normalisation at the units' input, the
+initialisation, the weight cost and the learning-rate decay, each checked against the
+reference's formula on a tiny net."""
 
 import pytest
 import torch
