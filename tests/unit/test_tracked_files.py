@@ -1,7 +1,7 @@
 """Nothing of our development machines in what we publish: no tracked file names an absolute
-path of a developer's machine (/work/..., /root/..., /home/...), nor the development folder
-beside the checkout (../shared) that holds our data sets: where benchmarks, tests or the
-Makefile need real MNIST, the caller passes it in (FFBENCH_DATA)."""
+path of a developer's machine (a folder in /work, /root or /home), nor the development folder
+`shared` beside the checkout that holds our data sets: where benchmarks, tests or the Makefile
+need real MNIST, the caller passes it in (FFBENCH_DATA)."""
 
 import re
 import shutil
