@@ -82,7 +82,7 @@ bench: install  ## training speed against matmul throughput (minutes): JSON in o
 bench-memory: install  ## FF against BP / checkpointed BP in memory at depth 16, width 2000 (minutes)
 	$(BIN)/python benchmarks/memory.py
 
-results: install  ## docs/results.md from the MLflow runs of the paper's net and the studies (benchmarks/results.py)
+results: install  ## docs/results.md, its pictures and the README's result blocks from the run records in docs/records/ (seconds)
 	$(BIN)/python benchmarks/results.py
 
 docs: install  ## regenerate docs/options.md from the schema (a unit test fails when it is stale)

@@ -1,190 +1,486 @@
-"""docs/results.md from the MLflow runs themselves (`make results`): never a typed number.
+"""docs/results.md and the README's headline from the committed run records (`make results`).
 
-Each source below becomes one section of the page, the Markdown table `ffbench-report
---markdown` writes (ffbench/compare.py): each row with the command that reruns it, its seeds,
-mean ± sd over seeds, memory, time and the commit that ran it; the studies' rows are each
-algorithm's setting selected on validation accuracy. The page's hand-written part, after the
-generated one, is kept as it is.
+Every figure of the page comes from the records in docs/records/ (ffbench/records.py): never
+a typed number, never a store that only one machine has. A fresh clone regenerates the page,
+its pictures and the README's headline with no diff (a unit test checks it), in seconds.
 
-    python benchmarks/results.py             # every store must be there; else one line each, page untouched
-    python benchmarks/results.py --partial   # a store not there yet: its section says how to fill it
+    python benchmarks/results.py            # write docs/results.md, its pictures, the README block
+    python benchmarks/results.py --check    # exit 1 if they differ from what the records give
+
+A source is one MLflow experiment's records. A plain source shows every setting (mean ± sd over
+seeds). A comparison (a study) shows, for each algorithm, the setting selected on validation:
+on the search seeds where the study has them (its tries ran there; the chosen setting is then
+reported over the other seeds, which took no part in choosing it), else on all its seeds. Its
+rows carry the precision, threads, the time and FLOPs each run took to reach 99% of its own
+final validation accuracy, the 95% interval of the FF - BP difference in test accuracy, and a
+picture of validation accuracy per epoch, one named line per run.
+
+Provenance: a record of an uncommitted tree (`-dirty`) stops the page with one line naming it;
+a row pools only runs whose resolved configs (the seed aside) and commits are equal; each row's
+command composes exactly the config its runs recorded (`problems`, run by a unit test).
 """
 
 import argparse
+import io
+import shlex
+import statistics
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
+from omegaconf import OmegaConf
+from rich.console import Console
 
-from ffbench import compare
+from ffbench import compare, config, records, tracking
 
-
-@dataclass
-class Source:
-    title: str
-    store: str  # a SQLite file, relative to --root
-    experiment: str
-    select: str | None  # what a study selects each algorithm's setting on
-    fill: tuple[str, ...]  # the commands that record its runs, for a section not run yet
-    headline: bool = False  # also shown in the README's headline results
-
-
-STUDIES = "tracking.uri=sqlite:///outputs/studies/mlflow.db"
-DIGITS = "tracking.uri=sqlite:///outputs/digits/mlflow.db"
-CONV = "tracking.uri=sqlite:///outputs/conv/mlflow.db"
-SOURCES = [
-    Source(
-        "The first two commands: FF and BP on the bundled digits (2 x 256, 50 epochs)",
-        "outputs/digits/mlflow.db",
-        "ffbench",
-        None,
-        (f"ffbench {DIGITS}", f"ffbench algo=bp {DIGITS}"),
-        headline=True,
-    ),
-    Source(
-        "The paper's MNIST net (4 x 2000): FF and BP",
-        "outputs/paper/mlflow.db",
-        "ffbench",
-        None,
-        (
-            "ffbench +experiment=hinton_mnist tracking.uri=sqlite:///outputs/paper/mlflow.db",
-            "ffbench +experiment=hinton_mnist_bp tracking.uri=sqlite:///outputs/paper/mlflow.db",
-            "ffbench +experiment=hinton_mnist_bf16 tracking.uri=sqlite:///outputs/paper/mlflow.db",
-        ),
-        headline=True,
-    ),
-    Source(
-        "Conv nets: channel-wise competitive FF and BP on the same net, MNIST and Fashion-MNIST",
-        "outputs/conv/mlflow.db",
-        "ffbench",
-        None,
-        tuple(
-            f"ffbench +experiment={preset} {CONV}"
-            for preset in (
-                "mnist_conv",
-                "mnist_conv_bp",
-                "fashion_mnist_conv",
-                "fashion_mnist_conv_bp",
-            )
-        ),
-        headline=True,
-    ),
-    Source(
-        "Precision: the paper's net for 10 epochs in fp32 and in bf16, three seeds each",
-        "outputs/precision/mlflow.db",
-        "ffbench",
-        None,
-        tuple(
-            f"ffbench -m +experiment=hinton_mnist trainer.epochs=10 trainer.precision={p} "
-            f"trainer.seed=0,1,2 tracking.uri=sqlite:///outputs/precision/mlflow.db"
-            for p in ("fp32", "bf16")
-        ),
-    ),
-    Source(
-        "Study: MNIST, 2 x 500 MLP, the same learning-rate search for FF and BP",
-        "outputs/studies/mlflow.db",
-        "study-mnist_mlp",
-        "val_accuracy",
-        (f"ffbench -m +study=mnist_mlp {STUDIES}",),
-    ),
-    Source(
-        "Study: Fashion-MNIST, 2 x 500 MLP, the same learning-rate search for FF and BP",
-        "outputs/studies/mlflow.db",
-        "study-fashion_mnist_mlp",
-        "val_accuracy",
-        (f"ffbench -m +study=fashion_mnist_mlp {STUDIES}",),
-    ),
-]
+ROOT = Path(__file__).resolve().parents[1]
 PAGE = "docs/results.md"
-# Everything after this line is written by hand and kept when the page is generated again.
-END = "<!-- End of the generated part. Below: written by hand, kept by `make results`. -->"
-# The README's headline results: the headline sources' sections, between these two lines.
+PICTURES = "docs/images/results"
 README = "README.md"
 HEADLINE = (
     "<!-- Headline results: generated by `make results`, do not edit by hand. -->",
     "<!-- End of the headline results. -->",
 )
+REPORT = (
+    "<!-- Report example: generated by `make results`, do not edit by hand. -->",
+    "<!-- End of the report example. -->",
+)
+STORE = "tracking.uri=sqlite:///outputs/studies/mlflow.db"
+TARGET = 0.99  # of a run's own final validation accuracy: "converged" for the time columns
+MIN_SEEDS = 3  # a headline row's seeds at least
+
+
+@dataclass
+class Source:
+    title: str
+    experiment: str  # the MLflow experiment of its runs; its records: docs/records/<experiment>
+    fill: tuple[str, ...]  # the commands that record its runs, run from the repository's root
+    about: str  # what the runs are, in a sentence or two
+    select: bool = False  # a comparison: each algorithm's setting chosen on validation
+    search_seeds: tuple[str, ...] = ()  # the seeds of the search; the others report
+    headline: bool = False  # also in the README
+    report: bool = False  # the README's example of ffbench-report's table and picture
+
+
+def _study(name: str, halves: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"ffbench -m +study={name}_{half} {STORE}" for half in halves)
+
+
+SOURCES = [
+    Source(
+        "FF and BP on the paper's MNIST net (4 x 2000), tuned alike",
+        "study-paper_mnist",
+        _study("paper_mnist", ("bp_sgd", "bp_adam", "ff")),
+        "FF: the reference recipe (+experiment=hinton_mnist, 60 epochs, bf16). BP: the same net "
+        "for 20 epochs (the paper's budget for BP), its optimizer and learning rate chosen on "
+        "validation from 8 tries (SGD with momentum and Adam, 4 learning rates each, seed 0).",
+        select=True,
+        search_seeds=("0",),
+        headline=True,
+    ),
+    Source(
+        "FF and BP on the MNIST conv net, tuned alike",
+        "study-mnist_conv",
+        _study("mnist_conv", ("bp_sgd", "bp_adam", "ff")),
+        "FF: channel-wise competitive FF on 20-80-240 maps (+experiment=mnist_conv, chosen from "
+        "about ten tries on validation). BP: the same net, its optimizer and learning rate chosen "
+        "on validation from 10 tries (SGD with momentum and Adam, 5 learning rates each, seed 0).",
+        select=True,
+        search_seeds=("0",),
+        headline=True,
+    ),
+    Source(
+        "FF and BP on the Fashion-MNIST conv net, tuned alike",
+        "study-fashion_mnist_conv",
+        _study("fashion_mnist_conv", ("bp_sgd", "bp_adam", "ff")),
+        "The MNIST conv comparison's net, recipe, search and seeds on Fashion-MNIST.",
+        select=True,
+        search_seeds=("0",),
+        headline=True,
+    ),
+    Source(
+        "Study: MNIST, 2 x 500 MLP, the same learning-rate search for FF and BP",
+        "study-mnist_mlp",
+        (f"ffbench -m +study=mnist_mlp {STORE}",),
+        "FF and BP each over Adam's learning rates 1e-4 to 3e-3 and seeds 0, 1, 2, selected on "
+        "the mean validation accuracy over the seeds (docs/studies.md).",
+        select=True,
+    ),
+    Source(
+        "Study: Fashion-MNIST, 2 x 500 MLP, the same learning-rate search for FF and BP",
+        "study-fashion_mnist_mlp",
+        (f"ffbench -m +study=fashion_mnist_mlp {STORE}",),
+        "The MNIST MLP study on Fashion-MNIST.",
+        select=True,
+    ),
+    Source(
+        "Untuned: the README's first two commands on the bundled digits (2 x 256, 50 epochs)",
+        "digits",
+        (
+            "ffbench -m algo=ff,bp trainer.seed=0,1,2 trainer.num_threads=1 "
+            "tracking.uri=sqlite:///outputs/digits/mlflow.db tracking.experiment=digits",
+        ),
+        "The defaults of `ffbench` and `ffbench algo=bp`, not tuned for either: a smoke test "
+        "of the two commands, not a comparison.",
+        report=True,
+    ),
+]
+
 HEADER = """# Results
 
-<!-- Generated by `make results` (benchmarks/results.py): do not edit by hand down to the end marker. -->
+<!-- Generated by `make results` (benchmarks/results.py) from docs/records/: do not edit by hand. -->
 
-**Generated** by `make results` (`benchmarks/results.py`) from the MLflow runs of the stores it
-names: do not edit this part by hand, run the command again after new runs. Each row says the
-command that reruns it (presets included; a comma list of seeds makes it a sweep, `-m`), its
-seeds, the mean ± standard deviation over them and the commit of the code that made the runs.
-Accuracies repeat exactly with the same seed and thread count; times and RSS vary with the
-machine and its load. How a study chooses its rows: [studies.md](studies.md).
+**Generated** by `make results` from the run records committed in
+[records/](records/) (one JSON file per MLflow run: params, tags, final metrics, histories;
+`ffbench-records load docs/records/NAME --tracking-uri sqlite:///outputs/records.db` puts them
+into a store for the MLflow UI and `ffbench-report`). Each row gives the command that reruns
+it (a comma list makes it a sweep, `-m`), its precision and threads, its seeds, the mean ±
+standard deviation over them and the commit that made the runs. Accuracies repeat exactly with
+the same seed and thread count; times and RSS vary with the machine and its load. A study
+chooses each algorithm's setting on validation, never on test ([studies.md](studies.md)).
 """
 
+# Keys of a record that say where things were kept, not what was computed (config.py's
+# `result=False`), and the seed: a row's runs may differ in these alone.
+SEED = compare.SEED
 
-def section(source: Source, root: Path) -> str:
-    """The source's Markdown section; LookupError if its store, experiment or runs are missing."""
-    path = root / source.store
-    if not path.exists():  # a relative sqlite:/// path would be read from the working directory
-        raise LookupError(f"no MLflow store at {source.store}")
-    runs, _ = compare.load(f"sqlite:///{path}", source.experiment, None)
+
+def _not_result() -> set[str]:
+    found = {dotted for dotted, f in config.schema_keys() if not f.metadata.get("result", True)}
+    return found | {SEED}
+
+
+class Provenance(Exception):
+    """A record that must not make a figure (an uncommitted tree)."""
+
+
+def _runs(source: Source, root: Path) -> tuple[list, dict]:
+    """The source's runs (in-memory MLflow runs) and their records by run id."""
+    found = records.read(root / "docs" / "records" / source.experiment)
+    dirty = [records.file_name(r) for r in found if _commit(r).endswith("-dirty")]
+    if dirty:
+        raise Provenance(
+            f"{source.experiment}: runs of an uncommitted tree cannot make a figure: "
+            f"{', '.join(dirty)} (commit, then run them again)"
+        )
+    return [records.as_run(r) for r in found], {r["run_id"]: r for r in found}
+
+
+def _commit(record: dict) -> str:
+    return record["tags"].get("ffbench.git_commit", "unknown")
+
+
+def _fingerprint(record: dict, ignored: set[str]) -> tuple:
+    """What a row's runs must share: the resolved config but for the seed and where things
+    were kept, and the commit."""
+    config_items = {k: v for k, v in record["params"].items() if k not in ignored}
+    return (tuple(sorted(config_items.items())), _commit(record))
+
+
+def rows(runs, by_id: dict, ignored: set[str]) -> list[list]:
+    """The runs split into rows of equal fingerprints, first run first."""
+    found: dict[tuple, list] = {}
+    for run in runs:
+        found.setdefault(_fingerprint(by_id[run.info.run_id], ignored), []).append(run)
+    return list(found.values())
+
+
+# -- what a row shows beyond compare's figures -----------------------------------------------
+
+
+def to_target(record: dict) -> tuple[float, float] | None:
+    """(training seconds, TFLOP) a run took to first reach TARGET of its own final validation
+    accuracy, from its per-pass histories; None without them."""
+    history = record["history"]
+    final = record["metrics"].get("val_accuracy")
+    if final is None or "val_accuracy" not in history or "epoch_time_s" not in history:
+        return None
+    reached = next(step for step, v in history["val_accuracy"] if v >= TARGET * final)
+    seconds = sum(v for step, v in history["epoch_time_s"] if step <= reached)
+    passes = max(step for step, _ in history["epoch_time_s"])
+    m = record["metrics"]
+    flops = m.get("train_gflops_per_s", 0.0) * m.get("train_time_s", 0.0) * 1e9 * reached / passes
+    return seconds, flops / 1e12
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """mean(a) - mean(b) and its 95% interval by Welch's t (unequal variances, unpaired)."""
+    from scipy.stats import t  # mlflow's dependency; imported when a page needs it
+
+    ma, mb = statistics.mean(a), statistics.mean(b)
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = (va + vb) ** 0.5
+    if se == 0:
+        return ma - mb, ma - mb, ma - mb
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = t.ppf(0.975, df) * se
+    return ma - mb, ma - mb - half, ma - mb + half
+
+
+def _param(runs, key: str) -> str:
+    return ", ".join(sorted({run.data.params.get(key, "-") for run in runs}))
+
+
+def _cell(values: list[float], fmt: str) -> str:
+    return compare.cell(values, fmt)
+
+
+ROW_METRICS = ("val_accuracy", "test_accuracy", "peak_saved_activations_mb", "peak_rss_mb")
+
+
+def row_table(groups: list[list], by_id: dict) -> list[str]:
+    headers = ["algorithm", "command", "precision", "threads", "seeds"]
+    headers += [compare.column(m)[0] for m in ROW_METRICS]
+    headers += ["train s", "s to 99% val", "TFLOP to 99% val", "commit"]
+    lines = ["| " + " | ".join(headers) + " |", "|---|---|---|---:|---|" + "---:|" * 7 + "---|"]
+    for runs in groups:
+        reached = [x for run in runs if (x := to_target(by_id[run.info.run_id]))]
+        cells = [
+            compare.value(runs[0], "algo"),
+            f"`{compare.command(runs)}`",
+            _param(runs, "trainer.precision"),
+            _param(runs, "trainer.num_threads"),
+            compare.seeds(runs),
+            *(_cell(compare.metric_values(runs, m), compare.column(m)[1]) for m in ROW_METRICS),
+            _cell(compare.metric_values(runs, "train_time_s"), ".0f"),
+            _cell([s for s, _ in reached], ".0f"),
+            _cell([f for _, f in reached], ".3g"),
+            compare.commits(runs),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+# -- sections ----------------------------------------------------------------------------------
+
+
+def _choose(runs, keys: list[str], search: tuple[str, ...]) -> dict[str, tuple[list, list]]:
+    """{algorithm: (the chosen setting's reported runs, the runs it was chosen on)}."""
+    chosen = {}
+    by_algo: dict[str, list[list]] = {}
+    for settings in compare.groups(runs, keys).values():
+        by_algo.setdefault(compare.value(settings[0], "algo"), []).append(settings)
+    for algo, settings in by_algo.items():
+        searched = [[r for r in s if compare.value(r, SEED) in search] for s in settings]
+        tried = [s for s in searched if s] or settings
+
+        def mean(runs) -> float:
+            return statistics.mean(compare.metric_values(runs, "val_accuracy"))
+
+        best = max(tried, key=mean)
+        setting = compare.label(best[0], keys)
+        every = next(s for s in settings if compare.label(s[0], keys) == setting)
+        reported = [r for r in every if compare.value(r, SEED) not in search] if search else every
+        chosen[algo] = (reported, best if search else every)
+    return chosen
+
+
+def _rank(algo: str) -> tuple:
+    return compare._algo_rank(algo)
+
+
+def _reseeded(runs, seeds: str) -> str:
+    """The command of `runs` with `trainer.seed=seeds`."""
+    words = shlex.split(compare.command(runs))
+    words = [w for w in words if not w.startswith(f"{SEED}=") and w != "-m"]
+    return shlex.join([words[0], "-m", *words[1:], f"{SEED}={seeds}"])
+
+
+def comparison(source: Source, runs, by_id: dict) -> tuple[str, str, str | None]:
+    """(the page's section, the README's part, the picture as SVG or None)."""
     keys, results, rest = compare.split(runs)
-    where = f"The runs of experiment `{source.experiment}` in `{source.store}`"
-    return compare.markdown(results, keys, source.title, where, source.select, len(rest))
+    ignored = _not_result()
+    chosen = _choose(results, keys, source.search_seeds)
+    reported, pending = [], []
+    for algo, (runs_reported, chosen_on) in sorted(chosen.items(), key=lambda i: _rank(i[0])):
+        if len({compare.value(r, SEED) for r in runs_reported}) < MIN_SEEDS:
+            seeds = ",".join(str(s) for s in range(1, MIN_SEEDS + 1))
+            pending.append(
+                f"{algo}: `{compare.label(chosen_on[0], keys)}` chosen on validation "
+                f"({len(runs_reported)} reported runs so far); to report it: "
+                f"`{_reseeded(chosen_on, seeds)}`"
+            )
+        reported += rows(runs_reported, by_id, ignored)
+    table = row_table(reported, by_id) if reported else []
+    difference = ""
+    ff = [r for group in reported for r in group if compare.value(r, "algo") == "ff"]
+    bp = [r for group in reported for r in group if compare.value(r, "algo") == "bp"]
+    a, b = compare.metric_values(ff, "test_accuracy"), compare.metric_values(bp, "test_accuracy")
+    if len(a) >= 2 and len(b) >= 2:
+        d, low, high = welch(a, b)
+        difference = (
+            f"FF - BP test accuracy: {d:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}] "
+            f"(Welch's t over {len(a)} and {len(b)} seeds: FF's and BP's runs share no "
+            "randomness, so they are not paired)."
+        )
+    lines = [f"## {source.title}", "", source.about, ""]
+    if source.search_seeds:
+        lines += [
+            f"Chosen on the validation accuracy of seed {', '.join(source.search_seeds)}; "
+            "reported over the other seeds, which took no part in the choice.",
+            "",
+        ]
+    lines += table + ([""] if table else [])
+    if difference:
+        lines += [difference, ""]
+    if pending:
+        lines += ["Not complete yet: " + "; ".join(pending) + ".", ""]
+    picture = None
+    if reported:
+        picture = _draw([r for group in reported for r in group], keys, by_id)
+        name = f"images/results/{source.experiment}.svg"
+        lines += [f"![Validation accuracy per epoch of every reported run]({name})", ""]
+    readme = [f"## {source.title}", "", *table]
+    readme += [""] * bool(table) + [difference] * bool(difference)
+    readme += ["", "Not complete yet: " + "; ".join(pending) + "."] * bool(pending)
+    lines += search_table(results, keys, source)
+    if rest:
+        lines += ["", f"{len(rest)} failed, killed or unfinished runs are not averaged."]
+    return "\n".join(lines) + "\n", "\n".join(readme) + "\n", picture
+
+
+def search_table(results, keys: list[str], source: Source) -> list[str]:
+    """Every setting tried, with its validation accuracy on the seeds it was chosen on."""
+    search = source.search_seeds
+    lines = [
+        "",
+        f"Every setting tried ({'seed ' + ', '.join(search) if search else 'all seeds'}), "
+        "validation accuracy:",
+        "",
+        "| algorithm | setting | seeds | val acc | commit |",
+        "|---|---|---|---:|---|",
+    ]
+    for label, runs in compare.groups(results, keys, algo_first=True).items():
+        tried = [r for r in runs if not search or compare.value(r, SEED) in search]
+        if not tried:
+            continue
+        val = _cell(compare.metric_values(tried, "val_accuracy"), ".4f")
+        lines.append(
+            f"| {compare.value(tried[0], 'algo')} | `{label}` | {compare.seeds(tried)} | {val} | "
+            f"{compare.commits(tried)} |"
+        )
+    return lines
+
+
+def plain(source: Source, runs, by_id: dict) -> tuple[str, str]:
+    """(the page's section, ffbench-report's table of the runs as the terminal shows it)."""
+    keys, results, rest = compare.split(runs)
+    ignored = _not_result()
+    groups = [g for s in compare.groups(results, keys).values() for g in rows(s, by_id, ignored)]
+    lines = [f"## {source.title}", "", source.about, "", *row_table(groups, by_id)]
+    if rest:
+        lines += ["", f"{len(rest)} failed, killed or unfinished runs are not averaged."]
+    console = Console(record=True, width=120, file=io.StringIO())
+    console.print(compare.table(results, keys))
+    terminal = "\n".join(line.rstrip() for line in console.export_text().splitlines())
+    return "\n".join(lines) + "\n", terminal + "\n"
+
+
+def _draw(runs, keys: list[str], by_id: dict) -> str:
+    """compare's picture of validation accuracy per epoch, one named line per run, as SVG."""
+
+    def history(run) -> list:
+        return by_id[run.info.run_id]["history"].get("val_accuracy", [])
+
+    with tempfile.TemporaryDirectory() as folder:
+        return compare.draw_epochs(history, runs, keys, Path(folder, "epochs.svg")).read_text()
+
+
+def build(root: Path) -> tuple[str, dict, dict[str, str]]:
+    """(docs/results.md, {the README's markers: the block between them}, {picture path under
+    root: its SVG})."""
+    sections, headline, pictures, report = [HEADER], [], {}, ""
+    for source in SOURCES:
+        runs, by_id = _runs(source, root)
+        if not runs:
+            commands = ", then ".join(f"`{c}`" for c in source.fill)
+            text = f"## {source.title}\n\n{source.about}\n\nNot run yet: {commands}.\n"
+            sections.append(text)
+            if source.headline:
+                headline.append("#" + text)
+            continue
+        if source.select:
+            page, readme, picture = comparison(source, runs, by_id)
+            sections.append(page)
+            if picture is not None:
+                pictures[f"{PICTURES}/{source.experiment}.svg"] = picture
+            if source.headline:
+                headline.append("#" + readme)
+        else:
+            page, terminal = plain(source, runs, by_id)
+            sections.append(page)
+            if source.report:
+                name = f"{PICTURES}/{source.experiment}.svg"
+                keys, results, _ = compare.split(runs)
+                pictures[name] = _draw(results, keys, by_id)
+                report = (
+                    f"```\n{terminal}```\n\n![Validation accuracy per epoch of each run]({name})\n"
+                )
+    return "\n".join(sections), {HEADLINE: "\n".join(headline), REPORT: report}, pictures
+
+
+def problems(root: Path) -> list[str]:
+    """Rows whose command does not compose the config their runs recorded (a preset that
+    drifted since they ran): one line each. A row's runs share their config but for the seed
+    (`rows`), so the first run of each row is composed with its own seed."""
+    found = []
+    ignored = _not_result() - {SEED}
+    for source in SOURCES:
+        runs, by_id = _runs(source, root)
+        for row in rows(runs, by_id, _not_result()):
+            words = shlex.split(compare.command(row[:1]))[1:]
+            cfg = config.compose(words)
+            composed = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
+            recorded = by_id[row[0].info.run_id]["params"]
+            differ = sorted(
+                k
+                for k in set(composed) | {k for k in recorded if "." in k}
+                if k not in ignored and str(composed.get(k)) != recorded.get(k)
+            )
+            if differ:
+                found.append(
+                    f"{source.experiment}: `{compare.command(row)}` now composes other values "
+                    f"of {', '.join(differ)} than its runs recorded"
+                )
+    return found
+
+
+def fill(text: str, blocks: dict) -> str:
+    """`text` with each block between its (start, end) markers, where it has them."""
+    for (start, end), block in blocks.items():
+        if start in text and end in text:
+            before, rest = text.split(start, 1)
+            text = f"{before}{start}\n\n{block}\n{end}{rest.split(end, 1)[1]}"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=ROOT, help="the repository (default: this)")
     parser.add_argument(
-        "--root",
-        type=Path,
-        default=Path(__file__).resolve().parents[1],
-        help="where the stores and the page are (default: the repository)",
-    )
-    parser.add_argument(
-        "--partial", action="store_true", help="write the page even if some stores are missing"
+        "--check", action="store_true", help="only say whether the docs match the records"
     )
     args = parser.parse_args(argv)
-    page = args.root / PAGE
-    sections, missing = [], []
-    for source in SOURCES:
-        try:
-            sections.append(section(source, args.root))
-        except (LookupError, MlflowException) as err:
-            reason = str(err.args[0] if isinstance(err, LookupError) else err.message)
-            reason = reason.splitlines()[0]
-            missing.append(f"{source.title}: {reason}")
-            commands = ", then ".join(f"`{command}`" for command in source.fill)
-            sections.append(f"## {source.title}\n\nNot run yet: {commands}.\n")
-    if missing and not args.partial:
-        for line in missing:
-            print(f"results.py: {line}", file=sys.stderr)
-        print(f"results.py: {page} left as it was (--partial writes it anyway)", file=sys.stderr)
+    try:
+        page, blocks, pictures = build(args.root)
+    except Provenance as err:
+        print(f"results.py: error: {err}", file=sys.stderr)
         return 1
-    old = page.read_text() if page.exists() else END + "\n"
-    if END not in old:  # rather than lose what was written by hand
-        print(
-            f"results.py: {page} lacks the line {END}: add it above the hand-written part",
-            file=sys.stderr,
-        )
-        return 1
-    kept = old.partition(END)[2]
-    page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text("\n".join([HEADER, *sections, END]) + kept)
-    print(f"wrote {page}: {len(sections) - len(missing)} of {len(sections)} sections from runs")
-    headlines = [text for source, text in zip(SOURCES, sections, strict=True) if source.headline]
-    write_headline(args.root / README, headlines)
+    readme_path, page_path = args.root / README, args.root / PAGE
+    readme = readme_path.read_text() if readme_path.exists() else ""
+    wanted = {page_path: page, readme_path: fill(readme, blocks)}
+    wanted |= {args.root / name: svg for name, svg in pictures.items()}
+    stale = [p for p, text in wanted.items() if not p.exists() or p.read_text() != text]
+    if args.check:
+        for path in stale:
+            print(f"results.py: {path} differs from what the records give: run `make results`")
+        return 1 if stale else 0
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(wanted[path])
+        print(f"wrote {path}")
     return 0
-
-
-def write_headline(readme: Path, sections: list[str]) -> None:
-    """Put `sections` (one heading level down) between the README's HEADLINE lines, if the
-    README has them (a --root without a README, as in the tests, has none)."""
-    start, end = HEADLINE
-    text = readme.read_text() if readme.exists() else ""
-    if start not in text or end not in text:
-        return
-    before, rest = text.split(start, 1)
-    after = rest.split(end, 1)[1]
-    body = "\n".join("#" + section for section in sections)  # "## title" -> "### title"
-    readme.write_text(f"{before}{start}\n\n{body}\n{end}{after}")
-    print(f"wrote the headline results of {readme}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ each row with the command that reruns it, its seeds and the commit that ran it.
 """
 
 import argparse
+import functools
 import os
 import shlex
 import statistics
@@ -39,6 +40,7 @@ from ffbench import liveness, store, ui
 
 ALGOS = ("ff", "bp", "bp_ckpt")  # row and colour order; any other algorithm follows
 SEED = "trainer.seed"  # averaged over, never a setting
+DASHES = ("-", "--", ":", "-.")  # the runs of one colour (algorithm) apart
 # metric: (header, format, which of two values is better)
 COLUMNS = {
     "test_accuracy": ("test acc", ".4f", max),
@@ -332,24 +334,30 @@ def _legend_label(algo: str, seen: set) -> str:
     return algo if first else f"_{algo}"
 
 
-def draw_epochs(client: MlflowClient, results, path: Path) -> Path:
+def draw_epochs(history, runs, keys: list[str], path: Path) -> Path:
+    """Validation accuracy per epoch, one line per run, named by its setting and seed (colour:
+    the algorithm; dash: the run); `history(run)` gives its (step, value) points."""
     figure, [axes] = _figure()
-    colours, seen = _colours(results), set()
-    for run in results:
-        history = sorted(
-            client.get_metric_history(run.info.run_id, "val_accuracy"), key=lambda m: m.step
-        )
-        algo = value(run, "algo")
+    colours = _colours(runs)
+    for i, run in enumerate(runs):
+        points = history(run)
         axes.plot(
-            [m.step for m in history],
-            [m.value for m in history],
-            color=colours[algo],
-            alpha=0.7,
-            label=_legend_label(algo, seen),
+            [step for step, _ in points],
+            [v for _, v in points],
+            color=colours[value(run, "algo")],
+            linestyle=DASHES[i % len(DASHES)],
+            alpha=0.8,
+            label=f"{label(run, keys)} seed {value(run, SEED)}",
         )
     axes.xaxis.get_major_locator().set_params(integer=True)
-    axes.set(xlabel="epoch (MLflow step)", ylabel="validation accuracy", title="one line per run")
+    axes.set(xlabel="epoch (MLflow step)", ylabel="validation accuracy")
     return _save(figure, axes, path)
+
+
+def history(client: MlflowClient, run, key: str = "val_accuracy") -> list[tuple[int, float]]:
+    """A metric's (step, value) points in the store, in step order."""
+    found = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+    return [(m.step, m.value) for m in found]
 
 
 def draw_time(results, path: Path) -> Path:
@@ -390,11 +398,18 @@ def draw_memory(results, keys: list[str], key: str, path: Path) -> Path:
 
 
 def _save(figure, axes, path: Path) -> Path:
+    """PNG, or SVG written so that the same figure gives the same bytes (docs/results.md's)."""
     for each in figure.axes:
         each.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    axes.legend(fontsize="x-small")
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    if path.suffix == ".svg":
+        import matplotlib
+
+        with matplotlib.rc_context({"svg.hashsalt": "ffbench"}):
+            figure.savefig(path, metadata={"Date": None})
+    else:
+        figure.savefig(path, dpi=100)
     return path
 
 
@@ -434,7 +449,7 @@ def report(runs, client: MlflowClient, folder: Path, metric: str | None = None) 
     pictures = {}
     if measured:  # copies have no curve, and their point would hide the original's
         pictures["validation accuracy per epoch"] = draw_epochs(
-            client, measured, folder / "accuracy_per_epoch.png"
+            functools.partial(history, client), measured, keys, folder / "accuracy_per_epoch.png"
         )
         pictures["test accuracy against wall time"] = draw_time(
             measured, folder / "accuracy_vs_time.png"

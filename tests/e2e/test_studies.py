@@ -2,7 +2,7 @@
 learning rates, two seeds), then `ffbench-report --select val_accuracy --markdown`, checked
 against the MLflow store: the selected learning rate is the best by mean validation accuracy,
 the Markdown's figures are the store's means, its command reruns the very settings; and
-benchmarks/results.py builds docs/results.md from such a store."""
+benchmarks/results.py builds docs/results.md from the study's records (ffbench-records)."""
 
 import shlex
 import shutil
@@ -123,47 +123,33 @@ def test_select_keeps_the_best_validation_setting_and_markdown_matches_the_store
     assert "Selected" in Path(saved).read_text()
 
 
-def test_results_page_from_the_stores_or_one_line_per_missing_store(study, selected, tmp_path):
-    script = [sys.executable, str(REPO / "benchmarks" / "results.py"), "--root", str(tmp_path)]
-    studies = tmp_path / "outputs" / "studies"
-    studies.mkdir(parents=True)
-    shutil.copy(study.cwd / "outputs" / "mlflow.db", studies / "mlflow.db")
-    missing = subprocess.run(script, capture_output=True, text=True, env=clean_env(), timeout=120)
-    assert missing.returncode == 1
-    lines = missing.stderr.strip().splitlines()
-    assert len(lines) == 6 and "Traceback" not in missing.stderr
-    assert "no MLflow store at outputs/digits/mlflow.db" in lines[0]
-    assert "no MLflow store at outputs/paper/mlflow.db" in lines[1]
-    assert "no MLflow store at outputs/conv/mlflow.db" in lines[2]
-    assert "no MLflow store at outputs/precision/mlflow.db" in lines[3]
-    assert "no experiment 'study-fashion_mnist_mlp'" in lines[4]
-    page = tmp_path / "docs" / "results.md"
-    assert not page.exists()
+RECORDS = (
+    shutil.which("ffbench-records", path=str(Path(sys.executable).parent)) or "ffbench-records"
+)
 
-    page.parent.mkdir()
-    end = "<!-- End of the generated part. Below: written by hand, kept by `make results`. -->"
-    page.write_text(f"old numbers\n{end}\n## Notes by hand\n")
-    readme = tmp_path / "README.md"
-    start, stop = "<!-- Headline results: generated", "<!-- End of the headline results. -->"
-    readme.write_text(
-        f"# ffbench\n{start} by `make results`, do not edit by hand. -->\nold\n{stop}\nrest\n"
-    )
-    done = subprocess.run(
-        [*script, "--partial"], capture_output=True, text=True, env=clean_env(), timeout=120
-    )
+
+def test_results_page_from_the_study_records(study, selected, tmp_path):
+    """`ffbench-records export` writes the study's runs as records; benchmarks/results.py makes
+    docs/results.md from the records alone, selecting as ffbench-report did."""
+    folder = tmp_path / "docs" / "records" / "study-mnist_mlp"
+    uri = f"sqlite:///{study.cwd / 'outputs' / 'mlflow.db'}"
+    args = ["export", str(folder), "--tracking-uri", uri, "--experiment", "study-mnist_mlp"]
+    exported = run_ffbench(study.cwd, *args, env=clean_env(), timeout=120, exe=RECORDS)
+    assert exported.returncode == 0, exported.stderr
+    assert len(list(folder.glob("*.json"))) == len(study.runs)
+    for path in folder.glob("*.json"):  # a working tree under edit: provenance is a unit test's
+        path.write_text(path.read_text().replace('-dirty"', '"'))
+    script = [sys.executable, str(REPO / "benchmarks" / "results.py"), "--root", str(tmp_path)]
+    done = subprocess.run(script, capture_output=True, text=True, env=clean_env(), timeout=120)
     assert done.returncode == 0, done.stderr
-    text = page.read_text()
-    assert "do not edit by hand" in text and "make results" in text
-    assert "old numbers" not in text and text.endswith(f"{end}\n## Notes by hand\n")
-    assert "Not run yet: `ffbench +experiment=hinton_mnist" in text
-    # the README's headline block: the digits, paper and conv sections, one heading level down
-    headline = readme.read_text()
-    assert "\nold\n" not in headline and headline.endswith(f"{stop}\nrest\n")
-    assert "### The first two commands" in headline and "### The paper's MNIST net" in headline
-    assert "### Conv nets" in headline and "### Study" not in headline
-    # the study's rows: those of ffbench-report, the experiment read instead of the sweep
-    rows = markdown_rows(text.split("## Study: MNIST")[1].split("\n## ")[0])
-    assert rows == selected.rows
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert "Not run yet: `ffbench -m +study=paper_mnist_bp_sgd" in text  # no records of it here
+    rows = markdown_rows(text.split("## Study: MNIST")[1].split("\n## ")[0].split("Every")[0])
+    assert set(rows) == set(selected.rows) == {"ff", "bp"}
+    for algo, row in rows.items():
+        report = selected.rows[algo]
+        # command, seeds, validation and test accuracy: the same as ffbench-report's selection
+        assert (row[1], row[4], row[5], row[6]) == (report[1], report[2], report[3], report[4])
 
 
 def test_the_markdown_command_reruns_the_same_settings(study, selected):
