@@ -2,6 +2,7 @@
 run whose heartbeat stopped is marked lost (liveness.py): both in this process, on the digits
 and on a real SQLite store."""
 
+import threading
 import time
 
 import pytest
@@ -75,14 +76,29 @@ def test_only_runs_whose_heartbeat_stopped_are_marked_lost(tmp_path):
     assert client.get_run(finished).info.status == "FINISHED"
 
 
-def test_a_heartbeat_beats_until_stopped(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run_id = client.create_run(client.create_experiment("e"), tags=liveness.tags(0.2)).info.run_id
-    client.set_tag(run_id, liveness.BEAT, "0")
-    with liveness.Heartbeat(client, run_id, 0.2):
-        time.sleep(0.7)
-    beat = client.get_run(run_id).data.tags[liveness.BEAT]
-    assert abs(int(beat) - time.time()) < 5
-    client.set_tag(run_id, liveness.BEAT, "0")
-    time.sleep(0.5)
-    assert client.get_run(run_id).data.tags[liveness.BEAT] == "0"  # stopped: no more beats
+class Beats:
+    """A client that records each beat (set_tag) and says when `wanted` have come."""
+
+    def __init__(self, wanted: int):
+        self.tags, self.wanted, self.enough = [], wanted, threading.Event()
+
+    def set_tag(self, run_id, key, value):
+        self.tags.append((run_id, key, value))
+        if len(self.tags) >= self.wanted:
+            self.enough.set()
+
+
+def test_a_heartbeat_beats_until_stopped():
+    client = Beats(wanted=3)
+    before = time.time()
+    with liveness.Heartbeat(client, "run", 0.01) as heartbeat:
+        assert client.enough.wait(timeout=60), "fewer than 3 beats"
+    assert not heartbeat.thread.is_alive()  # stopped: no more beats can come
+    beats = list(client.tags)
+    assert len(beats) >= 3 and {key for _, key, _ in beats} == {liveness.BEAT}
+    assert {run for run, _, _ in beats} == {"run"}
+    after = time.time()
+    # each beat carries its time in whole seconds, rounded as the tag writes it
+    assert all(int(f"{before:.0f}") <= int(v) <= int(f"{after:.0f}") for _, _, v in beats)
+    heartbeat.stop()  # again: nothing changes
+    assert client.tags == beats
