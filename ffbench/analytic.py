@@ -1,9 +1,12 @@
-"""What autograd must save for backward in one training step, predicted from shapes alone.
+"""What autograd must save for backward in one training step of the MLP, predicted from shapes
+alone.
 
-The prediction mirrors the ops of models.LayerStack (normalise, linear, activation), ff.py and
-bp.py, counting each distinct storage once and leaving out parameters, exactly as
-measure.SavedTensors counts. tests/test_memory.py checks it byte for byte against the
-measurement, so a change to the layer code that changes memory shows up as a failing test.
+The prediction mirrors the ops of the MLP's layers (models.LayerStack: normalise, linear,
+activation) as each learner runs them (ff.py; bp.py, with or without checkpointing), counting
+each distinct storage once and leaving out parameters, exactly as measure.SavedTensors counts;
+the spatial models (model=conv, local) are measured only. tests/unit/test_memory.py checks it
+byte for byte against the measurement, so a change to the layer code that changes memory shows
+up as a failing test.
 """
 
 from ffbench.activations import ACTIVATIONS, NORMALISATIONS

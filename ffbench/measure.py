@@ -42,13 +42,14 @@ def _ru_maxrss_mb() -> float:
 
 
 def _current_rss_mb() -> float:
-    """Resident memory now; raises OSError where there is no way to read it without psutil."""
+    """Resident memory now, from /proc, else from psutil; raises OSError where neither can
+    read it."""
     try:
         return int(_STATM.read_text().split()[1]) * resource.getpagesize() / MB
     except (OSError, IndexError, ValueError):
         pass
     try:
-        import psutil  # not a dependency: used only where it happens to be installed
+        import psutil  # a dependency (MLflow's system metrics); needed only without /proc
     except ImportError:
         raise OSError("no /proc/self/statm and no psutil to read the resident memory") from None
     return psutil.Process().memory_info().rss / MB
