@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 from ffbench import data as datasets
 from ffbench.errors import FFBenchError
@@ -236,12 +237,15 @@ def train(
         history = list(start["history"])
         stopwatch.seconds, evaluation.seconds = start["seconds"]
     done = len(history)
-    for step, (layer, epoch) in enumerate(plan, start=1):
+    factors = [LR_SCHEDULES[cfg.lr_schedule](epoch, cfg.epochs) for _, epoch in plan]
+    # torch's scheduler sets every group's lr to its initial lr times the pass's factor; it
+    # counts passes from 0, and one resumed after `done` passes starts at pass `done`
+    scheduler = LambdaLR(
+        job.optimizer, lambda index: factors[min(index, len(plan) - 1)], last_epoch=done - 1
+    )
+    for step, (layer, _) in enumerate(plan, start=1):
         if step <= done:
             continue
-        factor = LR_SCHEDULES[cfg.lr_schedule](epoch, cfg.epochs)
-        for group in job.optimizer.param_groups:
-            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
         with memory or nullcontext(), stopwatch, autocast(cfg, job.device):
             metrics = learner.train_epoch(
                 d.x_train, d.y_train, job.optimizer, cfg.batch_size, layer
@@ -252,7 +256,7 @@ def train(
                 f"lower optimizer.lr (now {job.cfg.optimizer.lr})"
             )
         metrics["epoch_time_s"] = stopwatch.last
-        metrics["lr_factor"] = factor
+        metrics["lr_factor"] = factors[step - 1]
         if step % cfg.eval_every == 0 or step == len(plan):
             with evaluation, autocast(cfg, job.device):
                 metrics |= accuracies(learner, d.x_val, d.y_val, "val")
@@ -260,6 +264,7 @@ def train(
         if checkpoint is not None:  # before the metrics go out: a run never logs a pass twice
             save_checkpoint(checkpoint, job, history, (stopwatch.seconds, evaluation.seconds))
         on_epoch(step, metrics)
+        scheduler.step()
     with evaluation, autocast(cfg, job.device):
         final = accuracies(learner, d.x_test, d.y_test, "test")
         final |= accuracies(learner, d.x_train, d.y_train, "train")

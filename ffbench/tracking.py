@@ -17,9 +17,9 @@ import traceback
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -31,6 +31,9 @@ from omegaconf import OmegaConf
 from ffbench import journal, liveness, store
 from ffbench.config import GROUPS, ignored
 from ffbench.errors import FFBenchError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("ffbench")
 
@@ -346,10 +349,12 @@ class JobRun:
         # key. The data set is there then: a second try links it to this run.
         self._send(self.journal.append("inputs", datasets=journal.dataset_rows(inputs)), tries=2)
 
-    def log_model(self, learner: torch.nn.Module, example: torch.Tensor, step: int) -> None:
+    def log_model(self, learner: "torch.nn.Module", example: "torch.Tensor", step: int) -> None:
         """`learner` as an MLflow model of the run ("Logged models"). Loaded back, it maps rows
         like `example` (as the job fed them to the net) to labels. Metrics logged after it are
         linked to it. Not journaled: offline, the run has no model (a warning says so)."""
+        import torch  # here: ffbench-sync imports this module and never trains
+
         if not self._reconnect():
             log.warning("no model logged: the tracking server at %s is away", self.uri)
             return
