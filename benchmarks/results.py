@@ -22,6 +22,7 @@ command composes exactly the config its runs recorded (`problems`, run by a unit
 
 import argparse
 import io
+import math
 import shlex
 import statistics
 import sys
@@ -102,15 +103,19 @@ SOURCES = [
     Source(
         "Study: MNIST, 2 x 500 MLP, the same learning-rate search for FF and BP",
         "study-mnist_mlp",
-        (f"ffbench -m +study=mnist_mlp {STORE}",),
-        "FF and BP each over Adam's learning rates 1e-4 to 3e-3 and seeds 0, 1, 2, selected on "
-        "the mean validation accuracy over the seeds (docs/studies.md).",
+        (f"ffbench -m +study=mnist_mlp {STORE}", f"ffbench -m +study=mnist_mlp_sgd {STORE}"),
+        "FF and BP each over 8 settings (Adam's learning rates 1e-4 to 3e-3, SGD with momentum's "
+        "3e-3 to 0.1) and seeds 0, 1, 2, selected on the mean validation accuracy over the seeds "
+        "(docs/studies.md).",
         select=True,
     ),
     Source(
         "Study: Fashion-MNIST, 2 x 500 MLP, the same learning-rate search for FF and BP",
         "study-fashion_mnist_mlp",
-        (f"ffbench -m +study=fashion_mnist_mlp {STORE}",),
+        (
+            f"ffbench -m +study=fashion_mnist_mlp {STORE}",
+            f"ffbench -m +study=fashion_mnist_mlp_sgd {STORE}",
+        ),
         "The MNIST MLP study on Fashion-MNIST.",
         select=True,
     ),
@@ -287,12 +292,40 @@ def _reseeded(runs, seeds: str) -> str:
     return shlex.join([words[0], "-m", *words[1:], f"{SEED}={seeds}"])
 
 
+def planned(command: str) -> int:
+    """How many jobs an `ffbench -m` command sweeps: its study's grid, with the command line's
+    comma lists in place of the study's values for their keys."""
+    from hydra import compose, initialize_config_module
+
+    words = [w for w in shlex.split(command)[1:] if w != "-m"]
+    lists = {w.partition("=")[0].lstrip("+"): w.partition("=")[2] for w in words if "," in w}
+    config.register_schemas()
+    with initialize_config_module(config_module="ffbench.conf", version_base="1.3"):
+        single = [w for w in words if "," not in w]
+        cfg = compose("config", overrides=single, return_hydra_config=True)
+    grid = {key: str(values) for key, values in (cfg.hydra.sweeper.params or {}).items()}
+    return math.prod(len(values.split(",")) for values in (grid | lists).values())
+
+
+def _progress(source: Source, runs) -> str:
+    """Whether every job of the source's commands has its record yet."""
+    jobs = sum(planned(command) for command in source.fill)
+    commands = ", ".join(f"`{c}`" for c in source.fill)
+    if len(runs) >= jobs:
+        return f"Records: {len(runs)} runs, the {jobs} jobs of {commands} included."
+    return (
+        f"Records: {len(runs)} of the {jobs} jobs of {commands} so far; the same commands "
+        "continue the study (after `ffbench-records load`, finished jobs are skipped)."
+    )
+
+
 def comparison(source: Source, runs, by_id: dict) -> tuple[str, str, str | None]:
     """(the page's section, the README's part, the picture as SVG or None)."""
     keys, results, rest = compare.split(runs)
     ignored = _not_result()
     chosen = _choose(results, keys, source.search_seeds)
-    reported, pending = [], []
+    reported = []
+    pending = [f"{algo}: no runs yet" for algo in ("ff", "bp") if algo not in chosen]
     for algo, (runs_reported, chosen_on) in sorted(chosen.items(), key=lambda i: _rank(i[0])):
         if len({compare.value(r, SEED) for r in runs_reported}) < MIN_SEEDS:
             seeds = ",".join(str(s) for s in range(1, MIN_SEEDS + 1))
@@ -314,7 +347,7 @@ def comparison(source: Source, runs, by_id: dict) -> tuple[str, str, str | None]
             f"(Welch's t over {len(a)} and {len(b)} seeds: FF's and BP's runs share no "
             "randomness, so they are not paired)."
         )
-    lines = [f"## {source.title}", "", source.about, ""]
+    lines = [f"## {source.title}", "", source.about, "", _progress(source, runs), ""]
     if source.search_seeds:
         lines += [
             f"Chosen on the validation accuracy of seed {', '.join(source.search_seeds)}; "

@@ -126,7 +126,9 @@ def _study(kept_seeds=("1", "2", "3")) -> list[dict]:
 
 
 def _compare(made: list[dict]) -> tuple[str, str]:
-    source = results.Source("A study", "study-x", ("ffbench -m +study=x",), "About.", True, ("0",))
+    source = results.Source(
+        "A study", "study-x", ("ffbench -m algo=ff,bp",), "About.", True, ("0",)
+    )
     page, readme, picture = results.comparison(
         source, [records.as_run(r) for r in made], {r["run_id"]: r for r in made}
     )
