@@ -30,8 +30,8 @@ BOUNDS = {
 class Registry:
     """The allowed values of a key: the names of the registry `module.NAME` (a dict next to
     the code it names), with `first` before them. Looked up when first asked for, so that the
-    schema imports without the training stack (torch): ffbench-sync, the report and the
-    settings hash read it."""
+    schema imports without the training stack (torch): ffbench-sync and the settings hash
+    read it."""
 
     def __init__(self, module: str, name: str, first: tuple = ()):
         self.module, self.name, self.first = module, name, first
@@ -587,7 +587,7 @@ def validate(cfg) -> None:
         needs_readout.append(f"algo.negatives={a.negatives}")
     if reads("algo.readout") and not a.readout and needs_readout:
         raise FFBenchError(f"{needs_readout[0]} needs the read-out: set algo.readout=true")
-    _validate_model(cfg, models.LAYERS, reads)
+    _validate_model(cfg, models, reads)
     sequential = reads("algo.schedule") and a.schedule == "sequential"
     if cfg.trainer.matmul_reference and (models.LAYERS[m.name].spatial or sequential):
         raise FFBenchError(
@@ -639,15 +639,15 @@ def _validate_labels(a, losses: dict, negatives: dict, label_inputs: dict) -> No
         )
 
 
-def _validate_model(cfg, layers: dict, reads) -> None:
-    """Spatial goodness and the black box. Sizes that depend on the data (a kernel larger
-    than a layer's input) are checked when the net is built (models.spatial_shapes)."""
-    from ffbench.models import layer_channels
-
+def _validate_model(cfg, models, reads) -> None:
+    """Spatial goodness and the black box (`models`: the module of their registries). Sizes
+    that depend on the data (a kernel larger than a layer's input) are checked when the net
+    is built (models.spatial_shapes)."""
+    layers = models.LAYERS
     m, kind = cfg.model, layers[cfg.model.name]
     if kind.spatial:
-        layer_channels(m.channels, m.depth)  # one positive count per layer
-        layer_channels(m.groups, m.depth, key="model.groups")
+        models.layer_channels(m.channels, m.depth)  # one positive count per layer
+        models.layer_channels(m.groups, m.depth, key="model.groups")
     for name in ("groups", "pool"):
         if name not in kind.sized_by and m[name] != 1:
             sized = next(n for n, other in layers.items() if name in other.sized_by)
