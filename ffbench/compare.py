@@ -9,7 +9,8 @@ ffbench-report --select val_accuracy --markdown results.md   the table as Markdo
 Runs are grouped by the settings that vary between them (the keys of their command-line
 overrides, valued from their params), seeds aside: one row per setting and algorithm, mean ±
 standard deviation over its runs, FF's row next to BP's. Failed, killed or unfinished runs are
-listed apart, never averaged. sweep.SweepRun ends every multirun with the same report,
+listed apart, never averaged; a RUNNING run whose heartbeat stopped is shown lost there, and
+left RUNNING: a report reads the store and changes no run (liveness.py). sweep.SweepRun ends every multirun with the same report,
 written into the sweep folder and logged to the parent run.
 
 --select METRIC keeps, for each algorithm, the setting with the best mean of METRIC over its
@@ -308,8 +309,11 @@ def failures(runs, keys: list[str]) -> Table:
     out.add_column("status")
     out.add_column("reason", max_width=60, no_wrap=True, overflow="ellipsis")
     for run in sorted(runs, key=lambda r: _order(r, keys)):
-        reason = next(iter(run.data.tags.get("ffbench.error", "").splitlines()), "")
-        out.add_row(label(run, keys), value(run, SEED), run.info.status, reason)
+        status, reason = run.info.status, run.data.tags.get("ffbench.error", "")
+        lost = liveness.lost_reason(run)  # shown, not written: a reader changes no run
+        if lost is not None:
+            status, reason = "RUNNING, lost", lost
+        out.add_row(label(run, keys), value(run, SEED), status, next(iter(reason.splitlines()), ""))
     return out
 
 
@@ -477,7 +481,6 @@ def load(uri: str, experiment: str, sweep: str | None) -> tuple[list, Run | None
         found = MlflowClient(uri).get_experiment_by_name(experiment)
         if found is None:
             raise LookupError(f"no experiment {experiment!r} in {uri}")
-        liveness.mark_lost(MlflowClient(uri), [found.experiment_id])  # before they are listed
         runs = mlflow.search_runs([found.experiment_id], output_format="list")
         runs = [run for run in runs if "algo" in run.data.params]  # not the sweeps' parents
         if not runs:
@@ -499,7 +502,6 @@ def load(uri: str, experiment: str, sweep: str | None) -> tuple[list, Run | None
             raise LookupError(
                 f"no sweep {sweep!r}: not a sweep folder nor a run id in {uri}"
             ) from None
-    liveness.mark_lost(MlflowClient(uri), [parent.info.experiment_id])
     runs = mlflow.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",

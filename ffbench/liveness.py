@@ -1,8 +1,10 @@
 """Runs whose process died without a word (kill -9, out of memory, a lost node) would stay
 RUNNING in MLflow forever. A running job, and a sweep's parent, beat: every
 tracking.heartbeat_s a thread writes the time into the run's tag `ffbench.heartbeat`. The
-next ffbench on the store, and ffbench-report, mark a RUNNING run that has missed
-LOST_AFTER_BEATS beats FAILED, "process lost": a rerun of its sweep then trains it again.
+writers of the store (the next ffbench on it, a sweep's parent, ffbench-sync) mark a RUNNING
+run that has missed LOST_AFTER_BEATS beats FAILED, "process lost": a rerun of its sweep then
+trains it again. Readers (ffbench-report) only show it lost (`lost_reason`): reading never
+changes a run.
 """
 
 import threading
@@ -51,18 +53,27 @@ class Heartbeat:
         self.stop()
 
 
+def lost_reason(run, now: float | None = None) -> str | None:
+    """Why a RUNNING `run` is lost ("process lost: ..."), or None: it beats, it is over, or it
+    is a run of an older ffbench (no heartbeat tags) or not ffbench's."""
+    last, every = run.data.tags.get(BEAT), run.data.tags.get(EVERY)
+    if run.info.status != "RUNNING" or last is None or every is None:
+        return None
+    if (time.time() if now is None else now) - float(last) <= LOST_AFTER_BEATS * float(every):
+        return None
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(last)))
+    where = run.data.tags.get("ffbench.process", "?")
+    return f"process lost: no heartbeat since {since} from {where}"
+
+
 def mark_lost(client: MlflowClient, experiment_ids: list[str]) -> list[str]:
-    """Mark FAILED the RUNNING runs of these experiments whose heartbeat stopped; their ids."""
+    """Mark FAILED the RUNNING runs of these experiments whose heartbeat stopped; their ids.
+    For the writers of the store only."""
     running = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'")
     now, lost = time.time(), []
     for run in running:
-        last, every = run.data.tags.get(BEAT), run.data.tags.get(EVERY)
-        if last is None or every is None:  # a run of an older ffbench, or not ffbench's
-            continue
-        if now - float(last) > LOST_AFTER_BEATS * float(every):
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(last)))
-            where = run.data.tags.get("ffbench.process", "?")
-            message = f"process lost: no heartbeat since {since} from {where}"
+        message = lost_reason(run, now)
+        if message is not None:
             client.set_tag(run.info.run_id, "ffbench.error", message)
             client.set_terminated(run.info.run_id, "FAILED")
             lost.append(run.info.run_id)
