@@ -10,8 +10,9 @@ Runs are grouped by the settings that vary between them (the keys of their comma
 overrides, valued from their params), seeds aside: one row per setting and algorithm, mean ±
 standard deviation over its runs, FF's row next to BP's. Failed, killed or unfinished runs are
 listed apart, never averaged; a RUNNING run whose heartbeat stopped is shown lost there, and
-left RUNNING: a report reads the store and changes no run (liveness.py). sweep.SweepRun ends every multirun with the same report,
-written into the sweep folder and logged to the parent run.
+left RUNNING: a report reads the store and changes no run (liveness.py). sweep.SweepRun ends
+every multirun with the same report, written into the sweep folder and logged to the parent
+run.
 
 --select METRIC keeps, for each algorithm, the setting with the best mean of METRIC over its
 seeds (a validation metric: selecting on test would make the test figures optimistic), so that
