@@ -1,11 +1,14 @@
 """Sweeps on a real SLURM cluster through Hydra's submitit_slurm launcher: every job goes
 through sbatch and runs as a SLURM job (sacct says so, and the run names its job in the tag
 ffbench.slurm_job_id); scancel of a running job ends its run KILLED with its epochs, the
-others finish, the parent ends FAILED with the counts, and a rerun trains only that job.
+others finish, the parent ends FAILED with the counts, and a rerun trains only that job; one
+cancelled in an epoch longer than SLURM's KillWait is KILLED with its finished epochs, never
+lost. At its time limit a job fails with the reason, or is requeued and continues its run to
+FINISHED, also when its epochs are longer than the warning's signal_delay_s.
 
 Needs the single-node cluster of `.ci/slurm up` (`make cluster-up`, as root); marked
 `cluster`, run by `make test-cluster` (.ci/run brings the cluster up first), except the
-requeue test, also marked slow (pytest -m 'cluster and slow' tests/e2e/test_slurm.py)."""
+requeue tests, also marked slow (pytest -m 'cluster and slow' tests/e2e/test_slurm.py)."""
 
 import shutil
 import subprocess
@@ -128,7 +131,7 @@ def test_a_slurm_sweep_records_through_a_server_on_postgresql(workdir, tmp_path,
 
 
 # Epochs of 0.3 to 0.75 s here under a 2-minute time limit: SLURM signals the job (USR2)
-# signal_delay_s before the limit, and at the end of that epoch submitit requeues it or gives up.
+# signal_delay_s before the limit, and at its next step submitit's handler requeues it or gives up.
 # SLURM may signal up to 60 s earlier than asked: 30 s after the start at the earliest here,
 # once the job has set its handlers (under a 1-minute limit the signal could come first, and
 # kill the job as it loaded: a run never recorded).
@@ -170,6 +173,66 @@ def test_a_requeued_job_continues_its_run_to_the_end(workdir):
     assert int(job.data.tags["ffbench.resumed"]) >= 1 and "ffbench.error" not in job.data.tags
     steps = [m.step for m in store(workdir).get_metric_history(job.info.run_id, "train_loss")]
     assert sorted(steps) == list(range(1, 301))  # every pass once, across the restarts
+    job_id = job.data.tags["ffbench.slurm_job_id"]
+    [log] = workdir.glob(f"outputs/multirun/*/*/.submitit/{job_id}/*_log.out")
+    assert "Requeued job" in log.read_text()
+    assert sacct([job_id])[job_id] == "COMPLETED"
+
+
+# BP epochs of 25 to 35 s on the digits here (4 x 5000, batches of 32, one thread), longer than
+# SLURM's KillWait (10 s in .ci/slurm: SIGKILL that long after scancel's SIGTERM) and than the
+# time-limit warning's signal_delay_s below: a stop left for the end of the epoch was killed
+# first, its run left RUNNING, then lost; a warning left for it came too late to requeue.
+LONG_EPOCHS = [
+    *SLURM,
+    "algo=bp",
+    "model.depth=4",
+    "model.width=5000",
+    "trainer.batch_size=32",
+    "trainer.num_threads=1",
+]
+
+
+def test_scancel_in_a_long_epoch_ends_the_run_killed_with_its_epochs(workdir):
+    process = start_ffbench(workdir, *LONG_EPOCHS, "trainer.epochs=5")
+    wait_for_epoch(process, workdir, 1, logs="outputs/multirun/*/*/0/ffbench.log")
+    [job] = split(workdir)[1]
+    job_id = job.data.tags["ffbench.slurm_job_id"]
+    subprocess.run(["scancel", job_id], check=True)  # in epoch 2
+    process.communicate(timeout=300)
+    assert process.returncode != 0
+
+    [parent], [killed] = split(workdir)
+    assert killed.info.status == "KILLED", killed.data.tags.get("ffbench.error")
+    assert killed.data.tags["ffbench.error"] == "stopped by signal SIGTERM"
+    kept = store(workdir).get_metric_history(killed.info.run_id, "train_loss")
+    assert [m.step for m in kept] == [1]
+    assert parent.info.status == "FAILED" and parent.data.metrics["jobs_killed"] == 1
+    assert sacct([job_id])[job_id].startswith("CANCELLED")
+
+
+@pytest.mark.slow
+def test_a_job_whose_epoch_outlasts_the_warning_is_requeued_and_finishes_its_run(workdir):
+    """SLURM warns 10 to 70 s before the 2-minute limit (signal_delay_s 10, up to 60 s early),
+    in the middle of an epoch of 25 to 35 s: the job is requeued at its next step, and continues
+    its run from the checkpoint of its last finished epoch. 6 epochs outlast one allocation:
+    one requeue at least (each about 3 minutes of SLURM's delay; here requeued twice, after
+    101 and 90 s, then COMPLETED: 10 minutes). Slow, not in CI."""
+    overrides = [
+        *LONG_EPOCHS,
+        "trainer.epochs=6",
+        "trainer.checkpoint=true",
+        "hydra.launcher.timeout_min=2",
+        "hydra.launcher.signal_delay_s=10",
+        "hydra.launcher.max_num_timeout=10",
+    ]
+    result = run_ffbench(workdir, *overrides, timeout=3000)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [parent], [job] = split(workdir)
+    assert job.info.status == "FINISHED" and parent.info.status == "FINISHED"
+    assert int(job.data.tags["ffbench.resumed"]) >= 1 and "ffbench.error" not in job.data.tags
+    steps = [m.step for m in store(workdir).get_metric_history(job.info.run_id, "train_loss")]
+    assert sorted(steps) == list(range(1, 7))  # every epoch once, across the restarts
     job_id = job.data.tags["ffbench.slurm_job_id"]
     [log] = workdir.glob(f"outputs/multirun/*/*/.submitit/{job_id}/*_log.out")
     assert "Requeued job" in log.read_text()
