@@ -26,6 +26,7 @@ from ffbench.config import register_schemas, validate
 from ffbench.errors import FFBenchError
 from ffbench.measure import PeakMemory, static_memory_mb
 from ffbench.settings import settings_hash
+from ffbench.tags import CHECKPOINT, PEAK_RSS_METHOD, RESULT_RUN_ID, SETTINGS_HASH, SKIPPED
 
 register_schemas()
 console = Console()
@@ -120,8 +121,8 @@ def _reuse(cfg: DictConfig, done, tags: dict, passes: int, data) -> float:
     numbers in the MLflow UI (the tag ffbench.skipped tells copies from measurements)."""
     original = done.info.run_id
     tags = tags | {
-        "ffbench.skipped": "true",
-        "ffbench.result_run_id": original,
+        SKIPPED: "true",
+        RESULT_RUN_ID: original,
         "mlflow.note.content": f"Not trained: run {original} ({done.info.run_name}) holds the "
         "result of these settings; the metrics are copied from it.",
     }
@@ -174,12 +175,12 @@ def run(cfg: DictConfig) -> float:
         if sweeping:  # a sweep's job leaves a record, whatever fails: the parent counts it
             _record_failure(cfg, err)
         raise
-    tags = {"ffbench.settings_hash": settings_hash(cfg, device.type)}
+    tags = {SETTINGS_HASH: settings_hash(cfg, device.type)}
     # No duplicate work in a sweep: a FINISHED run with the same relevant settings holds the
     # result. A single run is a request to train (perhaps after editing the code): it always does.
     done = None
     if _skip_finished(cfg) and sweeping:
-        done = tracking.finished_run(cfg, tags["ffbench.settings_hash"])
+        done = tracking.finished_run(cfg, tags[SETTINGS_HASH])
     passes = len(experiment.training_plan(job))
     if done is not None:
         return _reuse(cfg, done, tags, passes, job.data)
@@ -187,9 +188,9 @@ def run(cfg: DictConfig) -> float:
     memory = PeakMemory(device, job.learner.parameters()) if cfg.measure.memory else None
     earlier, start_from = None, None
     if cfg.trainer.checkpoint:  # a killed or failed run of these settings goes on
-        earlier = tracking.resumable_run(cfg, tags["ffbench.settings_hash"])
+        earlier = tracking.resumable_run(cfg, tags[SETTINGS_HASH])
         if earlier is not None:
-            path = Path(earlier.data.tags[tracking.CHECKPOINT])
+            path = Path(earlier.data.tags[CHECKPOINT])
             start_from = experiment.load_checkpoint(path, job)
             console.print(f"continuing run {earlier.info.run_id} after pass {start_from['step']}")
     with tracking.job_run(cfg, tags, earlier) as run, _progress() as progress:
@@ -223,7 +224,7 @@ def run(cfg: DictConfig) -> float:
         final = experiment.train(job, on_epoch, memory, checkpoint, start_from)
         if memory is not None:
             final |= memory.metrics() | static_memory_mb(job.optimizer)
-            run.set_tag("ffbench.peak_rss_method", memory.method)
+            run.set_tag(PEAK_RSS_METHOD, memory.method)
             if memory.method != "vmhwm":
                 log.warning(
                     "peak RSS read by %s: no resettable /proc high-water mark", memory.method

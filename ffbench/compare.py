@@ -39,6 +39,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ffbench import liveness, store, ui
+from ffbench.tags import ERROR, GIT_COMMIT, OVERRIDES, RESULT_RUN_ID, SKIPPED, SWEEP_DIR
 
 ALGOS = ("ff", "bp", "bp_ckpt")  # row and colour order; any other algorithm follows
 SEED = "trainer.seed"  # averaged over, never a setting
@@ -70,12 +71,11 @@ MARKDOWN = (
     "eval_time_s",
     "matmul_ratio",
 )
-SKIPPED = "ffbench.skipped"  # tag of a job not trained: its metrics are another run's
 
 
 def _overrides(run) -> dict[str, str]:
     """The run's command-line overrides as {key: value} (`+key=v` adds a key: same key)."""
-    items = run.data.tags.get("ffbench.overrides", "").split()
+    items = run.data.tags.get(OVERRIDES, "").split()
     return dict(item.lstrip("+").split("=", 1) for item in items if "=" in item)
 
 
@@ -140,7 +140,7 @@ def _measurements(runs, keys: list[str]) -> list:
     rerun of the sweep, but beside that run, or beside another copy of it, it would count twice."""
     seen, kept = set(), []
     for run in sorted(runs, key=lambda r: SKIPPED in r.data.tags):  # originals first
-        measured = run.data.tags.get("ffbench.result_run_id", run.info.run_id)
+        measured = run.data.tags.get(RESULT_RUN_ID, run.info.run_id)
         if (label(run, keys), measured) not in seen:
             seen.add((label(run, keys), measured))
             kept.append(run)
@@ -238,7 +238,7 @@ def command(runs) -> str:
     (+study=, +experiment=) first."""
     given: dict[str, list[str]] = {}
     for run in sorted(runs, key=lambda r: _number(value(r, SEED)) or 0.0):
-        for item in run.data.tags.get("ffbench.overrides", "").split():
+        for item in run.data.tags.get(OVERRIDES, "").split():
             key, _, setting = item.partition("=")
             if setting not in given.setdefault(key, []):
                 given[key].append(setting)
@@ -256,7 +256,7 @@ def commits(runs) -> str:
     """The commit(s) of the code that made the runs, shortened; several if they differ. A
     skipped job's commit is not that of the run it copies, so copies are only counted."""
     measured = [run for run in runs if SKIPPED not in run.data.tags]
-    found = sorted({run.data.tags.get("ffbench.git_commit", "unknown") for run in measured})
+    found = sorted({run.data.tags.get(GIT_COMMIT, "unknown") for run in measured})
     text = ", ".join(f"`{c[:12]}{'-dirty' if c.endswith('-dirty') else ''}`" for c in found)
     copies = len(runs) - len(measured)
     return f"{text} (+{copies} copied from earlier runs)" if copies else text
@@ -310,7 +310,7 @@ def failures(runs, keys: list[str]) -> Table:
     out.add_column("status")
     out.add_column("reason", max_width=60, no_wrap=True, overflow="ellipsis")
     for run in sorted(runs, key=lambda r: _order(r, keys)):
-        status, reason = run.info.status, run.data.tags.get("ffbench.error", "")
+        status, reason = run.info.status, run.data.tags.get(ERROR, "")
         lost = liveness.lost_reason(run)  # shown, not written: a reader changes no run
         if lost is not None:
             status, reason = "RUNNING, lost", lost
@@ -489,7 +489,7 @@ def load(uri: str, experiment: str, sweep: str | None) -> tuple[list, Run | None
         return runs, None
     if Path(sweep).is_dir():
         parents = mlflow.search_runs(
-            filter_string=f"tags.`ffbench.sweep_dir` = '{Path(sweep).resolve()}'",
+            filter_string=f"tags.`{SWEEP_DIR}` = '{Path(sweep).resolve()}'",
             search_all_experiments=True,
             output_format="list",
         )
@@ -575,7 +575,7 @@ def main(argv: list[str] | None = None) -> None:
     except (LookupError, MlflowException) as err:
         message = str(err.args[0] if isinstance(err, LookupError) else err.message)
         sys.exit(f"ffbench-report: error: {message.splitlines()[0]}")
-    folder = parent.data.tags.get("ffbench.sweep_dir") if parent else None
+    folder = parent.data.tags.get(SWEEP_DIR) if parent else None
     client = MlflowClient(uri)
     written = report(runs, client, args.out or Path(folder or "outputs/report"), args.select)
     if parent and args.select:  # the sweep's own record gets its selection

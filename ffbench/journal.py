@@ -24,10 +24,9 @@ from pathlib import Path
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from ffbench.tags import BEAT, ERROR, JOURNAL_ID
+
 NAME = "mlflow-journal.jsonl"
-JOURNAL_ID = "ffbench.journal_id"  # tag: the journal a run was recorded from
-ERROR = "ffbench.error"  # tag: why a run failed (also set by liveness.mark_lost)
-BEAT = "ffbench.heartbeat"  # liveness.BEAT: a replay never sets a live run's beat back
 BATCH = 1000  # metrics per log_batch request (MLflow's limit)
 
 

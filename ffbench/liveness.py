@@ -12,8 +12,8 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-BEAT = "ffbench.heartbeat"  # the last beat, in seconds since the epoch (journal.BEAT)
-EVERY = "ffbench.heartbeat_s"  # the run's own interval, so that any process can judge it
+from ffbench.tags import BEAT, ERROR, EVERY, PROCESS
+
 LOST_AFTER_BEATS = 3
 
 
@@ -62,7 +62,7 @@ def lost_reason(run, now: float | None = None) -> str | None:
     if (time.time() if now is None else now) - float(last) <= LOST_AFTER_BEATS * float(every):
         return None
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(last)))
-    where = run.data.tags.get("ffbench.process", "?")
+    where = run.data.tags.get(PROCESS, "?")
     return f"process lost: no heartbeat since {since} from {where}"
 
 
@@ -74,7 +74,7 @@ def mark_lost(client: MlflowClient, experiment_ids: list[str]) -> list[str]:
     for run in running:
         message = lost_reason(run, now)
         if message is not None:
-            client.set_tag(run.info.run_id, "ffbench.error", message)
+            client.set_tag(run.info.run_id, ERROR, message)
             client.set_terminated(run.info.run_id, "FAILED")
             lost.append(run.info.run_id)
     return lost

@@ -25,20 +25,24 @@ from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 from mlflow.tracking import MlflowClient
 
 from ffbench import journal
+from ffbench.tags import (
+    BEAT,
+    CHECKPOINT,
+    ERROR,
+    EVERY,
+    JOURNAL_ID,
+    OUTPUT_DIR,
+    PROCESS,
+    SKIPPED,
+    SLURM_JOB_ID,
+    SWEEP_DIR,
+)
 
 SUFFIX = ".json"
 # Tags of the machine or the process, not of the result: where its folders were, which process
 # ran it, its heartbeat. The skipped copies of a sweep (ffbench.skipped) are not recorded: the
 # run they copy is.
-MACHINE_TAGS = (
-    "ffbench.output_dir",
-    "ffbench.sweep_dir",
-    "ffbench.checkpoint",
-    "ffbench.process",
-    "ffbench.heartbeat",
-    "ffbench.heartbeat_s",
-    "ffbench.slurm_job_id",
-)
+MACHINE_TAGS = (OUTPUT_DIR, SWEEP_DIR, CHECKPOINT, PROCESS, BEAT, EVERY, SLURM_JOB_ID)
 KEPT_MLFLOW_TAGS = ("mlflow.note.content",)
 
 
@@ -48,8 +52,8 @@ def _tags(tags: dict) -> dict:
         for k, v in tags.items()
         if k not in MACHINE_TAGS and (not k.startswith("mlflow.") or k in KEPT_MLFLOW_TAGS)
     }
-    if journal.ERROR in kept:  # its first line: a traceback names the machine's folders
-        kept[journal.ERROR] = kept[journal.ERROR].splitlines()[0]
+    if ERROR in kept:  # its first line: a traceback names the machine's folders
+        kept[ERROR] = kept[ERROR].splitlines()[0]
     return kept
 
 
@@ -151,8 +155,8 @@ def as_run(record: dict) -> Run:
 def as_journal(record: dict) -> list[dict]:
     """The journal (journal.py) a job that recorded this run would have written; its id is the
     run's own journal id, so that loading it twice finds the run loaded first."""
-    journal_id = record["tags"].get(journal.JOURNAL_ID) or f"record-{record['run_id']}"
-    tags = {k: v for k, v in record["tags"].items() if k != journal.JOURNAL_ID}
+    journal_id = record["tags"].get(JOURNAL_ID) or f"record-{record['run_id']}"
+    tags = {k: v for k, v in record["tags"].items() if k != JOURNAL_ID}
     start = {
         "op": "start",
         "uri": None,
@@ -218,7 +222,7 @@ def export(client: MlflowClient, experiment: str, folder: Path) -> list[Path]:
         run
         for run in runs
         if "algo" in run.data.params
-        and "ffbench.skipped" not in run.data.tags
+        and SKIPPED not in run.data.tags
         and run.info.status != "RUNNING"
     ]
     folder.mkdir(parents=True, exist_ok=True)

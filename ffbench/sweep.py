@@ -13,9 +13,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from ffbench import compare, liveness, preflight, store, ui
+from ffbench.tags import GIT_COMMIT, JOBS_PLANNED, OVERRIDES, SWEEP_DIR
 from ffbench.tracking import PARENT_ENV, git_commit
 
-PLANNED = "ffbench.jobs_planned"  # tag: how many jobs the sweep launches (basic sweeper)
 # In a sweep folder: the parent run id that the launching process could not close (its
 # server was away); ffbench-sync closes that parent even before its heartbeat goes stale.
 UNCLOSED = "mlflow-parent-unclosed"
@@ -36,14 +36,14 @@ class SweepRun(Callback):
         self.ui_url = ui.base_url(config.tracking.ui_url, self.client.tracking_uri)
         experiment_id = store.experiment_id(self.client, config.tracking, launch_dir)
         liveness.mark_lost(self.client, [experiment_id])
-        planned = {PLANNED: str(len(jobs))} if jobs else {}
+        planned = {JOBS_PLANNED: str(len(jobs))} if jobs else {}
         run = self.client.create_run(
             experiment_id,
             run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
             tags={
-                "ffbench.sweep_dir": str(sweep_dir.resolve()),
-                "ffbench.overrides": " ".join(config.hydra.overrides.task),
-                "ffbench.git_commit": git_commit(),
+                SWEEP_DIR: str(sweep_dir.resolve()),
+                OVERRIDES: " ".join(config.hydra.overrides.task),
+                GIT_COMMIT: git_commit(),
                 **liveness.tags(config.tracking.heartbeat_s),
                 **planned,
             },
@@ -126,8 +126,8 @@ def close_parent(client, run_id: str, sweep_dir: Path, again: bool = False):
     )
     statuses = [child.info.status for child in children]
     counts = {f"jobs_{s.lower()}": statuses.count(s) for s in ("FINISHED", "FAILED", "KILLED")}
-    if PLANNED in parent.data.tags:
-        counts["jobs_missing"] = max(0, int(parent.data.tags[PLANNED]) - len(children))
+    if JOBS_PLANNED in parent.data.tags:
+        counts["jobs_missing"] = max(0, int(parent.data.tags[JOBS_PLANNED]) - len(children))
     ok = bool(statuses) and all(s == "FINISHED" for s in statuses)
     ok = ok and not counts.get("jobs_missing")
     status = "FINISHED" if ok else "FAILED"

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from ffbench import journal, liveness, store, sweep
 from ffbench.errors import FFBenchError
+from ffbench.tags import SWEEP_DIR
 
 console = Console()
 
@@ -71,7 +72,7 @@ def close_sweeps(folders: list[Path], clients: dict[str, MlflowClient]) -> list[
         for client in clients.values():
             parents = client.search_runs(
                 [e.experiment_id for e in client.search_experiments()],
-                f"tags.`ffbench.sweep_dir` = '{sweep_dir}'",
+                f"tags.`{SWEEP_DIR}` = '{sweep_dir}'",
             )
             for parent in parents:
                 run_id = parent.info.run_id

@@ -31,6 +31,19 @@ from omegaconf import OmegaConf
 from ffbench import journal, liveness, store
 from ffbench.config import GROUPS, ignored
 from ffbench.errors import FFBenchError
+from ffbench.tags import (
+    CHECKPOINT,
+    ERROR,
+    GIT_COMMIT,
+    JOB_NUM,
+    OUTPUT_DIR,
+    OVERRIDES,
+    PROCESS,
+    RESUMED,
+    SETTINGS_HASH,
+    SKIPPED,
+    SLURM_JOB_ID,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -117,16 +130,13 @@ def finished_run(cfg, settings_hash: str):
             [experiment_id],
             # a run that holds a result has its test accuracy (a FINISHED run without one was
             # closed by something else than its job: a user)
-            filter_string=f"tags.`ffbench.settings_hash` = '{settings_hash}'"
+            filter_string=f"tags.`{SETTINGS_HASH}` = '{settings_hash}'"
             " and attributes.status = 'FINISHED' and metrics.test_accuracy >= 0",
             order_by=["attributes.start_time DESC"],
         )
-        return next((run for run in runs if "ffbench.skipped" not in run.data.tags), None)
+        return next((run for run in runs if SKIPPED not in run.data.tags), None)
 
     return _lookup(cfg, search)
-
-
-CHECKPOINT = "ffbench.checkpoint"  # tag: the file of a run's last checkpoint
 
 
 def resumable_run(cfg, settings_hash: str):
@@ -137,7 +147,7 @@ def resumable_run(cfg, settings_hash: str):
         liveness.mark_lost(client, [experiment_id])  # a job killed with -9 is resumable too
         runs = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`ffbench.settings_hash` = '{settings_hash}'"
+            filter_string=f"tags.`{SETTINGS_HASH}` = '{settings_hash}'"
             " and attributes.status != 'FINISHED' and attributes.status != 'RUNNING'",
             order_by=["attributes.start_time DESC"],
         )
@@ -441,7 +451,7 @@ def _slurm_job() -> dict:
     task as ARRAY_TASK, also the name of submitit's log folder .submitit/ARRAY_TASK/)."""
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
-    return {"ffbench.slurm_job_id": job} if job else {}
+    return {SLURM_JOB_ID: job} if job else {}
 
 
 def _start(cfg, tags: dict | None, resume=None) -> JobRun:
@@ -451,11 +461,11 @@ def _start(cfg, tags: dict | None, resume=None) -> JobRun:
     choices = {group: hydra.runtime.choices[group] for group in GROUPS}
     tags = {
         **choices,
-        "ffbench.output_dir": hydra.runtime.output_dir,
-        "ffbench.overrides": " ".join(hydra.overrides.task),
-        "ffbench.git_commit": git_commit(),
+        OUTPUT_DIR: hydra.runtime.output_dir,
+        OVERRIDES: " ".join(hydra.overrides.task),
+        GIT_COMMIT: git_commit(),
         # where the job ran, to find its process (and logs) on a shared machine or cluster
-        "ffbench.process": f"{socket.gethostname()}:{os.getpid()}",
+        PROCESS: f"{socket.gethostname()}:{os.getpid()}",
         **liveness.tags(cfg.tracking.heartbeat_s),
         **_slurm_job(),
         **(tags or {}),
@@ -463,9 +473,9 @@ def _start(cfg, tags: dict | None, resume=None) -> JobRun:
     sweeping = hydra.mode == RunMode.MULTIRUN
     parent = os.environ.get(PARENT_ENV) if sweeping else None
     if sweeping:
-        tags["ffbench.job_num"] = str(hydra.job.num)
+        tags[JOB_NUM] = str(hydra.job.num)
     if resume is not None:  # the same run goes on: its name and history stay
-        tags["ffbench.resumed"] = str(int(resume.data.tags.get("ffbench.resumed", "0")) + 1)
+        tags[RESUMED] = str(int(resume.data.tags.get(RESUMED, "0")) + 1)
     try:  # a config that does not resolve (a failed job of an optuna sweep) keeps its raw values
         values = OmegaConf.to_container(cfg, resolve=True)
     except Exception:
@@ -524,7 +534,7 @@ def _end_failed(run: JobRun, err: BaseException) -> None:
     with _signals_held():
         try:
             run.log_checkpoint()  # the epochs a failed run did finish stay recorded (flushed)
-            run.set_tag(journal.ERROR, _reason(err)[:5000])
+            run.set_tag(ERROR, _reason(err)[:5000])
             run.log_text("".join(traceback.format_exception(err)), "error.txt")
             run.end(RunStatus.to_string(status))
         except TrackingOffline as offline:  # the job's own error comes first; this one too

@@ -20,6 +20,8 @@ from urllib.parse import quote, urlencode
 
 from mlflow.tracking import MlflowClient
 
+from ffbench.tags import SWEEP_DIR
+
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `make ui` and `mlflow ui` serve
 VIEW_TAG = "mlflow.sharedViewState."
 PARAMS = ("algo", "goodness", "activation", "dataset")
@@ -130,7 +132,7 @@ def store_links(client: MlflowClient, base: str) -> dict[str, str]:
         label = f"experiment {experiment.name!r}"
         newest = client.search_runs(
             [eid],
-            "tags.`ffbench.sweep_dir` != ''",
+            f"tags.`{SWEEP_DIR}` != ''",
             max_results=1,
             order_by=["attributes.start_time DESC"],
         )

@@ -5,6 +5,7 @@ from mlflow.tracking import MlflowClient
 
 from ffbench import compare, liveness, sweep
 from ffbench.sweep import SweepRun
+from ffbench.tags import JOBS_PLANNED
 
 
 def test_a_failing_report_leaves_the_sweep_status_alone(tmp_path, monkeypatch, caplog):
@@ -31,7 +32,7 @@ def test_a_failing_report_leaves_the_sweep_status_alone(tmp_path, monkeypatch, c
 def test_a_planned_job_that_left_no_run_fails_the_sweep(tmp_path, monkeypatch):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("closing")
-    parent = client.create_run(experiment, tags={sweep.PLANNED: "3"}).info.run_id
+    parent = client.create_run(experiment, tags={JOBS_PLANNED: "3"}).info.run_id
     for _ in range(2):  # the third job was killed before it could open its run
         job = client.create_run(experiment, tags={"mlflow.parentRunId": parent})
         client.set_terminated(job.info.run_id, "FINISHED")
