@@ -171,17 +171,17 @@ def test_records_go_into_a_store_and_come_back_unchanged_once(tmp_path):
         params=[Param("algo", "ff"), Param("trainer.seed", "0")],
         tags=[
             RunTag("ffbench.git_commit", "abc"),
-            RunTag("ffbench.output_dir", "/home/someone/outputs/x"),
+            RunTag("ffbench.output_dir", "/mnt/lab/outputs/x"),
             RunTag("ffbench.settings_hash", "0123456789abcdef"),
         ],
     )
-    data = Dataset("digits", "d1g3st", "local", json.dumps({"uri": "/home/someone/data.gz"}))
+    data = Dataset("digits", "d1g3st", "local", json.dumps({"uri": "/mnt/lab/data.gz"}))
     source.log_inputs(run_id, [DatasetInput(data, [InputTag("mlflow.data.context", "test")])])
     source.set_terminated(run_id, "FINISHED", 3000)
 
     [path] = records.export(source, "study-x", tmp_path / "records")
     text = path.read_text()
-    assert "/home/someone" not in text and "mlflow.user" not in text
+    assert "/mnt/lab" not in text and "mlflow.user" not in text
     record = json.loads(text)
     assert record["history"] == {"val_accuracy": [[1, 0.5], [2, 0.75]]}
     assert json.loads(record["inputs"][0]["dataset"]["source"]) == {"uri": "data.gz"}
