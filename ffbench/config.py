@@ -287,6 +287,12 @@ class AlgoConfig:
         ("simultaneous", "sequential"),
         ignored_by=BACKPROP,
     )
+    # Off it is the mode every run had before the key existed: their settings hashes stand.
+    step_each_layer: bool = key(
+        False,
+        "FF at its memory floor: each layer steps right after its backward and frees its gradients (one layer's alive at a time); sequential: only the layer in training keeps optimizer state. Same results.",
+        ignored_by=BACKPROP | {"algo.step_each_layer": (False,)},
+    )
 
 
 @dataclass

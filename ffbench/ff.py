@@ -115,6 +115,24 @@ class Readout(nn.Linear):
             return F.cross_entropy(logits, y)
 
 
+def update(optimizer: torch.optim.Optimizer, free: bool) -> None:
+    """learner.step; with `free`, the gradients it used are dropped at once (algo.step_each_layer:
+    at most one layer's gradients are alive)."""
+    step(optimizer)
+    if free:
+        optimizer.zero_grad(set_to_none=True)
+
+
+def forget_state(optimizer: torch.optim.Optimizer, module: nn.Module, keep: nn.Module) -> None:
+    """Drop the optimizer state (Adam's moments, SGD's momentum) of `module`'s parameters but
+    `keep`'s. In FF's sequential schedule the layers below the one in training are frozen for
+    good and those above have not started: their state is never read again, or not yet."""
+    kept = {id(p) for p in keep.parameters()}
+    for p in module.parameters():
+        if id(p) not in kept:
+            optimizer.state.pop(p, None)
+
+
 class ForwardForward(Learner):
     end_to_end = False  # each layer learns on its own, from detached inputs (flops, analytic)
     reports_each_evaluation = True  # goodness and read-out side by side
@@ -148,6 +166,7 @@ class ForwardForward(Learner):
             units = [layer.out_features for layer in stack.layers]
             self.peer = PeerNorm(units, cfg.algo.peer_norm)
         self.sequential = cfg.algo.schedule == "sequential"
+        self.step_each_layer = cfg.algo.step_each_layer
         # The first hidden layer mostly sees the label pixels themselves, so the paper leaves
         # it out of the evaluation (goodness sum and read-out) when there are layers above it.
         self.eval_from = 1 if cfg.algo.eval_skip_first and depth > 1 else 0
@@ -249,6 +268,8 @@ class ForwardForward(Learner):
             a, s, loss, objective = self.layer_objective(index, h, n, y)
             # Backward now frees this layer's graph before the next layer is computed.
             objective.backward()
+            if self.step_each_layer:  # this layer's update, and its gradients gone, now
+                update(optimizer, free=True)
             h = a.detach()
             stats[f"layer{index}_loss"] = loss.detach()
             for name, value in self.layer_stats(index, s, n, y).items():
@@ -256,13 +277,16 @@ class ForwardForward(Learner):
         if self.readout is not None:
             stats["readout_loss"] = self.readout.set_gradient(features, y)
         # Gradients of different layers never mix, so one step after all layers equals a
-        # step per layer, and lets the optimizer update every tensor in one fused call.
-        step(optimizer)
+        # step per layer (step_each_layer), and updates every tensor in one fused call.
+        if self.readout is not None or not self.step_each_layer:
+            update(optimizer, free=self.step_each_layer)
         return stats
 
     def train_epoch(self, x, y, optimizer, batch_size: int, layer: int | None = None) -> dict:
         self.train()
         layers = range(len(self.stack.layers)) if layer is None else range(layer, layer + 1)
+        if self.step_each_layer and layer is not None:  # the frozen layers, and those to come
+            forget_state(optimizer, self.stack, keep=self.stack.layers[layer])
         totals, batches = {}, 0
         for idx in minibatches(len(x), batch_size, x.device):
             for name, value in self.train_step(x[idx], y[idx], optimizer, layers).items():
