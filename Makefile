@@ -16,7 +16,7 @@ STORE ?= $(CURDIR)/outputs/mlflow.db  # the store `make ui` opens
 UI_PORT ?= 5000
 
 .DEFAULT_GOAL := install
-.PHONY: help install lock run test test-unit test-e2e test-slow test-browser test-faults \
+.PHONY: help install lock run test test-unit test-app test-e2e test-slow test-browser test-faults \
 	test-cluster cluster-up cluster-down bench bench-memory results docs lint format ui clean
 
 help:  ## this list
@@ -48,18 +48,23 @@ lock:  ## reinstall .venv with the newest versions pyproject.toml allows and pin
 run: install  ## FF on the bundled digits data set, recorded in outputs/mlflow.db
 	$(BIN)/ffbench
 
-test: install  ## unit tests, then end-to-end tests (a few minutes on 2 CPU cores)
+# The three tiers of docs/testing.md, each stopping `make test` if it fails.
+test: install  ## unit, app, then end-to-end tests (docs/testing.md: their times on 2 CPU cores)
 	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/app
 	$(BIN)/pytest tests/e2e
 
-test-unit: install  ## fast tests of the pieces, in process (seconds)
+test-unit: install  ## the pieces, in the test process
 	$(BIN)/pytest tests/unit
 
-test-e2e: install  ## the installed command end to end: real SQLite stores, MLflow servers, launchers
+test-app: install  ## whole jobs and sweeps of the ffbench app, in the test process
+	$(BIN)/pytest tests/app
+
+test-e2e: install  ## the installed commands in processes: signals, launchers, MLflow servers, make ui
 	$(BIN)/pytest tests/e2e
 
 test-browser: install  ## headless Chromium (Debian's `chromium`) on the MLflow UI; screenshots in outputs/ui/
-	$(BIN)/pytest -m slow -rs $(wildcard tests/test_ui.py tests/*/test_ui.py)
+	$(BIN)/pytest -m slow -rs tests/e2e/test_ui.py
 
 test-faults: install  ## failures, kills, lost processes, checkpoints, a tracking server stopped mid-sweep (minutes)
 	$(BIN)/pytest -m slow -rs tests/e2e/test_failures.py tests/e2e/test_server_loss.py
@@ -73,8 +78,10 @@ cluster-up:  ## (root) a one-node SLURM cluster with accounting on this machine:
 cluster-down:  ## (root) stop it
 	.ci/slurm down
 
-test-slow: install  ## long checks: real MNIST accuracy, e.g. FFBENCH_DATA=/path/to/mnist
-	$(BIN)/pytest -m slow -v
+# The slow tests that test-faults, test-browser and test-cluster leave out.
+test-slow: install  ## long checks: the goodness x activation grid, real MNIST (FFBENCH_DATA=/path/to/mnist)
+	$(BIN)/pytest -m 'slow and not cluster' -rs tests --ignore=tests/e2e/test_failures.py \
+		--ignore=tests/e2e/test_server_loss.py --ignore=tests/e2e/test_ui.py
 
 bench: install  ## training speed against matmul throughput (minutes): JSON in outputs/bench/, table in docs/performance.md
 	$(BIN)/python benchmarks/speed.py --docs

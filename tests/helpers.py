@@ -6,12 +6,14 @@ MLflow server and ask that over HTTP; write tiny MNIST files in the real IDX for
 Every learner a test uses is built here (make_trainable, make_learner, digits_job), so that a change to how
 learners are constructed touches this file only."""
 
+import atexit
 import contextlib
 import gzip
 import hashlib
 import http.server
 import io
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -105,6 +107,84 @@ def run_ffbench(cwd: Path, *args: str, env: dict | None = None, timeout: float =
         text=True,
         timeout=timeout,
     )
+
+
+def ffbench_here(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`ffbench ARGS` launched in `cwd`, run by the Hydra app in this process: what the
+    installed command runs, without its seconds of imports. Returns a CompletedProcess as
+    run_ffbench does (the exit status, what was printed). `env`: variables added to the
+    environment, which is cleaned as for run_ffbench.
+
+    What a process keeps to itself is put back afterwards: the directory, sys.argv, the
+    environment, the signal handlers, the logging set-up, torch's thread count; and what
+    the command registers to run at exit (a sweep's parent closed after a failed job) runs
+    when the command ends, as it would in its own process."""
+    from ffbench import cli
+
+    saved = _process_state()
+    at_exit: list = []
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(clean_env(**(env or {})))
+        sys.argv = ["ffbench", *args]
+        cli._warn_resume_renamed.cache_clear()  # warned once per process
+        atexit.register = lambda function, *a, **k: at_exit.append((function, a, k))
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                cli.app()
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 1
+            finally:
+                atexit.register = saved["atexit"]
+                for function, a, k in reversed(at_exit):
+                    function(*a, **k)
+    finally:
+        _restore(saved)
+    return subprocess.CompletedProcess(
+        ["ffbench", *args], code, stdout.getvalue(), stderr.getvalue()
+    )
+
+
+def _process_state() -> dict:
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return {
+        "cwd": os.getcwd(),
+        "argv": sys.argv,
+        "environ": dict(os.environ),
+        "atexit": atexit.register,
+        "signals": {
+            s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+        },
+        "loggers": {
+            logger: (logger.handlers[:], logger.level, logger.propagate, logger.disabled)
+            for logger in loggers
+            if isinstance(logger, logging.Logger)
+        },
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _restore(saved: dict) -> None:
+    os.chdir(saved["cwd"])
+    sys.argv = saved["argv"]
+    os.environ.clear()
+    os.environ.update(saved["environ"])
+    for signum, handler in saved["signals"].items():
+        signal.signal(signum, handler)
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        if not isinstance(logger, logging.Logger):
+            continue
+        handlers, level, propagate, disabled = saved["loggers"].get(logger, ([], 0, True, False))
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.close()  # the job's ffbench.log
+        logger.handlers[:] = handlers
+        logger.level, logger.propagate, logger.disabled = level, propagate, disabled
+    torch.set_num_threads(saved["threads"])
+    torch.set_flush_denormal(False)
 
 
 def store(cwd: Path):
@@ -366,6 +446,15 @@ def start_ffbench(cwd: Path, *args: str) -> subprocess.Popen:
         text=True,
         start_new_session=True,
     )
+
+
+def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    """Wait until `condition()` holds, while `process` runs (its stderr if it ends first)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(0.05)
 
 
 def wait_for_epoch(

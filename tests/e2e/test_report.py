@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import QUICK, all_runs, clean_env, run_ffbench, store
+from helpers import QUICK, all_runs, clean_env, ffbench_here, run_ffbench, store
 from mlflow.entities import Param
 
 REPORT = shutil.which("ffbench-report", path=str(Path(sys.executable).parent)) or "ffbench-report"
@@ -34,7 +34,7 @@ def report(cwd: Path, *args: str, **env: str):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("launch")
-    result = run_ffbench(cwd, "-m", "algo=ff,bp", "trainer.seed=0,1", *QUICK)
+    result = ffbench_here(cwd, "-m", "algo=ff,bp", "trainer.seed=0,1", *QUICK)  # in this process
     assert result.returncode == 0, result.stderr
     runs = all_runs(cwd)
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

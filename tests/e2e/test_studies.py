@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import QUICK, REPO, all_runs, clean_env, run_ffbench, store
+from helpers import QUICK, REPO, all_runs, clean_env, ffbench_here, run_ffbench, store
 
 REPORT = shutil.which("ffbench-report", path=str(Path(sys.executable).parent)) or "ffbench-report"
 LRS = ("0.001", "0.003")  # as the runs' params spell 1e-3 and 3e-3
@@ -32,7 +32,7 @@ FIGURES = {
 def study(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("study")
     narrowed = ["dataset=digits", "optimizer.lr=1e-3,3e-3", "trainer.seed=0,1", *QUICK]
-    result = run_ffbench(cwd, "-m", "+study=mnist_mlp", *narrowed)
+    result = ffbench_here(cwd, "-m", "+study=mnist_mlp", *narrowed)  # in this process
     assert result.returncode == 0, result.stderr
     runs = all_runs(cwd)
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -156,7 +156,7 @@ def test_the_markdown_command_reruns_the_same_settings(study, selected):
     """Run again as written, the selected row's command finds each of its runs already
     FINISHED with the same settings (their hash: ffbench/settings.py) and trains nothing."""
     command = shlex.split(selected.rows["bp"][1].strip("`"))
-    rerun = run_ffbench(study.cwd, *command[1:])
+    rerun = ffbench_here(study.cwd, *command[1:])
     assert rerun.returncode == 0, rerun.stderr
     before = {r.info.run_id for r in study.runs}
     new = [

@@ -14,7 +14,16 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from helpers import QUICK, REPO, clean_env, free_port, mlflow_server, rest, run_ffbench
+from helpers import (
+    QUICK,
+    REPO,
+    clean_env,
+    ffbench_here,
+    free_port,
+    mlflow_server,
+    rest,
+    run_ffbench,
+)
 
 from ffbench import ui as links_module
 
@@ -38,7 +47,7 @@ def ui(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ui")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    result = run_ffbench(workdir, "-m", "algo=ff,bp", *QUICK, f"tracking.ui_url={base}")
+    result = ffbench_here(workdir, "-m", "algo=ff,bp", *QUICK, f"tracking.ui_url={base}")
     assert result.returncode == 0, result.stderr
     uri = f"sqlite:///{workdir / 'outputs' / 'mlflow.db'}"
     with mlflow_server(uri, cwd=workdir, port=port) as url:

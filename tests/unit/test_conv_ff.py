@@ -1,6 +1,6 @@
 """FF on conv nets: the label inputs' energies (planes, pattern), channel-wise competitive
 FF (algo.loss=cwc) on hand-built tensors, pooling and per-layer channels, and the one-line
-errors. That each label input learns the digits is in tests/e2e/test_conv_ff.py."""
+errors. That each label input learns the digits is in tests/app/test_conv_ff.py."""
 
 import pytest
 import torch

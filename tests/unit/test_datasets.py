@@ -3,7 +3,7 @@ verify, reuse; the registry's checksums refuse look-alike files; CIFAR-10 from i
 tarball; validation split, training-only normalisation statistics, FF's label embedding for
 colour images; real MNIST from $FFBENCH_DATA and real Fashion-MNIST from Debian's
 dataset-fashion-mnist when they are there. Runs on generated CIFAR-10 files are in
-tests/e2e/test_datasets.py."""
+tests/app/test_datasets.py."""
 
 import gzip
 from pathlib import Path

@@ -1,6 +1,6 @@
 """Every FF option does what it says, on hand-made tensors and tiny nets: goodness functions,
 losses, activations, negatives, evaluations, peer normalisation, schedules and learning-rate
-schedules. That each option learns the digits is in tests/e2e/test_ff_options.py."""
+schedules. That each option learns the digits is in tests/app/test_ff_options.py."""
 
 import math
 

@@ -1,6 +1,6 @@
 """Memory figures: the saved-activation counter, its agreement with the analytical prediction,
 FF against BP as depth grows, the RSS fallbacks. What a run and a depth sweep record is in
-tests/e2e/test_memory.py."""
+tests/app/test_memory.py."""
 
 import sys
 import threading

@@ -1,7 +1,7 @@
 """Spatial models (model=conv, model=local), per-position goodness and the black box, on tiny
 nets: FF stays layer-local, the FLOP count is the hand count, and bad sizes or an impossible BP
 are refused with one line. That they learn the digits, and the command line's answers, are in
-tests/e2e/test_spatial.py."""
+tests/app/test_spatial.py."""
 
 import pytest
 import torch

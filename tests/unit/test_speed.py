@@ -1,6 +1,6 @@
 """The useful-FLOP count behind train_gflops_per_s and the speed benchmark, and the speed
-options: no read-out, tf32, subnormals flushed. What a run records, bf16 autocast and
-torch.compile, which train whole jobs, are in tests/e2e/test_speed.py."""
+options: no read-out, tf32, subnormals flushed. What a run records and bf16 autocast, which
+train whole jobs, are in tests/app/test_speed.py; torch.compile in tests/e2e/test_speed.py."""
 
 import pytest
 import torch

@@ -1,6 +1,6 @@
 """Which settings count as the same job for the duplicate check of sweeps (the settings hash):
 what the job ignores does not count, as each key declares in the schema. The sweeps themselves
-are in tests/e2e/test_sweeps.py."""
+are in tests/app/test_skip_finished.py."""
 
 import copy
 import typing

@@ -2,7 +2,7 @@
 in this process, minutes in all. What each option computes is in tests/unit/test_ff_options.py."""
 
 import pytest
-from helpers import train_on_digits
+from helpers import ONE_THREAD, train_on_digits
 
 from ffbench.activations import ACTIVATIONS
 from ffbench.goodness import GOODNESS
@@ -26,7 +26,7 @@ from ffbench.goodness import GOODNESS
     ids=lambda o: " ".join(o),
 )
 def test_each_option_learns_the_digits(overrides):
-    result = train_on_digits(["trainer.epochs=15", "model.width=128", *overrides])
+    result = train_on_digits([ONE_THREAD, "trainer.epochs=15", "model.width=128", *overrides])
     assert result["test_accuracy"] > 0.75  # chance is 0.1
     keys = {"test_accuracy_readout"} | (
         {"test_accuracy_goodness"} if "hybrid" not in str(overrides) else set()

@@ -1,7 +1,9 @@
-"""Bad input: a clear error, a non-zero exit, and no lost, corrupt or RUNNING MLflow records."""
+"""Bad input: a clear error, a non-zero exit, and no lost, corrupt or RUNNING MLflow records
+(the app in this process; the same through the installed command, its exit status and its
+stderr: tests/e2e/test_cli.py)."""
 
 import pytest
-from helpers import QUICK, all_runs, clean_env, run_ffbench, write_md5sums
+from helpers import QUICK, all_runs, ffbench_here, write_md5sums
 
 # Without normalisation between layers, a huge SGD step makes activities overflow to NaN.
 DIVERGE = ["model.norm=none", "optimizer=sgd"]
@@ -13,7 +15,7 @@ def _error_lines(stderr: str) -> list[str]:
 
 
 def test_unknown_option_names_the_valid_choices(workdir):
-    result = run_ffbench(workdir, "algo=nope")
+    result = ffbench_here(workdir, "algo=nope")
     assert result.returncode != 0
     assert "Could not find 'algo/nope'" in result.stderr
     assert "bp" in result.stderr and "ff" in result.stderr  # Hydra lists the options
@@ -28,7 +30,7 @@ def test_unknown_option_names_the_valid_choices(workdir):
     ],
 )
 def test_misspelt_key_or_wrong_type_is_rejected_by_the_schema(workdir, override, message):
-    result = run_ffbench(workdir, override)
+    result = ffbench_here(workdir, override)
     assert result.returncode != 0
     assert message in result.stderr
     assert all_runs(workdir) == []
@@ -49,7 +51,7 @@ def test_misspelt_key_or_wrong_type_is_rejected_by_the_schema(workdir, override,
     ],
 )
 def test_invalid_values_fail_before_training_with_one_line(workdir, override, message):
-    result = run_ffbench(workdir, override)
+    result = ffbench_here(workdir, override)
     assert result.returncode != 0
     [line] = _error_lines(result.stderr)
     assert message in line
@@ -58,7 +60,7 @@ def test_invalid_values_fail_before_training_with_one_line(workdir, override, me
 
 def test_missing_mnist_offline_says_which_files_go_where(workdir, tmp_path):
     offline = "dataset.mirror=http://127.0.0.1:9/"  # nothing listens there: as if offline
-    result = run_ffbench(workdir, "dataset=mnist", f"dataset.root={tmp_path / 'nowhere'}", offline)
+    result = ffbench_here(workdir, "dataset=mnist", f"dataset.root={tmp_path / 'nowhere'}", offline)
     assert result.returncode != 0
     [line] = _error_lines(result.stderr)
     assert "could not be downloaded" in line and "t10k-labels-idx1-ubyte.gz" in line
@@ -66,8 +68,8 @@ def test_missing_mnist_offline_says_which_files_go_where(workdir, tmp_path):
     assert "dataset.root=" in line and "FFBENCH_DATA" in line
     assert not (tmp_path / "nowhere").exists()
     # and with neither dataset.root nor FFBENCH_DATA: the user's cache folder
-    env = clean_env(XDG_CACHE_HOME=str(tmp_path / "xdg"))
-    result = run_ffbench(workdir, "dataset=mnist", offline, env=env)
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    result = ffbench_here(workdir, "dataset=mnist", offline, env=env)
     [line] = _error_lines(result.stderr)
     assert f"into {tmp_path / 'xdg' / 'ffbench' / 'mnist'}" in line and "dataset.root=" in line
     assert all_runs(workdir) == []
@@ -78,7 +80,7 @@ def test_truncated_mnist_file_is_named(workdir, mnist_dir, tmp_path):
     write_md5sums(mnist_dir, sums)
     victim = mnist_dir / "train-images-idx3-ubyte.gz"
     victim.write_bytes(victim.read_bytes()[:-200])
-    result = run_ffbench(
+    result = ffbench_here(
         workdir, "dataset=mnist", f"dataset.root={mnist_dir}", f"dataset.checksums={sums}"
     )
     assert result.returncode != 0
@@ -97,28 +99,28 @@ def test_truncated_raw_idx_file_is_named(workdir, mnist_dir, tmp_path):
     write_md5sums(mnist_dir, sums)
     victim = mnist_dir / "t10k-labels-idx1-ubyte"
     victim.write_bytes(victim.read_bytes()[:-10])
-    env = clean_env(FFBENCH_DATA=str(mnist_dir))
+    env = {"FFBENCH_DATA": str(mnist_dir)}
     overrides = ["dataset=mnist", "dataset.val_size=50", f"dataset.checksums={sums}"]
-    result = run_ffbench(workdir, *overrides, env=env)
+    result = ffbench_here(workdir, *overrides, env=env)
     assert result.returncode != 0
     [line] = _error_lines(result.stderr)
     assert str(victim) in line and "fails its checksum" in line
 
 
 @pytest.mark.parametrize("algo", ["ff", "bp"])
-def test_nan_loss_stops_the_run_and_marks_it_failed(workdir, algo):
-    result = run_ffbench(workdir, f"algo={algo}", *DIVERGE, "optimizer.lr=1e10", *QUICK)
+def test_nan_loss_stops_the_run_and_marks_it_failed(launch, algo):
+    result = ffbench_here(launch, f"algo={algo}", *DIVERGE, "optimizer.lr=1e10", *QUICK)
     assert result.returncode != 0
     [line] = _error_lines(result.stderr)
     assert "training diverged" in line and "lower optimizer.lr" in line
-    [run] = all_runs(workdir)
+    [run] = all_runs(launch)
     assert run.info.status == "FAILED"
     assert "training diverged" in run.data.tags["ffbench.error"]
 
 
-def test_failed_job_in_a_sweep_leaves_the_others_finished_and_nothing_running(workdir):
-    result = run_ffbench(workdir, "-m", *DIVERGE, "optimizer.lr=1e10,0.01", *QUICK)
+def test_failed_job_in_a_sweep_leaves_the_others_finished_and_nothing_running(launch):
+    result = ffbench_here(launch, "-m", *DIVERGE, "optimizer.lr=1e10,0.01", *QUICK)
     assert result.returncode != 0
-    runs = all_runs(workdir)
+    runs = all_runs(launch)
     statuses = sorted((r.data.params.get("optimizer.lr", "parent"), r.info.status) for r in runs)
     assert statuses == [("0.01", "FINISHED"), ("10000000000.0", "FAILED"), ("parent", "FAILED")]

@@ -1,15 +1,15 @@
 """FF on conv nets end to end: a conv net learns the digits with each way of giving it the
-label (whole jobs in this process), and the conv presets, FF and their BP twins, run as the
-installed command on generated files in the real MNIST and CIFAR-10 formats. The pieces are
+label, and the conv presets, FF and their BP twins, run on generated files in the real MNIST
+and CIFAR-10 formats (whole jobs and sweeps of the app, in this process). The pieces are
 in tests/unit/test_conv_ff.py; the accuracy on real MNIST and Fashion-MNIST in docs/results.md."""
 
 import pytest
 from helpers import (
     ONE_THREAD,
     all_runs,
+    ffbench_here,
     make_cifar,
     make_mnist,
-    run_ffbench,
     train_on_digits,
     write_md5sums,
 )
@@ -28,7 +28,7 @@ def test_a_conv_net_learns_the_digits_with_each_label_input(label):
     assert result["test_accuracy_goodness"] > 0.6
 
 
-def test_conv_presets_and_their_bp_twins_run_on_files_in_the_real_formats(workdir, tmp_path):
+def test_conv_presets_and_their_bp_twins_run_on_files_in_the_real_formats(launch, tmp_path):
     """MNIST and Fashion-MNIST share the IDX format, so one folder of generated files feeds
     both; CIFAR-10's generated batches feed its presets. One epoch each: the presets compose,
     build the same net for FF and BP, train and record."""
@@ -43,25 +43,31 @@ def test_conv_presets_and_their_bp_twins_run_on_files_in_the_real_formats(workdi
         ("mnist_conv,mnist_conv_bp,fashion_mnist_conv,fashion_mnist_conv_bp", mnist, sums),
         ("cifar10_conv,cifar10_conv_bp", tmp_path / "cifar", cifar_sums),
     ):
-        result = run_ffbench(
-            workdir,
+        result = ffbench_here(
+            launch,
             "-m",
             f"+experiment={presets}",
             f"dataset.root={root}",
             f"dataset.checksums={checksums}",
             *common,
-            timeout=600,
         )
         assert result.returncode == 0, result.stderr[-3000:]
-    runs = [run for run in all_runs(workdir) if "sweep" not in run.info.run_name]
+    runs = [run for run in all_runs(launch) if "sweep" not in run.info.run_name]
     assert len(runs) == 6 and {run.info.status for run in runs} == {"FINISHED"}
-    nets = {}
+    nets, accuracy = {}, {}
     for run in runs:
         p = run.data.params
-        assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
         nets.setdefault(p["dataset"], {})[p["algo"]] = {
             key: p[key] for key in p if key.startswith("model.")
         }
+        accuracy[p["dataset"], p["algo"]] = {
+            key: value for key, value in run.data.metrics.items() if key.endswith("_accuracy")
+        }
+        # one epoch learns the generated classes (measured: FF 0.33 on the IDX files, 0.93
+        # on CIFAR-10; BP 0.81, 0.88; chance is 0.1)
+        assert accuracy[p["dataset"], p["algo"]]["train_accuracy"] > 0.25, (p["dataset"], p["algo"])
     assert set(nets) == {"mnist", "fashion_mnist", "cifar10"}
     for dataset, by_algo in nets.items():
         assert by_algo["ff"] == by_algo["bp"], dataset  # the twin trains the very same net
+    for algo in ("ff", "bp"):  # the same files, net and seed: the same numbers, to the bit
+        assert accuracy["mnist", algo] == accuracy["fashion_mnist", algo], algo

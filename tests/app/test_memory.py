@@ -1,25 +1,26 @@
-"""Memory figures end to end: every job of a depth sweep records its own exact figures and the
-sweep draws its picture, also without /proc/self/clear_refs and with failed jobs. The
-counters themselves are in tests/unit/test_memory.py."""
+"""Memory figures of whole sweeps (the app in this process): every job of a depth sweep
+records its own exact figures and the sweep draws its picture, also without
+/proc/self/clear_refs and with failed jobs. The counters themselves are in
+tests/unit/test_memory.py."""
 
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
-from helpers import QUICK, all_runs, clean_env, run_ffbench, store
+from helpers import QUICK, all_runs, ffbench_here, store
 
+from ffbench import measure
 from ffbench.analytic import saved_activation_bytes
 from ffbench.measure import MB
 
 MEMORY_METRICS = {"peak_saved_activations_mb", "peak_rss_mb", "param_mb", "optimizer_state_mb"}
 
 
-def test_depth_preset_records_exact_figures_per_job_and_draws_the_picture(workdir):
+def test_depth_preset_records_exact_figures_per_job_and_draws_the_picture(launch):
     """The preset, shrunk: every job of one process gets its own figures, equal to the
     prediction (so nothing carries over between jobs), and the sweep draws its picture."""
     width, batch, features = 32, 32, 64  # digits: 8x8 pixels
-    result = run_ffbench(
-        workdir,
+    result = ffbench_here(
+        launch,
         "-m",
         "+experiment=memory_depth",
         "model.depth=1,2",
@@ -28,7 +29,7 @@ def test_depth_preset_records_exact_figures_per_job_and_draws_the_picture(workdi
         f"trainer.batch_size={batch}",
     )
     assert result.returncode == 0, result.stderr
-    runs = all_runs(workdir)
+    runs = all_runs(launch)
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r is not parent]
     assert len(children) == 6 and {r.info.status for r in runs} == {"FINISHED"}
@@ -47,41 +48,23 @@ def test_depth_preset_records_exact_figures_per_job_and_draws_the_picture(workdi
         tensors = 2 * depth + 2
         assert run.data.metrics["optimizer_state_mb"] * MB == 8 * params + 4 * tensors
     sweep_dir = parent.data.tags["ffbench.sweep_dir"]
-    picture = workdir / sweep_dir / "memory_vs_depth.png"
+    picture = launch / sweep_dir / "memory_vs_depth.png"
     assert picture.read_bytes().startswith(b"\x89PNG")
-    artifacts = {a.path for a in store(workdir).list_artifacts(parent.info.run_id)}
+    artifacts = {a.path for a in store(launch).list_artifacts(parent.info.run_id)}
     assert "memory_vs_depth.png" in artifacts
     assert "memory against depth" in result.stdout and "algo=bp_ckpt" in result.stdout
 
 
-# The installed command with /proc/self/clear_refs made unreachable, as on a system without it.
-NO_CLEAR_REFS = """
-import sys
-from pathlib import Path
-import ffbench.measure
-ffbench.measure._CLEAR_REFS = Path("/nonexistent/clear_refs")
-from ffbench.cli import main
-sys.argv = ["ffbench", *sys.argv[1:]]
-main()
-"""
-
-
-def test_without_proc_a_depth_sweep_with_a_failed_job_still_measures_and_draws(workdir):
+def test_without_proc_a_depth_sweep_with_a_failed_job_still_measures_and_draws(launch, monkeypatch):
     """One process, the bad cases together: no /proc/self/clear_refs (RSS falls back to
     sampling and says so), jobs that fail (listed, left out of the picture) and jobs with
     measure.memory=false (no memory figures, no tag)."""
     diverge = ["model.norm=none", "optimizer=sgd", "optimizer.lr=1e10,0.01"]
     sweep = ["+experiment=memory_depth", "algo=bp", "model.depth=1,2", "measure.memory=true,false"]
-    result = subprocess.run(
-        [sys.executable, "-c", NO_CLEAR_REFS, "-m", *sweep, *diverge, *QUICK],
-        cwd=workdir,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    monkeypatch.setattr(measure, "_CLEAR_REFS", Path("/nonexistent/clear_refs"))  # as without /proc
+    result = ffbench_here(launch, "-m", *sweep, *diverge, *QUICK)
     assert result.returncode != 0  # a job failed
-    runs = all_runs(workdir)
+    runs = all_runs(launch)
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FAILED"
     children = [r for r in runs if r is not parent]
@@ -99,6 +82,6 @@ def test_without_proc_a_depth_sweep_with_a_failed_job_still_measures_and_draws(w
             assert not MEMORY_METRICS & run.data.metrics.keys()
             assert "ffbench.peak_rss_method" not in run.data.tags
             assert "test_accuracy" in run.data.metrics
-    picture = workdir / parent.data.tags["ffbench.sweep_dir"] / "memory_vs_depth.png"
+    picture = launch / parent.data.tags["ffbench.sweep_dir"] / "memory_vs_depth.png"
     assert picture.read_bytes().startswith(b"\x89PNG")
     assert "FAILED" in result.stdout and "optimizer.lr=0.01" in result.stdout

@@ -1,9 +1,9 @@
 """Spatial models (model=conv, model=local), per-position goodness and the black box learn
-the digits with FF and BP (whole jobs in this process), and the installed command refuses bad
-sizes or an impossible BP with one line. The pieces are in tests/unit/test_spatial.py."""
+the digits with FF and BP (whole jobs in this process), and the command refuses bad sizes or
+an impossible BP with one line. The pieces are in tests/unit/test_spatial.py."""
 
 import pytest
-from helpers import ONE_THREAD, all_runs, run_ffbench, train_on_digits
+from helpers import ONE_THREAD, all_runs, ffbench_here, train_on_digits
 
 
 @pytest.mark.parametrize("model", ["conv", "local"])
@@ -54,18 +54,18 @@ def test_bp_learns_through_a_black_box_only_with_a_straight_through_estimator():
 
 
 def test_command_line_bad_settings_fail_with_one_line_and_straight_through_is_logged(workdir):
-    result = run_ffbench(workdir, "model=local", "model.kernel=9", "model.padding=0")
+    result = ffbench_here(workdir, "model=local", "model.kernel=9", "model.padding=0")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "ffbench: error: model.kernel=9 is larger than the 8x8 input of hidden layer 1 "
         "(model.padding=0): set model.kernel=8 or less, a larger model.padding, "
         "a smaller model.stride, model.pool or model.depth"
     ]
-    result = run_ffbench(workdir, "algo=bp", "model.blackbox=sign")
+    result = ffbench_here(workdir, "algo=bp", "model.blackbox=sign")
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert "algo=bp cannot train through model.blackbox=sign" in result.stderr
     assert all_runs(workdir) == []  # nothing recorded, nothing trained
-    result = run_ffbench(
+    result = ffbench_here(
         workdir,
         "algo=bp",
         "model=conv",
