@@ -10,12 +10,22 @@ Minutes of sweeps, kills and restarts: marked slow, run by `make test-faults` (a
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FFBENCH, QUICK, all_runs, run_ffbench, start_ffbench, store, wait_for_epoch
+from helpers import (
+    FFBENCH,
+    QUICK,
+    all_runs,
+    run_ffbench,
+    start_ffbench,
+    store,
+    wait_for,
+    wait_for_epoch,
+)
+
+from ffbench import liveness
 
 pytestmark = pytest.mark.slow
 
@@ -71,17 +81,33 @@ def start_running(workdir, *overrides: str) -> subprocess.Popen:
     return process
 
 
+def last_beat(workdir, run) -> int:
+    return int(store(workdir).get_run(run.info.run_id).data.tags[liveness.BEAT])
+
+
+def beats_missed(workdir, *runs) -> None:
+    """The runs of a dead process as they are once it has missed more beats than
+    liveness.LOST_AFTER_BEATS: their last beat set back by more than that many intervals,
+    instead of waiting for the clock to get there."""
+    client = store(workdir)
+    for run in runs:
+        every = float(run.data.tags[liveness.EVERY])
+        earlier = last_beat(workdir, run) - (liveness.LOST_AFTER_BEATS + 1) * every - 1
+        client.set_tag(run.info.run_id, liveness.BEAT, f"{earlier:.0f}")
+
+
 def test_a_killed_job_is_marked_lost_and_its_sweep_rerun_trains_it(workdir):
     sweep = ["-m", "algo=ff", "tracking.heartbeat_s=1", "model.width=32", "trainer.num_threads=1"]
     process = start_running(workdir, *sweep, "trainer.epochs=100000")
-    time.sleep(2)  # a few beats
+    parent, [job] = parent_and_jobs(workdir)
+    first = int(job.data.tags[liveness.BEAT])  # written as the run started
+    wait_for(lambda: last_beat(workdir, job) > first, process, "a beat after the first")
     os.killpg(process.pid, signal.SIGKILL)  # the sweep and its job, without a word
     process.wait()
     parent, [job] = parent_and_jobs(workdir)
     assert (parent.info.status, job.info.status) == ("RUNNING", "RUNNING")
-    assert int(job.data.tags["ffbench.heartbeat"]) >= job.info.start_time // 1000
 
-    time.sleep(4)  # more than 3 missed beats
+    beats_missed(workdir, parent, job)
     result = run_ffbench(workdir, *sweep, "trainer.epochs=2")  # the same job, shorter
     assert result.returncode == 0, result.stderr[-2000:]
     runs = {r.info.run_id: r for r in all_runs(workdir)}
@@ -100,7 +126,11 @@ def test_a_live_run_is_not_marked_lost(workdir):
     overrides = ["tracking.heartbeat_s=1", "model.width=32", "trainer.epochs=100000"]
     process = start_running(workdir, *overrides)
     try:
-        time.sleep(5)
+        [run] = all_runs(workdir)
+        start = int(run.data.tags[liveness.BEAT])
+        missed = liveness.LOST_AFTER_BEATS + 1  # as many seconds as beats (heartbeat_s=1)
+        # long enough that a heartbeat held back by the epochs would count as lost by now
+        wait_for(lambda: last_beat(workdir, run) > start + missed, process, "the beats")
         report = run_ffbench(workdir, exe=str(Path(FFBENCH).parent / "ffbench-report"))
         assert report.returncode == 0, report.stderr
         [run] = all_runs(workdir)
@@ -171,8 +201,8 @@ def test_a_killed_run_continues_from_its_checkpoint_as_if_never_stopped(tmp_path
     saved = torch.load(stopped.data.tags["ffbench.checkpoint"], weights_only=False)["step"]
     assert 3 <= saved < 6, "the kill came too late to test anything"
     # SIGKILL may lose the last second's epochs on their way to MLflow: the checkpoint has them
-    if signum == signal.SIGKILL:
-        time.sleep(4)  # the heartbeat stops; the next ffbench marks the run lost
+    if signum == signal.SIGKILL:  # its heartbeat stopped: the next ffbench marks it lost
+        beats_missed(interrupted, stopped)
 
     result = run_ffbench(interrupted, *CHECKPOINTED)
     assert result.returncode == 0, result.stderr[-2000:]

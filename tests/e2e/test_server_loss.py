@@ -10,18 +10,18 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import clean_env, free_port, mlflow_server, start_ffbench, wait_for_epoch
+from helpers import clean_env, free_port, mlflow_server, start_ffbench, wait_for, wait_for_epoch
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
 SYNC = shutil.which("ffbench-sync", path=str(Path(sys.executable).parent)) or "ffbench-sync"
 # long enough to stop the server mid-job (a digits pass of a width-32 net takes ~0.05 s)
-JOB = ["model.width=32", "trainer.num_threads=1", "trainer.epochs=80"]
+EPOCHS = 80
+JOB = ["model.width=32", "trainer.num_threads=1", f"trainer.epochs={EPOCHS}"]
 
 
 def journal_metrics(folder: Path) -> dict[str, list]:
@@ -73,8 +73,13 @@ def test_a_sweep_survives_its_server_stopping_and_starting_again(workdir, launch
             *LAUNCHERS[launcher],
         )
         wait_for_epoch(sweep, workdir, 3, logs="outputs/multirun/*/*/0/ffbench.log")
-    # the server is down: the first job trains on, the next ones start without it
-    time.sleep(15)
+
+    # the server is down: the first job trains on, offline, to its last epoch, then waits for it
+    def first_job_done_offline() -> bool:
+        log = "".join(p.read_text() for p in workdir.glob("outputs/multirun/*/*/0/ffbench.log"))
+        return "does not answer" in log and f" epoch {EPOCHS} " in log
+
+    wait_for(first_job_done_offline, sweep, "last epoch of the first job, offline")
     with mlflow_server(backend, *artifacts, cwd=workdir, port=port):
         _, stderr = sweep.communicate(timeout=600)
         assert sweep.returncode == 0, stderr[-3000:]
@@ -90,7 +95,7 @@ def test_a_sweep_survives_its_server_stopping_and_starting_again(workdir, launch
         for job in jobs:
             folder = Path(job.data.tags["ffbench.output_dir"])
             assert stored_metrics(client, job.info.run_id) == journal_metrics(folder)
-            assert len(journal_metrics(folder)["train_loss"]) == 80
+            assert len(journal_metrics(folder)["train_loss"]) == EPOCHS
             assert {a.path for a in client.list_artifacts(job.info.run_id)} >= {
                 "config.yaml",
                 "hydra",
@@ -125,7 +130,7 @@ def test_a_job_whose_server_never_comes_back_is_recorded_by_sync_once(workdir):
         [run] = job_runs(client)
         assert run.info.run_id == before.info.run_id and run.info.status == "FINISHED"
         assert stored_metrics(client, run.info.run_id) == journal_metrics(folder)
-        assert len(journal_metrics(folder)["train_loss"]) == 80
+        assert len(journal_metrics(folder)["train_loss"]) == EPOCHS
         assert "test_accuracy" in run.data.metrics
 
         second = sync(folder, folder)  # again, the same folder given twice
