@@ -68,3 +68,65 @@ def saved_activation_bytes(
         rows = features + (depth - 1) * width + width + normed * (width + 1)
     # cross-entropy: log-softmax output per row, the int64 targets and one float total weight
     return float_bytes * batch * (rows + classes) + 8 * batch + float_bytes
+
+
+def _tensor_shapes(cfg, features: int, classes: int) -> tuple[list, list]:
+    """(each hidden layer's parameter sizes, the sizes of the other trained tensors: BP's
+    output layer, FF's read-out) of the MLP, in elements."""
+    width, depth = cfg.model.width, cfg.model.depth
+    layers = [[width * i, width] for i in [features] + [width] * (depth - 1)]
+    if LEARNERS[cfg.algo.name].end_to_end:
+        return layers, [width * classes, classes]
+    if not cfg.algo.readout:
+        return layers, []
+    evaluated = depth - (1 if cfg.algo.eval_skip_first and depth > 1 else 0)
+    return layers, [evaluated * width * classes, classes]
+
+
+def _state_bytes(cfg, sizes: list[int], float_bytes: int) -> int:
+    """The optimizer's state for tensors of `sizes`: Adam's two moments and a float32 step
+    count per tensor, SGD's momentum buffer (none without momentum)."""
+    if cfg.optimizer.name == "adam":
+        return sum(2 * float_bytes * n + 4 for n in sizes)
+    return sum(float_bytes * n for n in sizes) if cfg.optimizer.momentum else 0
+
+
+def total_bytes(cfg, features: int, classes: int, batch: int, float_bytes: int = 4) -> dict:
+    """The parts of an MLP's training memory at its peak that the shapes fix: `param`, the
+    `optimizer_state` held (FF at its floor in the sequential schedule: the layer in training's
+    and the read-out's, in the stage where that is largest), `grad`: the gradients alive at
+    once (all, or one layer's under algo.step_each_layer), and `saved_activations`
+    (saved_activation_bytes); `total` is their sum. measure.LiveTensors' breakdown at its
+    peak holds the parameters and the state to the byte; a gradient being computed is not in
+    `.grad` yet, so it counts as the measurement's `other`, as do the step's inputs, outputs
+    and temporaries, which this does not predict."""
+    layers, others = _tensor_shapes(cfg, features, classes)
+    every = [n for layer in layers for n in layer] + others
+    floor = not LEARNERS[cfg.algo.name].end_to_end and cfg.algo.step_each_layer
+    stages = layers if floor else [every]  # the gradients alive at once
+    held = [
+        (
+            _state_bytes(
+                cfg,
+                [*s, *others] if floor and cfg.algo.schedule == "sequential" else every,
+                float_bytes,
+            ),
+            float_bytes * sum(s),
+        )
+        for s in stages
+    ]
+    state, grad = max(held)
+    saved = saved_activation_bytes(
+        cfg.algo.name,
+        batch,
+        cfg.model.width,
+        cfg.model.depth,
+        features,
+        classes,
+        cfg.activation.name,
+        cfg.model.norm,
+        float_bytes,
+    )
+    parts = {"param": float_bytes * sum(every), "optimizer_state": state, "grad": grad}
+    parts["saved_activations"] = saved
+    return parts | {"total": sum(parts.values())}

@@ -67,6 +67,8 @@ def _summary(title: str, final: dict) -> Table:
 
 MEMORY_COLUMNS = {
     "peak_saved_activations_mb": "saved activations MB",
+    "peak_total_mb": "total tensors MB",
+    "rss_added_mb": "RSS added MB",
     "param_mb": "params MB",
     "optimizer_state_mb": "optimizer MB",
     "peak_cuda_allocated_mb": "CUDA alloc MB",
@@ -185,7 +187,10 @@ def run(cfg: DictConfig) -> float:
     if done is not None:
         return _reuse(cfg, done, tags, passes, job.data)
     # A fresh meter per job: its peaks start at zero even when a sweep shares the process.
-    memory = PeakMemory(device, job.learner.parameters()) if cfg.measure.memory else None
+    memory = None
+    if cfg.measure.memory:
+        params, total = job.learner.parameters(), cfg.measure.total
+        memory = PeakMemory(device, params, job.optimizer, total)
     earlier, start_from = None, None
     if cfg.trainer.checkpoint:  # a killed or failed run of these settings goes on
         earlier = tracking.resumable_run(cfg, tags[SETTINGS_HASH])

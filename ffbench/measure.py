@@ -1,9 +1,12 @@
 """Wall-clock time and memory of one job's training, reset at its start so that jobs sharing a
 process (Hydra's basic launcher runs a whole sweep in one) never inherit each other's peaks.
 
-Three figures, from the most exact to the most practical:
+Four figures, from the most exact to the most practical:
 - saved activations: the bytes autograd holds for backward, counted tensor by tensor through
   `saved_tensors_hooks`; exact, deterministic and the same on every device;
+- total tensor memory: every storage training holds (parameters, gradients, optimizer state,
+  saved activations, the rest), counted op by op through a TorchDispatchMode, with its
+  breakdown at its peak; exact at op boundaries, the same on every device;
 - peak RSS: what the operating system charged the process;
 - peak CUDA allocated / reserved: what torch's caching allocator handed out / held.
 """
@@ -21,6 +24,8 @@ import weakref
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 MB = 2**20
 _STATUS = Path("/proc/self/status")
@@ -184,22 +189,112 @@ class SavedTensors:
         return False
 
 
+PARTS = ("param", "grad", "optimizer_state", "saved_activations", "other")
+
+
+class LiveTensors(TorchDispatchMode):
+    """Context manager: live and peak bytes of all tensor memory of training, and what it held
+    at its peak.
+
+    The live total is the parameters plus every storage an op allocated inside the block that
+    is still alive: each op's outputs are seen as it returns (a TorchDispatchMode sits below
+    autograd and autocast, so backward's and the optimizer's ops count too), an output that
+    aliases an input (a view, an in-place op) allocates nothing, and a finalizer on each new
+    storage takes it off when the last tensor using it dies. Tensors made before the block
+    (the data set) do not count, nor does what an op allocates and frees within itself. Each
+    time the total reaches a new peak, its storages are sorted into PARTS: the parameters,
+    their gradients, the optimizer's state, what `saved` (SavedTensors) holds for backward,
+    and the rest (inputs, outputs and temporaries of the step)."""
+
+    def __init__(self, params, optimizer: torch.optim.Optimizer | None, saved: "SavedTensors"):
+        super().__init__()
+        self.params = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in params}
+        self.optimizer, self.saved = optimizer, saved
+        self._live: dict[int, int] = {}  # storage address -> bytes, of those allocated here
+        self._lock = threading.Lock()
+        self.live_bytes = sum(self.params.values())
+        self.peak_bytes = self.live_bytes
+        self.at_peak = dict.fromkeys(PARTS, 0) | {"param": self.live_bytes}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
+        grew = False
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                grew |= self._allocated(t.untyped_storage(), inputs)
+        if grew and self.live_bytes > self.peak_bytes:
+            self.peak_bytes = self.live_bytes
+            self.at_peak = self._breakdown()
+        return out
+
+    def _allocated(self, storage, inputs: set) -> bool:
+        key, size = storage.data_ptr(), storage.nbytes()
+        if size == 0 or key in inputs or key in self._live or key in self.params:
+            return False
+        with self._lock:
+            self._live[key] = size
+            self.live_bytes += size
+        weakref.finalize(storage, self._release, key)
+        return True
+
+    def _release(self, key: int) -> None:
+        with self._lock:
+            self.live_bytes -= self._live.pop(key)
+
+    def _breakdown(self) -> dict[str, int]:
+        """The live storages now, by PARTS (each in the first part that claims it)."""
+        grads = {p.grad.untyped_storage().data_ptr() for p in self._grads()}
+        state = set()
+        if self.optimizer is not None:
+            state = {
+                v.untyped_storage().data_ptr()
+                for s in self.optimizer.state.values()
+                for v in s.values()
+                if torch.is_tensor(v)
+            }
+        saved = set(self.saved._live)
+        parts = dict.fromkeys(PARTS, 0) | {"param": sum(self.params.values())}
+        with self._lock:
+            for key, size in self._live.items():
+                part = "grad" if key in grads else "optimizer_state" if key in state else None
+                part = part or ("saved_activations" if key in saved else "other")
+                parts[part] += size
+        return parts
+
+    def _grads(self):
+        if self.optimizer is None:
+            return []
+        return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+
 class PeakMemory:
-    """Context manager: peak saved activations, resident memory and CUDA memory in the block.
+    """Context manager: peak saved activations, resident memory and CUDA memory in the block,
+    and with `total` the total tensor memory (LiveTensors: `optimizer` says which tensors are
+    its state and which parameters have gradients).
 
     Entering it again (once per epoch, say) keeps the largest peak of all blocks, so the
     figures cover training and nothing in between. `method` says how the resident peak was
     read: `vmhwm` (Linux: the high-water mark, reset by writing 5 to /proc/self/clear_refs),
     `sampled` (no resettable mark: a thread reads the resident memory every 2 ms, so a spike
     shorter than that can be missed) or `ru_maxrss_not_reset` (nothing to sample: the
-    process's lifetime peak, an upper bound that earlier jobs may have set).
+    process's lifetime peak, an upper bound that earlier jobs may have set). On the CPU the
+    resident memory training added is the peak against the resident memory just before the
+    first block.
     """
 
-    def __init__(self, device: torch.device, params=()):
+    def __init__(self, device: torch.device, params=(), optimizer=None, total: bool = False):
         _return_free_memory()
         self.device = device
+        params = list(params)
         self.saved = SavedTensors(params)
+        self.tensors = LiveTensors(params, optimizer, self.saved) if total else None
         self.method = None
+        self.rss_before_mb = None
         self.peak_rss_mb = float("nan")
         self.peak_cuda_allocated_mb = None
         self.peak_cuda_reserved_mb = None
@@ -220,10 +315,17 @@ class PeakMemory:
         return "sampled"
 
     def __enter__(self):
+        if self.rss_before_mb is None and self.device.type == "cpu":
+            try:
+                self.rss_before_mb = _current_rss_mb()
+            except OSError:  # nothing to read it from: no figure of what training added
+                self.rss_before_mb = math.nan
         self.method = self._reset_rss()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.saved.__enter__()
+        if self.tensors is not None:
+            self.tensors.__enter__()
         return self
 
     def read(self) -> None:
@@ -243,6 +345,8 @@ class PeakMemory:
             self.peak_cuda_reserved_mb = _larger(self.peak_cuda_reserved_mb, reserved)
 
     def __exit__(self, *exc):
+        if self.tensors is not None:
+            self.tensors.__exit__(*exc)
         self.saved.__exit__(*exc)
         self.read()
         return False
@@ -255,6 +359,11 @@ class PeakMemory:
             "peak_cuda_allocated_mb": self.peak_cuda_allocated_mb,
             "peak_cuda_reserved_mb": self.peak_cuda_reserved_mb,
         }
+        if self.tensors is not None:
+            found["peak_total_mb"] = self.tensors.peak_bytes / MB
+            found |= {f"peak_total_{k}_mb": v / MB for k, v in self.tensors.at_peak.items()}
+        if self.rss_before_mb is not None and not math.isnan(self.rss_before_mb):
+            found["rss_added_mb"] = self.peak_rss_mb - self.rss_before_mb
         return {k: v for k, v in found.items() if v is not None}
 
 

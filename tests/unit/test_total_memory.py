@@ -1,0 +1,74 @@
+"""Total tensor memory of training (measure.LiveTensors, measure.total=true): every storage an op
+allocates, counted once while it lives, and the breakdown at the peak, against what
+analytic.total_bytes predicts from the shapes."""
+
+import pytest
+import torch
+from helpers import CPU, make_trainable
+
+from ffbench.analytic import total_bytes
+from ffbench.config import compose
+from ffbench.measure import LiveTensors, PeakMemory, SavedTensors
+
+SETTINGS = {
+    "bp": ["algo=bp"],
+    "ff": ["algo=ff"],
+    "ff_floor": ["algo=ff", "algo.step_each_layer=true"],
+    "ff_floor_sequential": ["algo=ff", "algo.step_each_layer=true", "algo.schedule=sequential"],
+}
+OPTIMIZERS = {"adam": ["optimizer=adam"], "sgd": ["optimizer=sgd", "optimizer.momentum=0.9"]}
+
+
+def test_each_new_storage_counts_once_while_it_lives_and_views_allocate_nothing():
+    weight = torch.nn.Parameter(torch.rand(10, 10))  # 400 bytes
+    saved = SavedTensors([weight])
+    with LiveTensors([weight], None, saved) as live:
+        assert live.live_bytes == 400
+        a = torch.ones(100)  # 400 bytes
+        b = a.view(10, 10)  # a view: no new storage
+        b += 1  # in place: none either
+        c = a * 2  # 400 more
+        assert live.live_bytes == 1200 and live.peak_bytes == 1200
+        del a, b  # the last tensors on a's storage
+        assert live.live_bytes == 800
+        del c
+        assert live.live_bytes == 400
+    assert live.at_peak == {
+        "param": 400,
+        "grad": 0,
+        "optimizer_state": 0,
+        "saved_activations": 0,
+        "other": 800,
+    }
+
+
+def measured(overrides, features=20, batch=16) -> tuple:
+    learner, optimizer = make_trainable([*overrides, "model.width=24", "model.depth=3"], features)
+    x, y = torch.rand(2 * batch, features), torch.randint(0, 10, (2 * batch,))
+    memory = PeakMemory(CPU, learner.parameters(), optimizer, total=True)
+    for layer in learner.stages():
+        with memory:
+            learner.train_epoch(x, y, optimizer, batch, layer)
+    return memory, learner, optimizer
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_parameters_and_optimizer_state_at_the_peak_equal_the_prediction(setting, optimizer):
+    overrides = [*SETTINGS[setting], *OPTIMIZERS[optimizer]]
+    memory, learner, opt = measured(overrides)
+    predicted = total_bytes(compose([*overrides, "model.width=24", "model.depth=3"]), 20, 10, 16)
+    at_peak = memory.tensors.at_peak
+    assert at_peak["param"] == predicted["param"]
+    assert at_peak["optimizer_state"] == predicted["optimizer_state"]
+    assert memory.tensors.peak_bytes == sum(at_peak.values())
+    # between steps: the parameters, the state and (but at the floor) every gradient
+    grads = sum(p.grad.nbytes for p in learner.parameters() if p.grad is not None)
+    state = sum(v.nbytes for s in opt.state.values() for v in s.values())
+    assert memory.tensors.live_bytes == predicted["param"] + state + grads
+    assert (grads == 0) == ("floor" in setting)
+
+
+def test_the_floor_holds_less_than_ff_and_sequentially_less_still():
+    peaks = {name: measured(SETTINGS[name])[0].tensors.peak_bytes for name in SETTINGS}
+    assert peaks["ff_floor_sequential"] < peaks["ff_floor"] < peaks["ff"]
