@@ -258,28 +258,32 @@ class ForwardForward(Learner):
         features = self.features(x) if self.readout is not None else None
         pos, neg = self.negatives(self, x, y, features)
         h = torch.cat([pos, neg])  # one pass for positives and negatives together
+        del pos, neg
         optimizer.zero_grad(set_to_none=True)
         stats = {}
+        if self.readout is not None:  # its gradient first: its input is freed before the layers
+            stats["readout_loss"] = self.readout.set_gradient(features, y)
+            del features
+            if self.step_each_layer:
+                update(optimizer, free=True)
         for index in range(layers[-1] + 1):
             if index not in layers:  # a frozen lower layer (sequential schedule)
                 with torch.no_grad():
                     h = self.stack.layer(index, h)
                 continue
             a, s, loss, objective = self.layer_objective(index, h, n, y)
+            h = a.detach()  # the next layer's input; this layer's is freed before backward
             # Backward now frees this layer's graph before the next layer is computed.
             objective.backward()
             if self.step_each_layer:  # this layer's update, and its gradients gone, now
                 update(optimizer, free=True)
-            h = a.detach()
             stats[f"layer{index}_loss"] = loss.detach()
             for name, value in self.layer_stats(index, s, n, y).items():
                 stats[f"layer{index}_{name}"] = value
-        if self.readout is not None:
-            stats["readout_loss"] = self.readout.set_gradient(features, y)
         # Gradients of different layers never mix, so one step after all layers equals a
         # step per layer (step_each_layer), and updates every tensor in one fused call.
-        if self.readout is not None or not self.step_each_layer:
-            update(optimizer, free=self.step_each_layer)
+        if not self.step_each_layer:
+            step(optimizer)
         return stats
 
     def train_epoch(self, x, y, optimizer, batch_size: int, layer: int | None = None) -> dict:

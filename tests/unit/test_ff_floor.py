@@ -62,7 +62,7 @@ def test_at_most_one_layers_gradients_are_alive(monkeypatch):
     layers = [{f"stack.layers.{i}.weight", f"stack.layers.{i}.bias"} for i in range(3)]
     readout = {"readout.weight", "readout.bias"}
     assert normal == [set().union(*layers, readout)] * 2  # one step per minibatch, all at once
-    assert floor == [*layers, readout] * 2
+    assert floor == [readout, *layers] * 2  # the read-out first: its input is freed at once
 
 
 def test_sequential_floor_keeps_optimizer_state_of_the_layer_in_training_only():
