@@ -169,14 +169,7 @@ def run(cfg: DictConfig) -> float:
     sweepers: the test set never chooses anything)."""
     start = time.perf_counter()
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
-    try:  # bad input stops here, before MLflow hears of a single run
-        validate(cfg)
-        device = experiment.resolve_device(cfg.trainer.device)
-        job = experiment.prepare(cfg, device)
-    except Exception as err:
-        if sweeping:  # a sweep's job leaves a record, whatever fails: the parent counts it
-            _record_failure(cfg, err)
-        raise
+    job, device = _prepare(cfg, sweeping)
     tags = {SETTINGS_HASH: settings_hash(cfg, device.type)}
     # No duplicate work in a sweep: a FINISHED run with the same relevant settings holds the
     # result. A single run is a request to train (perhaps after editing the code): it always does.
@@ -191,42 +184,11 @@ def run(cfg: DictConfig) -> float:
     if cfg.measure.memory:
         params, total = job.learner.parameters(), cfg.measure.total
         memory = PeakMemory(device, params, job.optimizer, total)
-    earlier, start_from = None, None
-    if cfg.trainer.checkpoint:  # a killed or failed run of these settings goes on
-        earlier = tracking.resumable_run(cfg, tags[SETTINGS_HASH])
-        if earlier is not None:
-            path = Path(earlier.data.tags[CHECKPOINT])
-            start_from = experiment.load_checkpoint(path, job)
-            console.print(f"continuing run {earlier.info.run_id} after pass {start_from['step']}")
+    earlier, start_from = _resumable(cfg, job, tags[SETTINGS_HASH])
     with tracking.job_run(cfg, tags, earlier) as run, _progress() as progress:
         if earlier is None:
             run.log_datasets(job.data)
-        if start_from is not None:  # the passes saved but not sent before the process died
-            sent = run.last_step()
-            for step, metrics in enumerate(start_from["history"], start=1):
-                if step > sent:
-                    run.log_epoch(metrics, step=step)
-        checkpoint = None
-        if cfg.trainer.checkpoint:
-            checkpoint = Path(HydraConfig.get().runtime.output_dir, "checkpoint.pt")
-            run.keep_checkpoint(checkpoint)
-        bar = progress.add_task(run.name, total=passes, loss=0.0, val=0.0)
-        if start_from is not None:
-            progress.update(bar, completed=start_from["step"])
-
-        last = {}  # the latest of each metric (val_accuracy: of its latest evaluation)
-        for metrics in start_from["history"] if start_from else []:
-            last.update(metrics)
-
-        def on_epoch(epoch: int, metrics: dict) -> None:
-            last.update(metrics)
-            run.log_epoch(metrics, step=epoch)
-            log.info("epoch %d %s", epoch, _pairs(metrics))
-            progress.update(
-                bar, completed=epoch, loss=metrics["train_loss"], val=last.get("val_accuracy", 0.0)
-            )
-
-        final = experiment.train(job, on_epoch, memory, checkpoint, start_from)
+        final, last = _train(cfg, job, run, progress, passes, memory, start_from)
         if memory is not None:
             final |= memory.metrics() | static_memory_mb(job.optimizer)
             run.set_tag(PEAK_RSS_METHOD, memory.method)
@@ -244,3 +206,59 @@ def run(cfg: DictConfig) -> float:
     if memory is not None:
         console.print(_memory(final))
     return final["val_accuracy"]
+
+
+def _prepare(cfg: DictConfig, sweeping: bool):
+    """(the job, its device): bad input stops here, before MLflow hears of a single run."""
+    try:
+        validate(cfg)
+        device = experiment.resolve_device(cfg.trainer.device)
+        return experiment.prepare(cfg, device), device
+    except Exception as err:
+        if sweeping:  # a sweep's job leaves a record, whatever fails: the parent counts it
+            _record_failure(cfg, err)
+        raise
+
+
+def _resumable(cfg: DictConfig, job, settings: str):
+    """(the killed or failed run of these settings that this job goes on with, its checkpoint
+    loaded into `job`), or (None, None): no trainer.checkpoint, or no such run."""
+    if not cfg.trainer.checkpoint:
+        return None, None
+    earlier = tracking.resumable_run(cfg, settings)
+    if earlier is None:
+        return None, None
+    start_from = experiment.load_checkpoint(Path(earlier.data.tags[CHECKPOINT]), job)
+    console.print(f"continuing run {earlier.info.run_id} after pass {start_from['step']}")
+    return earlier, start_from
+
+
+def _train(cfg: DictConfig, job, run, progress, passes: int, memory, start_from):
+    """Train the job into its run, its progress on a bar; (the final metrics, the latest of
+    each metric: val_accuracy of its latest evaluation)."""
+    if start_from is not None:  # the passes saved but not sent before the process died
+        sent = run.last_step()
+        for step, metrics in enumerate(start_from["history"], start=1):
+            if step > sent:
+                run.log_epoch(metrics, step=step)
+    checkpoint = None
+    if cfg.trainer.checkpoint:
+        checkpoint = Path(HydraConfig.get().runtime.output_dir, "checkpoint.pt")
+        run.keep_checkpoint(checkpoint)
+    bar = progress.add_task(run.name, total=passes, loss=0.0, val=0.0)
+    if start_from is not None:
+        progress.update(bar, completed=start_from["step"])
+
+    last = {}  # the latest of each metric (val_accuracy: of its latest evaluation)
+    for metrics in start_from["history"] if start_from else []:
+        last.update(metrics)
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        last.update(metrics)
+        run.log_epoch(metrics, step=epoch)
+        log.info("epoch %d %s", epoch, _pairs(metrics))
+        progress.update(
+            bar, completed=epoch, loss=metrics["train_loss"], val=last.get("val_accuracy", 0.0)
+        )
+
+    return experiment.train(job, on_epoch, memory, checkpoint, start_from), last

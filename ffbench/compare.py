@@ -528,7 +528,7 @@ def links(client: MlflowClient, runs, parent, base: str) -> dict[str, str]:
     return found
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ffbench-report",
         description=__doc__,
@@ -558,6 +558,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ui-url", help=f"the MLflow UI in the links: default the server's, else {ui.DEFAULT_UI}"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.select and args.select.startswith("test_"):
         parser.error(

@@ -265,10 +265,18 @@ def train(
             save_checkpoint(checkpoint, job, history, (stopwatch.seconds, evaluation.seconds))
         on_epoch(step, metrics)
         scheduler.step()
+    return final_metrics(job, len(plan), stopwatch, evaluation)
+
+
+def final_metrics(job: Job, passes: int, stopwatch: Stopwatch, evaluation: Stopwatch) -> dict:
+    """The trained learner's test and train accuracies (timed by `evaluation`), and the speed
+    of its `passes` (timed by `stopwatch`): examples and useful FLOPs per second, and with
+    trainer.matmul_reference the ratio to the matrix unit's own speed on the same products."""
+    cfg, d, learner = job.cfg.trainer, job.data, job.learner
     with evaluation, autocast(cfg, job.device):
         final = accuracies(learner, d.x_test, d.y_test, "test")
         final |= accuracies(learner, d.x_train, d.y_train, "train")
-    examples = len(plan) * len(d.x_train)
+    examples = passes * len(d.x_train)
     inputs = learner.stack.in_features  # the data's, plus FF's label planes if any
     useful = train_flops_per_example(job.cfg, inputs, d.num_classes, d.image_shape)
     useful *= examples

@@ -190,85 +190,101 @@ def replay(client: MlflowClient, journal: Journal, experiment_id, live: bool = F
     if not records or records[0]["op"] != "start":
         raise ValueError(f"{journal.path} does not start with a run's start record")
     start = records[0]
-    exp_id = experiment_id(start["experiment"])
-    run_id = find_run(client, records, exp_id)
-    done = Replayed(run_id or "")
-    if run_id is None:
-        tags = start["tags"] | {JOURNAL_ID: start["journal_id"]}
-        if start["parent"]:
-            tags["mlflow.parentRunId"] = start["parent"]
-        run = client.create_run(exp_id, start["time"], tags, start["run_name"])
-        run_id = done.run_id = run.info.run_id
-        done.created = True
-        journal.append("created", run_id=run_id, uri=client.tracking_uri)
-    run = client.get_run(run_id)
+    done = _find_or_create(client, journal, records, experiment_id(start["experiment"]))
+    run = client.get_run(done.run_id)
     later = run.data.tags.get(JOURNAL_ID, "")
     if later > start["journal_id"]:  # a later job continued the run: it holds the newer truth
         done.notes.append(f"continued by a later job (journal {later}): left as it is")
         return done
-
     journaled = _collect(records)
+    new_params = {k: v for k, v in journaled["params"].items() if k not in run.data.params}
+    if new_params:
+        send(client, done.run_id, {"op": "params", "params": new_params})
+    done.params = len(new_params)
+    done.tags = _add_tags(client, run, start, journaled, live, done.created)
+    done.metrics = _add_metrics(client, done.run_id, journaled["metrics"])
+    done.inputs = _add_inputs(client, run, journaled["inputs"])
+    for record in journaled["files"]:
+        target = record["file"] if record["op"] == "text" else _artifact_name(record)
+        if not _has_artifact(client, done.run_id, target):
+            send(client, done.run_id, record)
+            done.files += 1
+    done.ended, done.status = journaled["end"] is not None, _end(client, run, journaled, live)
+    return done
+
+
+def _find_or_create(client: MlflowClient, journal: Journal, records: list[dict], exp_id):
+    """The journal's run (find_run), created if the store has none (journaled as `created`)."""
+    start = records[0]
+    run_id = find_run(client, records, exp_id)
+    if run_id is not None:
+        return Replayed(run_id)
+    tags = start["tags"] | {JOURNAL_ID: start["journal_id"]}
+    if start["parent"]:
+        tags["mlflow.parentRunId"] = start["parent"]
+    run = client.create_run(exp_id, start["time"], tags, start["run_name"])
+    journal.append("created", run_id=run.info.run_id, uri=client.tracking_uri)
+    return Replayed(run.info.run_id, created=True)
+
+
+def _add_tags(client: MlflowClient, run, start: dict, journaled: dict, live, created) -> int:
+    """Set the journaled tags the run lacks or holds other values of; how many it changed."""
+    run_id = run.info.run_id
     tags = journaled["tags"] | {JOURNAL_ID: start["journal_id"]}
     if start["parent"]:
         tags["mlflow.parentRunId"] = start["parent"]
-    if not done.created:  # the beat of the job's start would make a live run look lost
+    if not created:  # the beat of the job's start would make a live run look lost
         tags.pop(BEAT, None)
     if live:
         tags[BEAT] = f"{time.time():.0f}"
-    end = journaled["end"]
-
-    new_params = {k: v for k, v in journaled["params"].items() if k not in run.data.params}
-    if new_params:
-        send(client, run_id, {"op": "params", "params": new_params})
-    done.params = len(new_params)
-
     changed = {k: v for k, v in tags.items() if run.data.tags.get(k) != str(v)}
     if changed:
         send(client, run_id, {"op": "tags", "tags": changed})
-    done.tags = len(changed)
-    if (end is not None or live) and ERROR in run.data.tags and ERROR not in tags:
+    ended = journaled["end"] is not None
+    if (ended or live) and ERROR in run.data.tags and ERROR not in tags:
         client.delete_tag(run_id, ERROR)  # a "process lost" mark that the journal refutes
-        done.tags += 1
+        return len(changed) + 1
+    return len(changed)
 
+
+def _add_metrics(client: MlflowClient, run_id: str, rows: list[list]) -> int:
+    """Send the journaled metric points the store lacks; how many."""
     missing = []
-    for key in {row[0] for row in journaled["metrics"]}:
+    for key in {row[0] for row in rows}:
         stored = {
             _point(m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)
         }
         missing += [
-            row
-            for row in journaled["metrics"]
-            if row[0] == key and _point(row[3], row[2], row[1]) not in stored
+            row for row in rows if row[0] == key and _point(row[3], row[2], row[1]) not in stored
         ]
     if missing:
         send(client, run_id, {"op": "metrics", "metrics": missing})
-    done.metrics = len(missing)
+    return len(missing)
 
+
+def _add_inputs(client: MlflowClient, run, rows: list[dict]) -> int:
+    """Link the journaled dataset inputs the run lacks; how many."""
     have = {
         (i.dataset.digest, {t.key: t.value for t in i.tags}.get("mlflow.data.context"))
         for i in (run.inputs.dataset_inputs if run.inputs else [])
     }
-    new_inputs = [
-        r for r in journaled["inputs"] if (r["dataset"]["digest"], r["context"]) not in have
-    ]
-    if new_inputs:
-        send(client, run_id, {"op": "inputs", "datasets": new_inputs})
-    done.inputs = len(new_inputs)
+    new = [r for r in rows if (r["dataset"]["digest"], r["context"]) not in have]
+    if new:
+        send(client, run.info.run_id, {"op": "inputs", "datasets": new})
+    return len(new)
 
-    for record in journaled["files"]:
-        target = record["file"] if record["op"] == "text" else _artifact_name(record)
-        if not _has_artifact(client, run_id, target):
-            send(client, run_id, record)
-            done.files += 1
 
-    done.ended = end is not None
+def _end(client: MlflowClient, run, journaled: dict, live: bool) -> str | None:
+    """End the run as the journal did, or set a live job's run RUNNING again; the status set,
+    None if it was right already."""
+    end, run_id = journaled["end"], run.info.run_id
     if end is not None and (run.info.status != end["status"] or run.info.end_time != end["time"]):
         send(client, run_id, end)
-        done.status = end["status"]
-    elif end is None and live and run.info.status != "RUNNING":
+        return end["status"]
+    if end is None and live and run.info.status != "RUNNING":
         client.update_run(run_id, status="RUNNING")
-        done.status = "RUNNING"
-    return done
+        return "RUNNING"
+    return None
 
 
 def _collect(records: list[dict]) -> dict:

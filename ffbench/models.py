@@ -254,25 +254,7 @@ class LayerStack(nn.Module):
             self.out_features = [width] * depth
             self.norms = [norm_fn] * depth
         else:
-            s = spatial
-            kind = LAYERS[s["kind"]].layer
-            self.pool = s["pool"]
-            convs, self.shapes = zip(
-                *spatial_shapes(
-                    s["in_shape"], s["channels"], s["kernel"], s["stride"], s["padding"], s["pool"]
-                ),
-                strict=True,
-            )
-            ins = [tuple(s["in_shape"]), *self.shapes[:-1]]
-            self.layers = nn.ModuleList(
-                kind(a, b, s["kernel"], s["stride"], s["padding"], g)
-                for a, b, g in zip(ins, convs, s["groups"], strict=True)
-            )
-            self.out_features = [math.prod(shape) for shape in self.shapes]
-            self.norms = [
-                per_position(norm_fn, c) if s["norm_scope"] == "position" else norm_fn
-                for c, _, _ in self.shapes
-            ]
+            self._build_spatial(spatial, norm_fn)
         self.blackbox_at, self.blackbox = None, None
         if blackbox is not None:
             after = blackbox["after"]
@@ -283,6 +265,28 @@ class LayerStack(nn.Module):
                 blackbox["step"],
                 blackbox["straight_through"],
             )
+
+    def _build_spatial(self, s: dict, norm_fn: Callable) -> None:
+        """The spatial layers of `spatial` (LayerStack's argument), their output shapes and
+        their normalisations (per position with norm_scope=position)."""
+        kind = LAYERS[s["kind"]].layer
+        self.pool = s["pool"]
+        convs, self.shapes = zip(
+            *spatial_shapes(
+                s["in_shape"], s["channels"], s["kernel"], s["stride"], s["padding"], s["pool"]
+            ),
+            strict=True,
+        )
+        ins = [tuple(s["in_shape"]), *self.shapes[:-1]]
+        self.layers = nn.ModuleList(
+            kind(a, b, s["kernel"], s["stride"], s["padding"], g)
+            for a, b, g in zip(ins, convs, s["groups"], strict=True)
+        )
+        self.out_features = [math.prod(shape) for shape in self.shapes]
+        self.norms = [
+            per_position(norm_fn, c) if s["norm_scope"] == "position" else norm_fn
+            for c, _, _ in self.shapes
+        ]
 
     def normalise(self, index: int, a: torch.Tensor) -> torch.Tensor:
         """Hidden layer `index`'s output normalised as BP's head and FF's read-out see it: in

@@ -2,7 +2,8 @@
 and closed FINISHED, FAILED or KILLED, never left RUNNING; and the lookup of a FINISHED run
 that already holds a job's result.
 
-Where the runs go is store.py's job; the parent run of a sweep is sweep.py's.
+How a record reaches the store (journal first; offline, reconnect and replay) is runlink.py's
+job; where the runs go is store.py's; the parent run of a sweep is sweep.py's.
 """
 
 import functools
@@ -30,7 +31,7 @@ from omegaconf import OmegaConf
 
 from ffbench import journal, liveness, store
 from ffbench.config import GROUPS, ignored
-from ffbench.errors import FFBenchError
+from ffbench.runlink import RunLink, TrackingOffline
 from ffbench.tags import (
     CHECKPOINT,
     ERROR,
@@ -156,286 +157,191 @@ def resumable_run(cfg, settings_hash: str):
     return _lookup(cfg, search)
 
 
-class JobRun:
-    """The MLflow run of one job, as job_run yields it: what the job records goes through it,
-    into the job's journal first (journal.py), then to the store.
-
-    Per-epoch metrics wait in the run's own queue and reach the store at most once a second, as
-    one batch: a round trip per epoch costs more than an epoch of a small net
-    (docs/performance.md). The queue belongs to the run, so that the jobs of a sweep sharing a
-    process share nothing.
-
-    A tracking server that stops answering does not stop the job: the run goes on offline,
-    recording to its journal only, and asks the server again every RECONNECT_EVERY_S; once it
-    answers, the journal is replayed (what the store lacks is added) and the run is online
-    again. At its end, a run still offline waits tracking.offline_wait_s for the server, then
-    raises TrackingOffline, which names the folder to give `ffbench-sync`."""
+class MetricQueue:
+    """Per-epoch metric rows waiting to reach the store at most once every SEND_EVERY_S, as one
+    batch: a round trip per epoch costs more than an epoch of a small net
+    (docs/performance.md). Each run has its own, so that the jobs of a sweep sharing a process
+    share nothing."""
 
     SEND_EVERY_S = 1.0
-    RECONNECT_EVERY_S = 10.0
 
-    def __init__(self, cfg, launch_dir: str, folder: Path, name: str):
-        self.cfg = cfg  # the TrackingConfig
-        self.launch_dir = launch_dir
-        self.uri = store.tracking_uri(cfg, launch_dir)
-        self.folder = folder
-        self.name = name
-        self.journal = journal.Journal(_fresh_journal(folder))
-        self.client: MlflowClient | None = None
-        self.run_id: str | None = None
-        self.online = False
-        self.tried_at = 0.0  # when the server was last asked for, while offline
-        self.checkpoint: Path | None = None  # logged as an artifact when the run ends
-        self.pending: list[list] = []  # metric rows not sent yet
+    def __init__(self):
+        self.rows: list[list] = []  # journaled, not sent yet
         self.sent_at = 0.0
-        self.model_id: str | None = None  # the logged model that final metrics link to
+
+    def add(self, rows: list[list], now: float) -> bool:
+        """Queue `rows`; True when it is time to send the queue."""
+        self.rows += rows
+        return now - self.sent_at >= self.SEND_EVERY_S
+
+    def take(self) -> list[list]:
+        """The queued rows, to send now; the queue is empty then."""
+        self.sent_at = time.time()
+        rows, self.rows = self.rows, []
+        return rows
+
+
+class LiveSigns:
+    """Signs of a live process, sent once the run is online and until it ends, never
+    journaled: its heartbeat (liveness.py) and MLflow's system metrics sampler."""
+
+    def __init__(self, cfg, uri: str):
+        self.cfg, self.uri = cfg, uri  # the TrackingConfig
         self.heartbeat: liveness.Heartbeat | None = None
-        self.monitor = None  # MLflow's system metrics sampler
-        self.ending = False
+        self.monitor: SystemMetricsMonitor | None = None
 
-    # -- the connection --------------------------------------------------------------------
-
-    def open(self, start: dict, params: dict, may_start_offline: bool) -> None:
-        """Journal the run's start and params, then create (or reopen) it in the store. With
-        `may_start_offline` (a sweep's job: the server answered when the sweep began) a server
-        that is away leaves the run offline; else its error is raised."""
-        if not may_start_offline:
-            store.check_server(self.uri)  # before anything is journaled
-        self.journal.append("start", **start)
-        if params:
-            self.journal.append("params", params=params)
-        try:
-            self.client = store.connect(self.cfg, self.launch_dir)
-            experiment = store.experiment_named(self.client, start["experiment"], self.launch_dir)
-            liveness.mark_lost(self.client, [experiment])
-            self._replay()
-        except Exception as err:
-            if not may_start_offline:
-                raise
-            self._went_offline(err)
-
-    def _replay(self) -> None:
-        """Bring the store up to date with the journal, then send live."""
-
-        def experiment_id(name: str) -> str:
-            return store.experiment_named(self.client, name, self.launch_dir)
-
-        done = journal.replay(self.client, self.journal, experiment_id, live=not self.ending)
-        self.run_id, self.online, self.pending = done.run_id, True, []
-        if self.ending:  # no heartbeat or sampler for a run that ends now
-            return
+    def start(self, client: MlflowClient, run_id: str) -> None:
+        """Start what is not running yet (a reconnection calls this again)."""
         if self.heartbeat is None:
             every = self.cfg.heartbeat_s
-            self.heartbeat = liveness.Heartbeat(self.client, self.run_id, every).start()
+            self.heartbeat = liveness.Heartbeat(client, run_id, every).start()
         if self.cfg.system_metrics and self.monitor is None:
             self.monitor = SystemMetricsMonitor(
-                self.run_id, self.cfg.system_metrics_interval_s, tracking_uri=self.uri
+                run_id, self.cfg.system_metrics_interval_s, tracking_uri=self.uri
             )
             self.monitor.start()
 
-    def _went_offline(self, err: BaseException) -> None:
-        """Go on offline if the store is a server that no longer answers; else raise `err`."""
-        if self.client is None:  # it never connected: the client for later
-            self.client = MlflowClient(self.uri)
-            mlflow.set_tracking_uri(self.uri)
-        reason = store.unreachable(self.uri)
-        if not reason:  # a store that answers and refuses: a real error
-            raise err
-        if self.online or self.tried_at == 0.0:
-            log.warning(
-                "the tracking server at %s does not answer (%s): recording to %s, trying again "
-                "every %g s",
-                self.uri,
-                reason,
-                self.journal.path,
-                self.RECONNECT_EVERY_S,
-            )
-        self.online, self.tried_at = False, time.time()
-
-    def _reconnect(self) -> bool:
-        """Ask the server again (at most every RECONNECT_EVERY_S); True once online."""
-        if self.online:
-            return True
-        if time.time() - self.tried_at < self.RECONNECT_EVERY_S:
-            return False
-        self.tried_at = time.time()
-        if store.unreachable(self.uri):
-            return False
-        try:
-            self._replay()
-        except Exception as err:
-            self._went_offline(err)
-            return False
-        log.warning(
-            "the tracking server at %s is back: run %s is up to date", self.uri, self.run_id
-        )
-        return True
-
-    def _record(self, op: str, **fields) -> None:
-        """Journal one record, then send it."""
-        self._send(self.journal.append(op, **fields))
-
-    def _send(self, record: dict, tries: int = 1) -> None:
-        """Send a journaled record if online. Offline, ask the server again: the replay of a
-        reconnection sends every record, this one too. `tries`: sends before going offline."""
-        if not self.online:
-            self._reconnect()
-            return
-        for attempt in range(tries):
+    def stop(self) -> None:
+        if self.monitor is not None:
             try:
-                journal.send(self.client, self.run_id, record)
-                return
-            except Exception as err:
-                if attempt == tries - 1:
-                    self._went_offline(err)
+                self.monitor.finish()
+            except Exception:  # a sampler whose last send failed: the run's end matters more
+                pass
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
 
-    # -- what a job records ----------------------------------------------------------------
+
+class JobRun:
+    """The MLflow run of one job, as job_run yields it: what the job records goes through it,
+    into the job's journal first, then to the store, online or not (runlink.py); per-epoch
+    metrics through its MetricQueue."""
+
+    def __init__(self, cfg, launch_dir: str, folder: Path, name: str):
+        self.name = name
+        self.link = RunLink(cfg, launch_dir, folder, self._online)
+        self.queue = MetricQueue()
+        self.signs = LiveSigns(cfg, self.link.uri)
+        self.checkpoint: Path | None = None  # logged as an artifact when the run ends
+        self.model_id: str | None = None  # the logged model that final metrics link to
+
+    def _online(self) -> None:
+        """The store holds the journal now, the queued epochs too."""
+        self.queue.rows = []
+        if not self.link.ending:  # no heartbeat or sampler for a run that ends now
+            self.signs.start(self.link.client, self.link.run_id)
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         """Record metrics at once (the final ones, or those a skipped job copies)."""
         self.flush()
         rows = journal.metric_rows(metrics, step, int(time.time() * 1000))
-        self._record("metrics", metrics=rows, model_id=self.model_id)
+        self.link.record("metrics", metrics=rows, model_id=self.model_id)
 
     def log_epoch(self, metrics: dict, step: int) -> None:
         """Record one epoch's metrics (sent within a second, or when the run ends)."""
         now = time.time()
         rows = journal.metric_rows(metrics, step, int(now * 1000))
-        self.journal.append("metrics", metrics=rows)
-        self.pending += rows
-        if now - self.sent_at >= self.SEND_EVERY_S:
+        self.link.journal.append("metrics", metrics=rows)
+        if self.queue.add(rows, now):
             self.flush()
 
     def flush(self) -> None:
         """Send the queued epochs (offline: ask the server again, at most every 10 s)."""
-        self.sent_at = time.time()
-        if self.pending:
-            pending, self.pending = self.pending, []  # journaled: a replay would send them
-            self._send({"op": "metrics", "metrics": pending})
+        rows = self.queue.take()  # journaled: a replay would send them
+        if rows:
+            self.link.send({"op": "metrics", "metrics": rows})
 
     def set_tags(self, tags: dict) -> None:
-        self._record("tags", tags={k: str(v) for k, v in tags.items()})
+        self.link.record("tags", tags={k: str(v) for k, v in tags.items()})
 
     def set_tag(self, key: str, value: str) -> None:
         self.set_tags({key: value})
 
     def log_text(self, text: str, file: str) -> None:
-        self._record("text", text=text, file=file)
+        self.link.record("text", text=text, file=file)
 
     def log_files(self, path: Path, dest: str) -> None:
         """A file, or a folder's files, as artifacts under `dest`."""
-        self._record("files", path=str(Path(path).resolve()), dest=dest)
+        self.link.record("files", path=str(Path(path).resolve()), dest=dest)
 
     def keep_checkpoint(self, path: Path) -> None:
         """The run's checkpoints go to `path`: a rerun finds them there (resumable_run)."""
         self.checkpoint = path
         self.set_tag(CHECKPOINT, str(path))
 
-    def last_step(self) -> int:
-        """The last pass whose metrics the store holds (0 for none, or offline)."""
-        if not self._reconnect():
-            return 0
-        history = self.client.get_metric_history(self.run_id, "train_loss")
-        return max((m.step for m in history), default=0)
-
-    def log_datasets(self, splits) -> None:
-        """The training, validation and test splits (data.Splits) as the run's dataset inputs:
-        the data set's name, a digest of the examples as trained on, the file they were read
-        from, and the context, so that the UI names the data and a run leads to its files."""
-        inputs = [
-            (
-                mlflow.data.from_numpy(
-                    getattr(splits, f"x_{split}").cpu().numpy(),
-                    targets=getattr(splits, f"y_{split}").cpu().numpy(),
-                    source=_file_source(splits.sources[split]),
-                    name=splits.name,
-                )._to_mlflow_entity(),  # the entity mlflow.log_inputs would make of it
-                context,
-            )
-            for split, context in CONTEXTS.items()
-        ]
-        # Two jobs logging the same data set at once (parallel workers): MLflow's SQL store
-        # looks the data set up, then inserts it, and the later insert fails on its unique
-        # key. The data set is there then: a second try links it to this run.
-        self._send(self.journal.append("inputs", datasets=journal.dataset_rows(inputs)), tries=2)
-
-    def log_model(self, learner: "torch.nn.Module", example: "torch.Tensor", step: int) -> None:
-        """`learner` as an MLflow model of the run ("Logged models"). Loaded back, it maps rows
-        like `example` (as the job fed them to the net) to labels. Metrics logged after it are
-        linked to it. Not journaled: offline, the run has no model (a warning says so)."""
-        import torch  # here: ffbench-sync imports this module and never trains
-
-        if not self._reconnect():
-            log.warning("no model logged: the tracking server at %s is away", self.uri)
-            return
-        example = example.cpu()
-        with torch.no_grad():
-            labels = learner.cpu()(example)
-        info = mlflow.pytorch.log_model(
-            learner,
-            name="model",
-            run_id=self.run_id,
-            serialization_format="pickle",
-            signature=mlflow.models.infer_signature(example.numpy(), labels.numpy()),
-            # given, not inferred: inference loads the model in a subprocess, seconds per run
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ffbench"],
-            step=step,
-        )
-        self.model_id = info.model_id
-
-    # -- the end ---------------------------------------------------------------------------
-
     def log_checkpoint(self) -> None:
         if self.checkpoint is not None and self.checkpoint.is_file():
             self.log_files(self.checkpoint, "checkpoint")
 
+    def last_step(self) -> int:
+        """The last pass whose metrics the store holds (0 for none, or offline)."""
+        if not self.link.reconnect():
+            return 0
+        history = self.link.client.get_metric_history(self.link.run_id, "train_loss")
+        return max((m.step for m in history), default=0)
+
+    def log_datasets(self, splits) -> None:
+        """The training, validation and test splits (data.Splits) as the run's dataset inputs
+        (dataset_rows). Two jobs logging the same data set at once (parallel workers): MLflow's
+        SQL store looks the data set up, then inserts it, and the later insert fails on its
+        unique key. The data set is there then: a second try links it to this run."""
+        self.link.record("inputs", tries=2, datasets=dataset_rows(splits))
+
+    def log_model(self, learner: "torch.nn.Module", example: "torch.Tensor", step: int) -> None:
+        """`learner` as an MLflow model of the run ("Logged models"); metrics logged after it
+        are linked to it. Not journaled: offline, the run has no model (a warning says so)."""
+        if not self.link.reconnect():
+            log.warning("no model logged: the tracking server at %s is away", self.link.uri)
+            return
+        self.model_id = log_model(self.link.run_id, learner, example, step)
+
     def end(self, status: str) -> None:
         """Journal the run's end and send it; offline, wait up to tracking.offline_wait_s for
         the server, then raise TrackingOffline."""
-        self.ending = True
-        if self.monitor is not None:
-            _quietly(self.monitor.finish)
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
+        self.link.ending = True
+        self.signs.stop()
         self.flush()
-        self._record("end", status=status, time=int(time.time() * 1000))
-        self.journal.sync_to_disk()
-        deadline = time.time() + self.cfg.offline_wait_s
-        while not self.online:
-            self.tried_at = 0.0  # ask now, not RECONNECT_EVERY_S after the last time
-            if self._reconnect() or time.time() >= deadline:
-                break
-            time.sleep(min(1.0, max(0.0, deadline - time.time())))
-        self.journal.close()
-        if not self.online:
-            raise TrackingOffline(
-                f"the MLflow tracking server at {self.uri} did not come back within "
-                f"{self.cfg.offline_wait_s:g} s: run {self.name} is recorded in "
-                f"{self.folder}; once the server is back, run `ffbench-sync {self.folder}`"
-            )
+        self.link.record("end", status=status, time=int(time.time() * 1000))
+        self.link.close(self.name)
 
 
-class TrackingOffline(FFBenchError):
-    """A job ended while its tracking server was away: its journal holds the run."""
+def dataset_rows(splits) -> list[dict]:
+    """The journal's rows of the training, validation and test splits: the data set's name, a
+    digest of the examples as trained on, the file they were read from, and the context, so
+    that the UI names the data and a run leads to its files."""
+    inputs = [
+        (
+            mlflow.data.from_numpy(
+                getattr(splits, f"x_{split}").cpu().numpy(),
+                targets=getattr(splits, f"y_{split}").cpu().numpy(),
+                source=_file_source(splits.sources[split]),
+                name=splits.name,
+            )._to_mlflow_entity(),  # the entity mlflow.log_inputs would make of it
+            context,
+        )
+        for split, context in CONTEXTS.items()
+    ]
+    return journal.dataset_rows(inputs)
 
 
-def _quietly(stop) -> None:
-    try:
-        stop()
-    except Exception:  # a sampler whose last send failed: the run's end matters more
-        pass
+def log_model(run_id: str, learner: "torch.nn.Module", example: "torch.Tensor", step: int) -> str:
+    """Log `learner` as an MLflow model of run `run_id`; its model id. Loaded back, it maps
+    rows like `example` (as the job fed them to the net) to labels."""
+    import torch  # here: ffbench-sync imports this module and never trains
 
-
-def _fresh_journal(folder: Path) -> Path:
-    """The journal file for a new run in `folder`; an earlier run's journal there (a job
-    folder used twice) is kept under a numbered name, which ffbench-sync also reads."""
-    path = folder / journal.NAME
-    if path.exists():
-        n = 1
-        while path.with_suffix(f".{n}.jsonl").exists():
-            n += 1
-        path.rename(path.with_suffix(f".{n}.jsonl"))
-    return path
+    example = example.cpu()
+    with torch.no_grad():
+        labels = learner.cpu()(example)
+    info = mlflow.pytorch.log_model(
+        learner,
+        name="model",
+        run_id=run_id,
+        serialization_format="pickle",
+        signature=mlflow.models.infer_signature(example.numpy(), labels.numpy()),
+        # given, not inferred: inference loads the model in a subprocess, seconds per run
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ffbench"],
+        step=step,
+    )
+    return info.model_id
 
 
 def _file_source(path: str):
@@ -459,6 +365,27 @@ def _start(cfg, tags: dict | None, resume=None) -> JobRun:
     or reopen `resume`, an earlier run of the same settings that it continues."""
     hydra = HydraConfig.get()
     choices = {group: hydra.runtime.choices[group] for group in GROUPS}
+    sweeping = hydra.mode == RunMode.MULTIRUN
+    name = resume.info.run_name if resume is not None else run_name(choices, cfg)
+    start = journal.start_record(
+        store.tracking_uri(cfg.tracking, hydra.runtime.cwd),
+        store.experiment_name(cfg.tracking),
+        name,
+        _start_tags(cfg, choices, tags, resume),
+        os.environ.get(PARENT_ENV) if sweeping else None,
+        resume.info.run_id if resume is not None else None,
+    )
+    run = JobRun(cfg.tracking, hydra.runtime.cwd, Path(hydra.runtime.output_dir), name)
+    # A sweep's job goes on without the server (it answered when the sweep began); a single
+    # run stops at once with one line if the server does not answer.
+    run.link.open(start, _params(cfg, choices, resume), may_start_offline=sweeping)
+    return run
+
+
+def _start_tags(cfg, choices: dict, tags: dict | None, resume) -> dict:
+    """The tags a run starts with: its options, where and how it ran, its heartbeat, its
+    SLURM job, `tags`, its number in its sweep, and how often it was resumed."""
+    hydra = HydraConfig.get()
     tags = {
         **choices,
         OUTPUT_DIR: hydra.runtime.output_dir,
@@ -470,12 +397,15 @@ def _start(cfg, tags: dict | None, resume=None) -> JobRun:
         **_slurm_job(),
         **(tags or {}),
     }
-    sweeping = hydra.mode == RunMode.MULTIRUN
-    parent = os.environ.get(PARENT_ENV) if sweeping else None
-    if sweeping:
+    if hydra.mode == RunMode.MULTIRUN:
         tags[JOB_NUM] = str(hydra.job.num)
     if resume is not None:  # the same run goes on: its name and history stay
         tags[RESUMED] = str(int(resume.data.tags.get(RESUMED, "0")) + 1)
+    return tags
+
+
+def _params(cfg, choices: dict, resume) -> dict[str, str]:
+    """The resolved config, flat, and the options chosen; a resumed run's new keys only."""
     try:  # a config that does not resolve (a failed job of an optuna sweep) keeps its raw values
         values = OmegaConf.to_container(cfg, resolve=True)
     except Exception:
@@ -483,20 +413,7 @@ def _start(cfg, tags: dict | None, resume=None) -> JobRun:
     params = flatten(values) | choices
     if resume is not None:  # params are written once: a resumed run keeps its first values
         params = {k: v for k, v in params.items() if k not in resume.data.params}
-    name = resume.info.run_name if resume is not None else run_name(choices, cfg)
-    start = journal.start_record(
-        store.tracking_uri(cfg.tracking, hydra.runtime.cwd),
-        store.experiment_name(cfg.tracking),
-        name,
-        tags,
-        parent,
-        resume.info.run_id if resume is not None else None,
-    )
-    run = JobRun(cfg.tracking, hydra.runtime.cwd, Path(hydra.runtime.output_dir), name)
-    # A sweep's job goes on without the server (it answered when the sweep began); a single
-    # run stops at once with one line if the server does not answer.
-    run.open(start, {k: str(v) for k, v in params.items()}, may_start_offline=sweeping)
-    return run
+    return {k: str(v) for k, v in params.items()}
 
 
 def _reason(err: BaseException) -> str:

@@ -1,5 +1,6 @@
-"""The package's shape, read from its source with ast: every `ffbench.*` tag name is written in
-ffbench/tags.py only, and the others import it from there."""
+"""The package's shape, read from its source with ast: no class over 150 lines, no function over
+60, and every `ffbench.*` tag name is written in ffbench/tags.py only, the others importing it
+from there."""
 
 import ast
 import importlib.util
@@ -55,3 +56,36 @@ def test_tag_names_are_distinct_and_namespaced():
     names = tag_names()
     assert len(set(names)) == len(names)
     assert all(TAG.fullmatch(name) for name in names)
+
+
+MAX_CLASS_LINES = 150  # issue 23: a class a newcomer can read at one sitting
+MAX_FUNCTION_LINES = 60  # a function, docstring included, on one screen
+
+
+def spans(tree: ast.Module, kinds: tuple) -> list[tuple[int, str]]:
+    """(lines, name) of every node of `kinds`, methods and nested functions included."""
+    return [
+        (node.end_lineno - node.lineno + 1, node.name)
+        for node in ast.walk(tree)
+        if isinstance(node, kinds)
+    ]
+
+
+def too_long(kinds: tuple, limit: int) -> list[str]:
+    return [
+        f"ffbench/{name}: {what} has {lines} lines"
+        for name, tree in sources().items()
+        for lines, what in spans(tree, kinds)
+        if lines > limit
+    ]
+
+
+def test_no_class_over_150_lines_and_no_function_over_60():
+    functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+    assert too_long((ast.ClassDef,), MAX_CLASS_LINES) == []
+    assert too_long(functions, MAX_FUNCTION_LINES) == []
+
+
+def test_the_length_check_counts_decorators_out_and_docstrings_in():
+    tree = ast.parse('@cache\ndef f():\n    """Two\n    lines."""\n    return 1\n')
+    assert spans(tree, (ast.FunctionDef,)) == [(4, "f")]
