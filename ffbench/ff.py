@@ -65,6 +65,36 @@ def make_layer_goodness(stack: LayerStack, goodness_cfg) -> list:
     return [per_position_goodness(make_goodness(goodness_cfg, c), c) for c in units]
 
 
+def label_input(cfg, num_features: int, num_classes: int, image_shape):
+    """How the label enters the input (ff_data.LABEL_INPUTS), or None: unsupervised negatives
+    or a loss that takes no label in the input (cwc)."""
+    a = cfg.algo
+    if NEGATIVES[a.negatives].unsupervised or LABEL_INPUTS[a.label_input] is None:
+        return None
+    norm = NORMALISATIONS[cfg.model.norm]
+    return LABEL_INPUTS[a.label_input](
+        num_classes, a.label_strength, image_shape, num_features, norm
+    )
+
+
+def thresholds(cfg, stack: LayerStack) -> list[float]:
+    """Each layer's theta, in goodness units: algo.theta, else the goodness's default for the
+    layer's units (per layer: a spatial layer's units depend on its position)."""
+    if cfg.algo.theta is not None:
+        return [cfg.algo.theta] * cfg.model.depth
+    units = goodness_units(stack, cfg.goodness)
+    g = cfg.goodness.name
+    return [default_theta(g, u, cfg.model.norm, cfg.activation.name) for u in units]
+
+
+def layer_losses(cfg, stack: LayerStack, thetas: list[float]) -> list:
+    """Each layer's FF loss (algo.loss) at its theta in score units, with the per-unit divisor
+    of its goodness (SymBa compares goodness per unit)."""
+    scales = [goodness_scale(cfg.goodness.name, u) for u in goodness_units(stack, cfg.goodness)]
+    loss = LOSSES[cfg.algo.loss].make
+    return [loss(cfg.algo, t, scale) for t, scale in zip(thetas, scales, strict=True)]
+
+
 class PeerNorm(nn.Module):
     """Peer normalisation as in Hinton's reference code: no unit stays off, none dominates.
 
@@ -98,6 +128,15 @@ class PeerNorm(nn.Module):
 class Readout(nn.Linear):
     """Linear softmax classifier on the normalised activities of the evaluated layers, with no
     gradient into the FF layers."""
+
+    @classmethod
+    def of(cls, cfg, stack: LayerStack, eval_from: int, num_classes: int) -> "Readout":
+        """The read-out of `stack`'s layers from `eval_from` up (zero if model.init says so)."""
+        readout = cls(sum(stack.out_features[eval_from:]), num_classes)
+        if INITS[cfg.model.init].zero_readout:
+            nn.init.zeros_(readout.weight)
+            nn.init.zeros_(readout.bias)
+        return readout
 
     @torch.no_grad()
     def set_gradient(self, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -133,7 +172,53 @@ def forget_state(optimizer: torch.optim.Optimizer, module: nn.Module, keep: nn.M
             optimizer.state.pop(p, None)
 
 
-class ForwardForward(Learner):
+class Predictions:
+    """How a trained FF net predicts (ForwardForward's, apart from how it learns): by the
+    goodness of each candidate label, and by the read-out if one was trained."""
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The read-out's input: normalised activities of the evaluated layers, computed
+        without a graph, so no read-out gradient reaches the FF layers."""
+        if self.labels is not None:
+            x = self.labels.neutral(x)
+        activities = self.stack(x)
+        evaluated = range(self.eval_from, len(activities))
+        return torch.cat([self.stack.normalise(i, activities[i]) for i in evaluated], dim=1)
+
+    @torch.no_grad()
+    def label_goodness(self, x: torch.Tensor) -> torch.Tensor:
+        """Goodness summed over the evaluated layers for every candidate label: (N, classes).
+
+        One batched pass over all labels: each example is repeated once per label.
+        """
+        n, c = len(x), self.num_classes
+        labels = torch.arange(c, device=x.device).repeat(n)
+        h = self.labels.with_label(x.repeat_interleave(c, dim=0), labels)
+        total = torch.zeros(n * c, device=x.device)
+        for index, a in enumerate(self.stack(h)):
+            if index >= self.eval_from:
+                g = self.goodnesses[index](a)
+                total += g if g.dim() == 1 else g.sum(dim=1)  # per position: summed
+        return total.view(n, c)
+
+    @torch.no_grad()
+    def predict_all(self, x: torch.Tensor, chunk: int = 1000) -> dict[str, torch.Tensor]:
+        """Predicted labels by the read-out (if trained) and by goodness (if labels are used)."""
+        self.eval()
+        predictions = {}
+        if self.readout is not None:
+            predictions["readout"] = torch.cat(
+                [self.readout(self.features(p)).argmax(1) for p in chunks(x, chunk)]
+            )
+        if self.labels is not None or self.competitive:
+            predictions["goodness"] = torch.cat(
+                [(self.sign * self.label_goodness(p)).argmax(1) for p in chunks(x, chunk)]
+            )
+        return predictions
+
+
+class ForwardForward(Predictions, Learner):
     end_to_end = False  # each layer learns on its own, from detached inputs (flops, analytic)
     reports_each_evaluation = True  # goodness and read-out side by side
     competitive = False  # the classes compete within each layer (ChannelwiseCompetitive)
@@ -155,12 +240,7 @@ class ForwardForward(Learner):
         self.goodnesses = make_layer_goodness(stack, cfg.goodness)
         self.sign = -1.0 if cfg.goodness.inverted else 1.0
         self.thetas = [self.sign * t for t in thetas]
-        # per-unit divisor of each layer's goodness (SymBa compares goodness per unit)
-        scales = [goodness_scale(cfg.goodness.name, u) for u in goodness_units(stack, cfg.goodness)]
-        loss = LOSSES[cfg.algo.loss].make
-        self.losses = [
-            loss(cfg.algo, t, scale) for t, scale in zip(self.thetas, scales, strict=True)
-        ]
+        self.losses = layer_losses(cfg, stack, self.thetas)
         self.peer = None
         if cfg.algo.peer_norm > 0:
             units = [layer.out_features for layer in stack.layers]
@@ -170,37 +250,23 @@ class ForwardForward(Learner):
         # The first hidden layer mostly sees the label pixels themselves, so the paper leaves
         # it out of the evaluation (goodness sum and read-out) when there are layers above it.
         self.eval_from = 1 if cfg.algo.eval_skip_first and depth > 1 else 0
-        self.readout = None  # trained only if asked for: it costs a label-free forward pass
-        if cfg.algo.readout:
-            evaluated = sum(stack.out_features[self.eval_from :])
-            self.readout = Readout(evaluated, self.num_classes)
-            if INITS[cfg.model.init].zero_readout:
-                nn.init.zeros_(self.readout.weight)
-                nn.init.zeros_(self.readout.bias)
+        # trained only if asked for: it costs a label-free forward pass
+        self.readout = (
+            Readout.of(cfg, stack, self.eval_from, num_classes) if cfg.algo.readout else None
+        )
         self.readout_lr = cfg.algo.readout_lr
         self.readout_weight_decay = cfg.algo.readout_weight_decay
         self.evaluation = cfg.algo.evaluation
 
     @classmethod
     def from_config(cls, cfg, num_features: int, num_classes: int, image_shape: tuple):
-        a = cfg.algo
-        labels = None  # unsupervised or cwc: no label in the input
-        if not NEGATIVES[a.negatives].unsupervised and LABEL_INPUTS[a.label_input] is not None:
-            norm = NORMALISATIONS[cfg.model.norm]
-            labels = LABEL_INPUTS[a.label_input](
-                num_classes, a.label_strength, image_shape, num_features, norm
-            )
+        labels = label_input(cfg, num_features, num_classes, image_shape)
         inputs = num_features if labels is None else labels.in_features(num_features)
         normalise_input = labels is None or not labels.normalises_image
         activation = make_activation(cfg.activation)
         stack = make_stack(cfg.model, inputs, image_shape, activation, normalise_input)
-        thetas = [a.theta] * cfg.model.depth
-        if a.theta is None:  # per layer: a spatial layer's units depend on its position
-            units = goodness_units(stack, cfg.goodness)
-            g = cfg.goodness.name
-            thetas = [default_theta(g, u, cfg.model.norm, cfg.activation.name) for u in units]
-        learner = ChannelwiseCompetitive if LOSSES[a.loss].competitive else cls
-        return learner(cfg, stack, labels, thetas, num_classes, image_shape)
+        learner = ChannelwiseCompetitive if LOSSES[cfg.algo.loss].competitive else cls
+        return learner(cfg, stack, labels, thresholds(cfg, stack), num_classes, image_shape)
 
     def param_groups(self) -> list[dict]:
         groups = weights_and_biases(self.stack)
@@ -300,47 +366,6 @@ class ForwardForward(Learner):
         metrics = dict(zip(totals, means, strict=True))
         metrics["train_loss"] = sum(metrics[f"layer{i}_loss"] for i in layers)
         return metrics
-
-    @torch.no_grad()
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The read-out's input: normalised activities of the evaluated layers, computed
-        without a graph, so no read-out gradient reaches the FF layers."""
-        if self.labels is not None:
-            x = self.labels.neutral(x)
-        activities = self.stack(x)
-        evaluated = range(self.eval_from, len(activities))
-        return torch.cat([self.stack.normalise(i, activities[i]) for i in evaluated], dim=1)
-
-    @torch.no_grad()
-    def label_goodness(self, x: torch.Tensor) -> torch.Tensor:
-        """Goodness summed over the evaluated layers for every candidate label: (N, classes).
-
-        One batched pass over all labels: each example is repeated once per label.
-        """
-        n, c = len(x), self.num_classes
-        labels = torch.arange(c, device=x.device).repeat(n)
-        h = self.labels.with_label(x.repeat_interleave(c, dim=0), labels)
-        total = torch.zeros(n * c, device=x.device)
-        for index, a in enumerate(self.stack(h)):
-            if index >= self.eval_from:
-                g = self.goodnesses[index](a)
-                total += g if g.dim() == 1 else g.sum(dim=1)  # per position: summed
-        return total.view(n, c)
-
-    @torch.no_grad()
-    def predict_all(self, x: torch.Tensor, chunk: int = 1000) -> dict[str, torch.Tensor]:
-        """Predicted labels by the read-out (if trained) and by goodness (if labels are used)."""
-        self.eval()
-        predictions = {}
-        if self.readout is not None:
-            predictions["readout"] = torch.cat(
-                [self.readout(self.features(p)).argmax(1) for p in chunks(x, chunk)]
-            )
-        if self.labels is not None or self.competitive:
-            predictions["goodness"] = torch.cat(
-                [(self.sign * self.label_goodness(p)).argmax(1) for p in chunks(x, chunk)]
-            )
-        return predictions
 
 
 def class_goodness(goodness, num_classes: int, scale: float):
