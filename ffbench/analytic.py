@@ -7,6 +7,10 @@ each distinct storage once and leaving out parameters, exactly as measure.SavedT
 the spatial models (model=conv, local) are measured only. tests/unit/test_memory.py checks it
 byte for byte against the measurement, so a change to the layer code that changes memory shows
 up as a failing test.
+
+total_bytes adds the other parts of a step's total memory that the shapes fix (parameters,
+optimizer state, gradients alive at once); tests/unit/test_total_memory.py checks parameters
+and optimizer state at the measured peak (measure.LiveTensors) to the byte.
 """
 
 from ffbench.activations import ACTIVATIONS, NORMALISATIONS
