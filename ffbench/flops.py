@@ -11,7 +11,9 @@ normalisation, goodness and the black box are left out, so the count is a lower 
   negative example: half of that. With `algo.readout=true`
   (needed for hard negatives and read-out evaluation) the label-free pass that feeds the
   read-out is asked for and counts: 2*MACs per layer, plus the read-out's forward and weight
-  gradient, 2 x 2*MACs of the read-out.
+  gradient, 2 x 2*MACs of the read-out. Negatives that read the read-out's beliefs
+  (`algo.negatives=hard_label`) run its forward once more, on the step's examples before the
+  update: another 2*MACs of the read-out.
 - FF, sequential schedule: a pass trains one layer and runs the frozen layers below it
   forward, 2 x 2*MACs each.
 - BP (and bp_ckpt, whose recomputation is overhead, not useful work): forward 2*MACs, input
@@ -22,6 +24,7 @@ normalisation, goodness and the black box are left out, so the count is a lower 
 
 import math
 
+from ffbench.ff_data import NEGATIVES
 from ffbench.goodness import LOSSES
 from ffbench.learners import LEARNERS
 from ffbench.models import LAYERS, image_chw, layer_channels, layer_groups, spatial_shapes
@@ -66,7 +69,10 @@ def train_flops_per_example(cfg, features: int, classes: int, image_shape=None) 
     if LEARNERS[cfg.algo.name].end_to_end:
         head = units[-1] * classes
         return 2 * sum(macs) + 2 * (sum(macs) - macs[0]) + 2 * sum(macs) + 6 * head
-    extra = 2 * sum(macs) + 4 * _readout_macs(cfg, units, classes) if cfg.algo.readout else 0
+    extra = 0
+    if cfg.algo.readout:
+        beliefs = 1 if NEGATIVES[cfg.algo.negatives].needs_readout else 0  # hard negatives
+        extra = 2 * sum(macs) + (4 + 2 * beliefs) * _readout_macs(cfg, units, classes)
     rows = 2 if LOSSES[cfg.algo.loss].negatives else 1  # cwc: the positive example only
     if cfg.algo.schedule == "sequential":
         per_pass = [rows * (4 * macs[k] + 2 * sum(macs[:k])) for k in range(depth)]
@@ -101,6 +107,8 @@ def train_matmul_shapes(cfg, features: int, classes: int, batch: int) -> list[tu
         _, units = model_layers(cfg, features)
         evaluated = _readout_macs(cfg, units, classes) // classes
         shapes += [(batch, evaluated, classes), (classes, batch, evaluated)]
+        if NEGATIVES[cfg.algo.negatives].needs_readout:  # its beliefs pick hard negatives
+            shapes.append((batch, evaluated, classes))
     if not ff:  # output layer: forward, input and weight gradient
         shapes += [(batch, width, classes), (batch, classes, width), (width, batch, classes)]
     return shapes

@@ -27,7 +27,8 @@ HEAD = 32 * 10
         (["algo=ff", "algo.readout=false"], 8 * MACS),
         # the read-out's label-free pass and its own product and gradient (layer 2 only)
         (["algo=ff"], 8 * MACS + 2 * MACS + 4 * 32 * 10),
-        (["algo=ff", "algo.negatives=hard_label"], 8 * MACS + 2 * MACS + 4 * 32 * 10),
+        # hard negatives: the read-out's forward once more, its beliefs choosing them
+        (["algo=ff", "algo.negatives=hard_label"], 8 * MACS + 2 * MACS + 6 * 32 * 10),
         (
             ["algo=ff", "algo.schedule=sequential", "algo.readout=false"],
             (8 * 64 * 32 + 8 * 32 * 32 + 4 * 64 * 32) / 2,
