@@ -315,6 +315,10 @@ class PeakMemory:
         return "sampled"
 
     def __enter__(self):
+        # What evaluation freed since the last block stays resident (keep_freed_memory) and
+        # would count as this block's: FF's evaluation alone added 110 MB to the paper's net's
+        # training peak (docs/memory.md).
+        _return_free_memory()
         if self.rss_before_mb is None and self.device.type == "cpu":
             try:
                 self.rss_before_mb = _current_rss_mb()
