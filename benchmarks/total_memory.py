@@ -5,6 +5,7 @@ analytic.total_bytes' prediction beside it.
 
     python benchmarks/total_memory.py                      # 4 x 2000, batch 100, 784 inputs
     python benchmarks/total_memory.py --width 500 --steps 2
+    python benchmarks/total_memory.py --rss ff [--no-eval]   # one algorithm per process: RSS
 """
 
 import argparse
@@ -14,7 +15,7 @@ import torch
 from ffbench import experiment
 from ffbench.analytic import total_bytes
 from ffbench.config import compose, validate
-from ffbench.measure import MB, PARTS, PeakMemory
+from ffbench.measure import MB, PARTS, PeakMemory, keep_freed_memory
 
 SETTINGS = {
     "BP": ["algo=bp"],
@@ -39,6 +40,30 @@ def measure(overrides, features: int, batch: int, steps: int) -> PeakMemory:
     return memory
 
 
+def rss(algo: str, evaluate: bool, width: int, depth: int) -> None:
+    """Peak RSS and the RSS training added over 3 epochs of 1000 random examples, with a
+    1000-example evaluation after each (as a run's validation) unless `evaluate` is false: run
+    one algorithm per process, so that no other's memory is resident."""
+    keep_freed_memory()  # as every job does (experiment.configure_torch)
+    cfg = compose([f"model.width={width}", f"model.depth={depth}", f"algo={algo}"])
+    torch.manual_seed(0)
+    learner = experiment.build_learner(cfg, 784, 10, (784,), torch.device("cpu"))
+    optimizer = experiment.make_optimizer(learner.param_groups(), cfg.optimizer)
+    x, y, x_val = torch.rand(1000, 784), torch.randint(0, 10, (1000,)), torch.rand(1000, 784)
+    memory = PeakMemory(torch.device("cpu"), learner.parameters(), optimizer, total=True)
+    for _ in range(3):
+        with memory:
+            learner.train_epoch(x, y, optimizer, 100)
+        if evaluate:
+            learner.predict_all(x_val)
+    figures = memory.metrics()
+    print(
+        f"{algo}, {'with' if evaluate else 'without'} evaluation: peak RSS "
+        f"{figures['peak_rss_mb']:.1f} MB, RSS added {figures['rss_added_mb']:.1f} MB, "
+        f"total tensors {figures['peak_total_mb']:.1f} MiB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=2000)
@@ -46,8 +71,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--features", type=int, default=784)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rss", choices=["ff", "bp"], help="the RSS of one algorithm instead")
+    parser.add_argument("--no-eval", action="store_true", help="--rss without evaluations")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.rss:
+        return rss(args.rss, not args.no_eval, args.width, args.depth)
     net = [f"model.width={args.width}", f"model.depth={args.depth}"]
     print(f"{args.depth} x {args.width}, batch {args.batch}, {args.features} inputs, Adam; MB")
     print(f"{'':22}{'total':>9}{'predicted':>10}" + "".join(f"{p[:9]:>10}" for p in PARTS))
