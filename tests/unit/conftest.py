@@ -11,6 +11,8 @@ import pytest
 import torch
 from helpers import LIBRARY_LOOKUP, TRACKED_FILES
 
+from ffbench import experiment
+
 
 @pytest.fixture(autouse=True)
 def no_processes(monkeypatch):
@@ -31,8 +33,12 @@ def no_processes(monkeypatch):
 
 @pytest.fixture(autouse=True, scope="package")
 def one_thread():
-    """For the tests of this folder only: the e2e tests after them get the thread count back."""
-    threads = torch.get_num_threads()
+    """For the tests of this folder only: the tiers after them get the thread count back. A
+    job (helpers.digits_job) sets the thread count itself: one too, where its config leaves
+    trainer.num_threads unset."""
+    threads, default = torch.get_num_threads(), experiment.DEFAULT_THREADS
     torch.set_num_threads(1)
+    experiment.DEFAULT_THREADS = 1
     yield
     torch.set_num_threads(threads)
+    experiment.DEFAULT_THREADS = default
