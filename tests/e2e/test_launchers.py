@@ -85,8 +85,8 @@ def worker_pids(runs) -> set[int]:
 
 
 def test_joblib_workers_write_every_job_to_one_sqlite_store(workdir):
-    """8 jobs over 2 loky worker processes: 8 children of the one parent, none lost."""
-    seeds = list(range(8))
+    """4 jobs over 2 loky worker processes: 4 children of the one parent, none lost."""
+    seeds = list(range(4))
     result, pid = run_sweep(
         workdir,
         "-m",
@@ -106,6 +106,7 @@ def test_joblib_workers_write_every_job_to_one_sqlite_store(workdir):
     assert 1 <= len(workers) <= 2 and pid not in workers, (pid, workers)
 
 
+@pytest.mark.slow  # 20 s of CPU: `make test-slow` and CI; SLURM's submitit is `make test-cluster`
 def test_submitit_local_jobs_are_separate_processes_under_one_parent(workdir):
     result = run_ffbench(
         workdir, "-m", "hydra/launcher=submitit_local", "trainer.seed=0,1", *FAST, timeout=400
@@ -118,6 +119,7 @@ def test_submitit_local_jobs_are_separate_processes_under_one_parent(workdir):
     assert len(list(workdir.glob("outputs/multirun/*/*/.submitit/*/*_result.pkl"))) == 2
 
 
+@pytest.mark.slow  # 13 s of CPU: `make test-slow` and CI; the store's lock is checked below
 def test_two_sweeps_started_together_on_a_new_store_record_all_their_runs(workdir):
     """Both create the SQLite store at once (its tables are made under a lock) and write to it."""
     env = clean_env()
@@ -236,6 +238,7 @@ def test_runs_and_a_sweep_log_to_a_remote_tracking_server(workdir, tracking_serv
     assert len(answer["runs"]) == 4
 
 
+@pytest.mark.slow  # half a minute: `make test-slow` and CI; a server on SQLite is in make test
 def test_a_joblib_sweep_through_a_server_on_postgresql(workdir, tmp_path, postgres_uri):
     """A tracking server as a team runs it: `mlflow server` on a PostgreSQL database with its
     own artifact folder; 2 joblib workers record 4 jobs through it, read back over REST."""

@@ -1,11 +1,13 @@
-"""torch.compile (which compiles in worker processes) trains as eager does. The throughput each
-run records and bf16 autocast are in tests/app/test_speed.py; the FLOP counts and the other
-speed options in tests/unit/test_speed.py."""
+"""torch.compile (which compiles in worker processes) trains as eager does: slow (half a minute
+of compiling, `make test-slow` and CI). The throughput each run records and bf16 autocast are
+in tests/app/test_speed.py; the FLOP counts and the other speed options in
+tests/unit/test_speed.py."""
 
 import pytest
 from helpers import QUICK, digits_job
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["ff", "bp"])
 def test_compiled_training_matches_eager(algo):
     results = []
