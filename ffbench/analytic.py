@@ -13,6 +13,8 @@ optimizer state, gradients alive at once); tests/unit/test_total_memory.py check
 and optimizer state at the measured peak (measure.LiveTensors) to the byte.
 """
 
+import torch
+
 from ffbench.activations import ACTIVATIONS, NORMALISATIONS
 from ffbench.learners import LEARNERS
 from ffbench.models import LAYERS
@@ -87,12 +89,22 @@ def _tensor_shapes(cfg, features: int, classes: int) -> tuple[list, list]:
     return layers, [evaluated * width * classes, classes]
 
 
-def _state_bytes(cfg, sizes: list[int], float_bytes: int) -> int:
-    """The optimizer's state for tensors of `sizes`: Adam's two moments and a float32 step
-    count per tensor, SGD's momentum buffer (none without momentum)."""
-    if cfg.optimizer.name == "adam":
-        return sum(2 * float_bytes * n + 4 for n in sizes)
-    return sum(float_bytes * n for n in sizes) if cfg.optimizer.momentum else 0
+def _state_bytes(cfg, sizes: list[int]) -> int:
+    """The state the optimizer (experiment.make_optimizer from `cfg.optimizer`, so its own
+    dtype and implementation) keeps for tensors of `sizes` elements, learnt from one step on a
+    tensor of 1 and one of 2 elements: bytes per element (Adam: two moments; SGD: a momentum
+    buffer, none without momentum) and per tensor (Adam: its step count)."""
+    from ffbench.experiment import make_optimizer  # experiment imports the learners
+
+    held = []
+    for n in (1, 2):
+        p = torch.nn.Parameter(torch.zeros(n))
+        optimizer = make_optimizer([{"params": [p]}], cfg.optimizer)
+        p.grad = torch.ones(n)
+        optimizer.step()
+        held.append(sum(v.nbytes for v in optimizer.state[p].values() if torch.is_tensor(v)))
+    per_element = held[1] - held[0]
+    return sum(per_element * n + held[0] - per_element for n in sizes)
 
 
 def total_bytes(cfg, features: int, classes: int, batch: int, float_bytes: int = 4) -> dict:
@@ -113,7 +125,6 @@ def total_bytes(cfg, features: int, classes: int, batch: int, float_bytes: int =
             _state_bytes(
                 cfg,
                 [*s, *others] if floor and cfg.algo.schedule == "sequential" else every,
-                float_bytes,
             ),
             float_bytes * sum(s),
         )

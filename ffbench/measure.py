@@ -93,6 +93,11 @@ def _return_free_memory() -> None:
     glibc keeps freed heap pages mapped; malloc_trim returns them. Elsewhere this is a no-op.
     """
     gc.collect()
+    _trim()
+
+
+def _trim() -> None:
+    """glibc's malloc_trim: freed heap pages back to the OS (elsewhere a no-op)."""
     trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)
@@ -318,7 +323,7 @@ class PeakMemory:
         # What evaluation freed since the last block stays resident (keep_freed_memory) and
         # would count as this block's: FF's evaluation alone added 110 MB to the paper's net's
         # training peak (docs/memory.md).
-        _return_free_memory()
+        _trim()
         if self.rss_before_mb is None and self.device.type == "cpu":
             try:
                 self.rss_before_mb = _current_rss_mb()
