@@ -211,13 +211,12 @@ def test_scancel_in_a_long_epoch_ends_the_run_killed_with_its_epochs(workdir):
     assert sacct([job_id])[job_id].startswith("CANCELLED")
 
 
-@pytest.mark.slow
 def test_a_job_whose_epoch_outlasts_the_warning_is_requeued_and_finishes_its_run(workdir):
     """SLURM warns 10 to 70 s before the 2-minute limit (signal_delay_s 10, up to 60 s early),
     in the middle of an epoch of 25 to 35 s: the job is requeued at its next step, and continues
     its run from the checkpoint of its last finished epoch. 6 epochs outlast one allocation:
     one requeue at least (each about 3 minutes of SLURM's delay; here requeued twice, after
-    101 and 90 s, then COMPLETED: 10 minutes). Slow, not in CI."""
+    101 and 90 s, then COMPLETED: 10 minutes). In CI's cluster tier: issue 24's requeue."""
     overrides = [
         *LONG_EPOCHS,
         "trainer.epochs=6",
