@@ -307,9 +307,8 @@ def planned(command: str) -> int:
     return math.prod(len(values.split(",")) for values in (grid | lists).values())
 
 
-def _progress(source: Source, runs) -> str:
-    """Whether every job of the source's commands has its record yet."""
-    jobs = sum(planned(command) for command in source.fill)
+def _progress(source: Source, runs, jobs: int) -> str:
+    """Whether every one of the `jobs` the source's commands plan has its record yet."""
     commands = ", ".join(f"`{c}`" for c in source.fill)
     if len(runs) >= jobs:
         return f"Records: {len(runs)} runs, the {jobs} jobs of {commands} included."
@@ -324,13 +323,15 @@ def comparison(source: Source, runs, by_id: dict) -> tuple[str, str, str | None]
     keys, results, rest = compare.split(runs)
     ignored = _not_result()
     chosen = _choose(results, keys, source.search_seeds)
+    jobs = sum(planned(command) for command in source.fill)
+    verdict = "chosen on validation" if len(runs) >= jobs else "best on validation so far"
     reported = []
     pending = [f"{algo}: no runs yet" for algo in ("ff", "bp") if algo not in chosen]
     for algo, (runs_reported, chosen_on) in sorted(chosen.items(), key=lambda i: _rank(i[0])):
         if len({compare.value(r, SEED) for r in runs_reported}) < MIN_SEEDS:
             seeds = ",".join(str(s) for s in range(1, MIN_SEEDS + 1))
             pending.append(
-                f"{algo}: `{compare.label(chosen_on[0], keys)}` chosen on validation "
+                f"{algo}: `{compare.label(chosen_on[0], keys)}` {verdict} "
                 f"({len(runs_reported)} reported runs so far); to report it: "
                 f"`{_reseeded(chosen_on, seeds)}`"
             )
@@ -347,7 +348,7 @@ def comparison(source: Source, runs, by_id: dict) -> tuple[str, str, str | None]
             f"(Welch's t over {len(a)} and {len(b)} seeds: FF's and BP's runs share no "
             "randomness, so they are not paired)."
         )
-    lines = [f"## {source.title}", "", source.about, "", _progress(source, runs), ""]
+    lines = [f"## {source.title}", "", source.about, "", _progress(source, runs, jobs), ""]
     if source.search_seeds:
         lines += [
             f"Chosen on the validation accuracy of seed {', '.join(source.search_seeds)}; "
@@ -367,7 +368,7 @@ def comparison(source: Source, runs, by_id: dict) -> tuple[str, str, str | None]
     readme = [f"## {source.title}", "", *table]
     readme += [""] * bool(table) + [difference] * bool(difference)
     readme += ["", "Not complete yet: " + "; ".join(pending) + "."] * bool(pending)
-    lines += search_table(results, keys, source)
+    lines += search_table(results, keys, source)[1:]
     if rest:
         lines += ["", f"{len(rest)} failed, killed or unfinished runs are not averaged."]
     return "\n".join(lines) + "\n", "\n".join(readme) + "\n", picture
