@@ -371,7 +371,7 @@ def comparison(source: Source, runs, by_id: dict) -> tuple[str, str, str | None]
     lines += search_table(results, keys, source)[1:]
     if rest:
         lines += ["", f"{len(rest)} failed, killed or unfinished runs are not averaged."]
-    return "\n".join(lines) + "\n", "\n".join(readme) + "\n", picture
+    return "\n".join(lines).rstrip() + "\n", "\n".join(readme) + "\n", picture
 
 
 def search_table(results, keys: list[str], source: Source) -> list[str]:
@@ -394,7 +394,7 @@ def search_table(results, keys: list[str], source: Source) -> list[str]:
             f"| {compare.value(tried[0], 'algo')} | `{label}` | {compare.seeds(tried)} | {val} | "
             f"{compare.commits(tried)} |"
         )
-    return lines
+    return lines if len(lines) > 5 else []  # the header alone: nothing tried on those seeds
 
 
 def plain(source: Source, runs, by_id: dict) -> tuple[str, str]:
