@@ -227,10 +227,6 @@ def _param(runs, key: str) -> str:
     return ", ".join(sorted({run.data.params.get(key, "-") for run in runs}))
 
 
-def _cell(values: list[float], fmt: str) -> str:
-    return compare.cell(values, fmt)
-
-
 ROW_METRICS = ("val_accuracy", "test_accuracy", "peak_saved_activations_mb", "peak_rss_mb")
 
 
@@ -247,10 +243,13 @@ def row_table(groups: list[list], by_id: dict) -> list[str]:
             _param(runs, "trainer.precision"),
             _param(runs, "trainer.num_threads"),
             compare.seeds(runs),
-            *(_cell(compare.metric_values(runs, m), compare.column(m)[1]) for m in ROW_METRICS),
-            _cell(compare.metric_values(runs, "train_time_s"), ".0f"),
-            _cell([s for s, _ in reached], ".0f"),
-            _cell([f for _, f in reached], ".3g"),
+            *(
+                compare.cell(compare.metric_values(runs, m), compare.column(m)[1])
+                for m in ROW_METRICS
+            ),
+            compare.cell(compare.metric_values(runs, "train_time_s"), ".0f"),
+            compare.cell([s for s, _ in reached], ".0f"),
+            compare.cell([f for _, f in reached], ".3g"),
             compare.commits(runs),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -279,10 +278,6 @@ def _choose(runs, keys: list[str], search: tuple[str, ...]) -> dict[str, tuple[l
         reported = [r for r in every if compare.value(r, SEED) not in search] if search else every
         chosen[algo] = (reported, best if search else every)
     return chosen
-
-
-def _rank(algo: str) -> tuple:
-    return compare._algo_rank(algo)
 
 
 def _reseeded(runs, seeds: str) -> str:
@@ -327,7 +322,9 @@ def comparison(source: Source, runs, by_id: dict) -> tuple[str, str, str | None]
     verdict = "chosen on validation" if len(runs) >= jobs else "best on validation so far"
     reported = []
     pending = [f"{algo}: no runs yet" for algo in ("ff", "bp") if algo not in chosen]
-    for algo, (runs_reported, chosen_on) in sorted(chosen.items(), key=lambda i: _rank(i[0])):
+    for algo, (runs_reported, chosen_on) in sorted(
+        chosen.items(), key=lambda i: compare._algo_rank(i[0])
+    ):
         if len({compare.value(r, SEED) for r in runs_reported}) < MIN_SEEDS:
             seeds = ",".join(str(s) for s in range(1, MIN_SEEDS + 1))
             pending.append(
@@ -389,7 +386,7 @@ def search_table(results, keys: list[str], source: Source) -> list[str]:
         tried = [r for r in runs if not search or compare.value(r, SEED) in search]
         if not tried:
             continue
-        val = _cell(compare.metric_values(tried, "val_accuracy"), ".4f")
+        val = compare.cell(compare.metric_values(tried, "val_accuracy"), ".4f")
         lines.append(
             f"| {compare.value(tried[0], 'algo')} | `{label}` | {compare.seeds(tried)} | {val} | "
             f"{compare.commits(tried)} |"
