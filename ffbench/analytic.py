@@ -112,7 +112,8 @@ def total_bytes(cfg, features: int, classes: int, batch: int, float_bytes: int =
     `optimizer_state` held (FF at its floor in the sequential schedule: the layer in training's
     and the read-out's, in the stage where that is largest), `grad`: the gradients alive at
     once (all, or one layer's under algo.step_each_layer), and `saved_activations`
-    (saved_activation_bytes); `total` is their sum. measure.LiveTensors' breakdown at its
+    (saved_activation_bytes, of one micro-batch under trainer.grad_accum_steps); `total` is
+    their sum. measure.LiveTensors' breakdown at its
     peak holds the parameters and the state to the byte; a gradient being computed is not in
     `.grad` yet, so it counts as the measurement's `other`, as do the step's inputs, outputs
     and temporaries, which this does not predict."""
@@ -131,6 +132,8 @@ def total_bytes(cfg, features: int, classes: int, batch: int, float_bytes: int =
         for s in stages
     ]
     state, grad = max(held)
+    if LEARNERS[cfg.algo.name].end_to_end:  # one backward per micro-batch (bp.Backprop)
+        batch = -(-batch // cfg.trainer.grad_accum_steps)  # tensor_split's largest part
     saved = saved_activation_bytes(
         cfg.algo.name,
         batch,

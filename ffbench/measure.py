@@ -8,7 +8,9 @@ Four figures, from the most exact to the most practical:
   saved activations, the rest), counted op by op through a TorchDispatchMode, with its
   breakdown at its peak; exact at op boundaries, the same on every device;
 - peak RSS: what the operating system charged the process;
-- peak CUDA allocated / reserved: what torch's caching allocator handed out / held.
+- peak CUDA allocated / reserved: what torch's caching allocator handed out / held; on CUDA
+  the total tensor memory of training is the allocator's peak, less what was allocated before
+  training apart from the parameters (the data set on the device).
 """
 
 import ctypes
@@ -277,6 +279,16 @@ class LiveTensors(TorchDispatchMode):
         return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
 
 
+def _training_bytes(params, optimizer) -> int:
+    """The distinct storages of `params`, their gradients and `optimizer`'s state."""
+    tensors = list(params) + [p.grad for p in params if p.grad is not None]
+    if optimizer is not None:
+        tensors += [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    return sum(
+        {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values()
+    )
+
+
 class PeakMemory:
     """Context manager: peak saved activations, resident memory and CUDA memory in the block,
     and with `total` the total tensor memory (LiveTensors: `optimizer` says which tensors are
@@ -289,7 +301,10 @@ class PeakMemory:
     shorter than that can be missed) or `ru_maxrss_not_reset` (nothing to sample: the
     process's lifetime peak, an upper bound that earlier jobs may have set). On the CPU the
     resident memory training added is the peak against the resident memory just before the
-    first block.
+    first block. On CUDA the total is the allocator's: its peak in any block, less what it had
+    allocated before the first block apart from the parameters, their gradients and the
+    optimizer's state (the data set; a few bytes of the CUDA context); with `total`, the count
+    gives the breakdown and its own total (peak_total_counted_mb).
     """
 
     def __init__(self, device: torch.device, params=(), optimizer=None, total: bool = False):
@@ -303,6 +318,9 @@ class PeakMemory:
         self.peak_rss_mb = float("nan")
         self.peak_cuda_allocated_mb = None
         self.peak_cuda_reserved_mb = None
+        self.params, self.optimizer = params, optimizer
+        self.cuda_before = None  # bytes allocated before the first block, not training's own
+        self.peak_cuda_total_bytes = None
         self._sampler = None
 
     def _reset_rss(self) -> str:
@@ -331,6 +349,9 @@ class PeakMemory:
                 self.rss_before_mb = math.nan
         self.method = self._reset_rss()
         if self.device.type == "cuda":
+            if self.cuda_before is None:
+                allocated = torch.cuda.memory_stats(self.device)["allocated_bytes.all.current"]
+                self.cuda_before = allocated - _training_bytes(self.params, self.optimizer)
             torch.cuda.reset_peak_memory_stats(self.device)
         self.saved.__enter__()
         if self.tensors is not None:
@@ -348,10 +369,13 @@ class PeakMemory:
             rss = _ru_maxrss_mb()
         self.peak_rss_mb = _larger(self.peak_rss_mb, rss)
         if self.device.type == "cuda":
-            allocated = torch.cuda.max_memory_allocated(self.device) / MB
-            reserved = torch.cuda.max_memory_reserved(self.device) / MB
-            self.peak_cuda_allocated_mb = _larger(self.peak_cuda_allocated_mb, allocated)
+            stats = torch.cuda.memory_stats(self.device)
+            allocated = stats["allocated_bytes.all.peak"]  # = torch.cuda.max_memory_allocated
+            reserved = stats["reserved_bytes.all.peak"] / MB
+            self.peak_cuda_allocated_mb = _larger(self.peak_cuda_allocated_mb, allocated / MB)
             self.peak_cuda_reserved_mb = _larger(self.peak_cuda_reserved_mb, reserved)
+            total = allocated - self.cuda_before
+            self.peak_cuda_total_bytes = max(self.peak_cuda_total_bytes or 0, total)
 
     def __exit__(self, *exc):
         if self.tensors is not None:
@@ -371,6 +395,10 @@ class PeakMemory:
         if self.tensors is not None:
             found["peak_total_mb"] = self.tensors.peak_bytes / MB
             found |= {f"peak_total_{k}_mb": v / MB for k, v in self.tensors.at_peak.items()}
+        if self.peak_cuda_total_bytes is not None:  # the allocator's figure wins on CUDA
+            if self.tensors is not None:
+                found["peak_total_counted_mb"] = found["peak_total_mb"]
+            found["peak_total_mb"] = self.peak_cuda_total_bytes / MB
         if self.rss_before_mb is not None and not math.isnan(self.rss_before_mb):
             found["rss_added_mb"] = self.peak_rss_mb - self.rss_before_mb
         return {k: v for k, v in found.items() if v is not None}

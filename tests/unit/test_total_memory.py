@@ -6,9 +6,10 @@ import pytest
 import torch
 from helpers import CPU, make_trainable
 
+from ffbench import experiment
 from ffbench.analytic import total_bytes
 from ffbench.config import compose
-from ffbench.measure import LiveTensors, PeakMemory, SavedTensors
+from ffbench.measure import MB, LiveTensors, PeakMemory, SavedTensors
 
 SETTINGS = {
     "bp": ["algo=bp"],
@@ -42,8 +43,8 @@ def test_each_new_storage_counts_once_while_it_lives_and_views_allocate_nothing(
     }
 
 
-def measured(overrides, features=20, batch=16) -> tuple:
-    learner, optimizer = make_trainable([*overrides, "model.width=24", "model.depth=3"], features)
+def measured(overrides, features=20, batch=16, net=("model.width=24", "model.depth=3")) -> tuple:
+    learner, optimizer = make_trainable([*overrides, *net], features)
     x, y = torch.rand(2 * batch, features), torch.randint(0, 10, (2 * batch,))
     memory = PeakMemory(CPU, learner.parameters(), optimizer, total=True)
     for layer in learner.stages():
@@ -72,3 +73,53 @@ def test_parameters_and_optimizer_state_at_the_peak_equal_the_prediction(setting
 def test_the_floor_holds_less_than_ff_and_sequentially_less_still():
     peaks = {name: measured(SETTINGS[name])[0].tensors.peak_bytes for name in SETTINGS}
     assert peaks["ff_floor_sequential"] < peaks["ff_floor"] < peaks["ff"]
+
+
+LEAN_BP = {
+    "bp": ["algo=bp"],
+    "bp_ckpt": ["algo=bp_ckpt"],
+    "bp_accum": ["algo=bp", "trainer.grad_accum_steps=4"],
+    "bp_ckpt_accum": ["algo=bp_ckpt", "trainer.grad_accum_steps=4"],
+}
+
+
+def test_lean_bp_holds_what_is_predicted_and_in_the_predicted_order():
+    """Checkpointing, micro-batches and both, where activations outweigh the parameters
+    (batch 128 on 4 x 64): each micro-batch's graph alone is held, to the predicted byte."""
+    net = ("model.width=64", "model.depth=4")
+    totals, predicted = {}, {}
+    for name, overrides in LEAN_BP.items():
+        memory, _, _ = measured(overrides, batch=128, net=net)
+        parts = total_bytes(compose([*overrides, *net]), 20, 10, 128)
+        assert memory.saved.peak_bytes == parts["saved_activations"], name
+        totals[name], predicted[name] = memory.tensors.peak_bytes, parts["total"]
+    order = ["bp", "bp_ckpt", "bp_accum", "bp_ckpt_accum"]  # the largest first
+    assert sorted(predicted, key=predicted.get, reverse=True) == order
+    assert sorted(totals, key=totals.get, reverse=True) == order
+    assert totals["bp_ckpt_accum"] < 0.7 * totals["bp"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device to read the allocator of")
+def test_on_cuda_the_total_is_the_allocators_and_the_count_gives_its_parts():
+    overrides = ["algo=bp", "optimizer=adam", "model.width=24", "model.depth=3"]
+    cfg = compose(overrides)
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    learner = experiment.build_learner(cfg, 20, 10, (20,), cuda)
+    optimizer = experiment.make_optimizer(learner.param_groups(), cfg.optimizer)
+    x, y = torch.rand(32, 20, device=cuda), torch.randint(0, 10, (32,), device=cuda)
+    memory = PeakMemory(cuda, learner.parameters(), optimizer, total=True)
+    with memory:
+        learner.train_epoch(x, y, optimizer, 16)
+    figures = memory.metrics()
+    predicted = total_bytes(cfg, 20, 10, 16)
+    at_peak = memory.tensors.at_peak
+    # the count sees the device's ops, backward's (autograd's device thread) included
+    assert at_peak["param"] == predicted["param"]
+    assert at_peak["optimizer_state"] == predicted["optimizer_state"]
+    grads = sum(p.grad.nbytes for p in learner.parameters())
+    assert memory.tensors.live_bytes == predicted["param"] + predicted["optimizer_state"] + grads
+    # the allocator holds every counted storage (rounded up to its blocks), the data set apart
+    assert figures["peak_total_counted_mb"] == memory.tensors.peak_bytes / MB
+    assert figures["peak_total_mb"] >= figures["peak_total_counted_mb"]
+    assert figures["peak_total_mb"] < figures["peak_cuda_allocated_mb"]
