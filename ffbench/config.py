@@ -113,6 +113,18 @@ class DatasetConfig:
     split_seed: int = key(
         0, "Seed of the train/validation(/test) split, fixed so every run sees the same split."
     )
+    augment: str = key(
+        "none",
+        "A fresh random variant of every training image before each pass, for FF and BP alike (seeded by trainer.seed; validation and test untouched): a random crop of the zero-padded image, a horizontal flip of half, or both.",
+        Registry("data", "AUGMENTATIONS"),
+        ignored_by={"dataset.augment": ("none",)},
+    )
+    crop_padding: int = key(
+        2,
+        "crop: zeros padded on each side before the crop (the largest shift in pixels).",
+        bound="positive",
+        ignored_by={"dataset.augment": ("none", "flip")},
+    )
 
 
 @dataclass
@@ -360,11 +372,11 @@ class OptimizerConfig:
         0.0,
         "sgd: momentum (torch's form: b = momentum * b + g).",
         bound="non_negative",
-        ignored_by={"optimizer.name": ("adam",)},
+        ignored_by={"optimizer.name": ("adam", "adamw")},
     )
     weight_decay: float = key(
         0.0,
-        "L2 weight cost of the layers' weights (biases are never decayed).",
+        "L2 weight cost of the layers' weights (biases are never decayed; adamw: decoupled, lr x weight_decay x w per step).",
         bound="non_negative",
     )
 
@@ -393,8 +405,14 @@ class TrainerConfig:
     )
     lr_schedule: str = key(
         "constant",
-        "Learning-rate schedule (linear_decay: constant for the first half, then linearly down to 1/epochs).",
+        "Learning-rate schedule (linear_decay: constant for the first half, then linearly down to 1/epochs; cosine: half a cosine from the rate down towards trainer.lr_floor of it).",
         Registry("experiment", "LR_SCHEDULES"),
+    )
+    lr_floor: float = key(
+        0.0,
+        "cosine: the fraction of each rate the cosine falls towards (DeeperForward 0.1: 0.08 to 0.008; ASGE 0.05: 2e-4 to 1e-5).",
+        bound="non_negative",
+        ignored_by={"trainer.lr_schedule": ("constant", "linear_decay")},
     )
     precision: str = key(
         "fp32",

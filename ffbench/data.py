@@ -257,6 +257,53 @@ LOADERS = {
 }
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """What dataset.augment does to the training images before each pass: a random crop of
+    the image padded with dataset.crop_padding zeros on each side (a shift by up to that many
+    pixels), a horizontal flip of half of them at random, or both (crop first)."""
+
+    crop: bool = False
+    flip: bool = False
+
+    def __call__(self, splits: "Splits", padding: int) -> torch.Tensor:
+        """A fresh random variant of every training image, as flat rows like x_train; drawn
+        from torch's generator of the data's device, so trainer.seed fixes it and a resumed
+        run (whose checkpoint holds that generator's state) draws what it would have drawn."""
+        x = splits.x_train
+        images = x.view(len(x), splits.channels, *splits.image_shape)
+        if self.crop:
+            images = random_crop(images, padding)
+        if self.flip:
+            flipped = torch.rand(len(x), device=x.device) < 0.5
+            images = torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images)
+        return images.reshape(len(x), -1)
+
+
+def random_crop(images: torch.Tensor, padding: int) -> torch.Tensor:
+    """Each (C, H, W) image of `images` padded with `padding` zeros on every side, then cut
+    back to H x W at a random offset of its own: one gather, no loop over images."""
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    top = torch.randint(0, 2 * padding + 1, (n, 1), device=images.device)
+    left = torch.randint(0, 2 * padding + 1, (n, 1), device=images.device)
+    rows = (top + torch.arange(h, device=images.device)).view(n, 1, h, 1)
+    cols = (left + torch.arange(w, device=images.device)).view(n, 1, 1, w)
+    batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
+    channel = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
+    return padded[batch, channel, rows, cols]
+
+
+# dataset.augment -> what it does to the training images (DeeperForward: none; ASGE: flip for
+# Fashion-MNIST, crop and flip for CIFAR-10)
+AUGMENTATIONS = {
+    "none": None,
+    "crop": Augmentation(crop=True),
+    "flip": Augmentation(flip=True),
+    "crop_flip": Augmentation(crop=True, flip=True),
+}
+
+
 def minibatches(n: int, batch_size: int, device: torch.device):
     """Index tensors of a fresh random permutation, `batch_size` at a time (the last may be short)."""
     order = torch.randperm(n, device=device)

@@ -58,6 +58,10 @@ OPTIMIZERS = {
         torch.optim.SGD,
         {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay},
     ),
+    # decoupled weight decay (ASGE, DeeperForward): w -= lr * weight_decay * w, not through
+    # Adam's moments. Its state is per tensor, so one AdamW over every layer's tensors steps
+    # each layer exactly as one AdamW per layer would (tests/unit/test_lr_schedule.py).
+    "adamw": lambda cfg: (torch.optim.AdamW, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}),
 }
 
 
@@ -142,18 +146,26 @@ def prepare(cfg, device: torch.device) -> Job:
     return Job(cfg, device, splits.to(device), learner, optimizer)
 
 
-def constant(epoch: int, epochs: int) -> float:
+def constant(epoch: int, epochs: int, floor: float) -> float:
     return 1.0
 
 
-def linear_decay(epoch: int, epochs: int) -> float:
+def linear_decay(epoch: int, epochs: int, floor: float) -> float:
     """The reference code's: 1 for the first half, then (1 + 2 (E - e)) / E in epoch e of E,
     down in equal steps of 2/E to 1/E in the last epoch."""
     return min(1.0, (1 + 2 * (epochs - epoch)) / epochs)
 
 
-# trainer.lr_schedule -> multiplier of the base learning rate in epoch (1-based) of epochs
-LR_SCHEDULES = {"constant": constant, "linear_decay": linear_decay}
+def cosine(epoch: int, epochs: int, floor: float) -> float:
+    """Half a cosine from 1 in the first epoch towards `floor` (trainer.lr_floor), as torch's
+    CosineAnnealingLR(T_max=epochs, eta_min=floor x lr) stepped once per epoch: epoch e of E
+    trains at floor + (1 - floor)(1 + cos(pi (e - 1) / E)) / 2 (ASGE, DeeperForward)."""
+    return floor + (1 - floor) * (1 + math.cos(math.pi * (epoch - 1) / epochs)) / 2
+
+
+# trainer.lr_schedule -> multiplier of the base learning rate in epoch (1-based) of epochs,
+# given trainer.lr_floor
+LR_SCHEDULES = {"constant": constant, "linear_decay": linear_decay, "cosine": cosine}
 
 
 def accuracies(learner: Learner, x: torch.Tensor, y: torch.Tensor, split: str) -> dict:
@@ -165,6 +177,15 @@ def accuracies(learner: Learner, x: torch.Tensor, y: torch.Tensor, split: str) -
     if learner.reports_each_evaluation:
         metrics |= {f"{split}_accuracy_{name}": value for name, value in found.items()}
     return metrics
+
+
+def training_images(job: Job) -> torch.Tensor:
+    """The training split as this pass sees it: the images themselves, or a fresh random
+    variant of each (dataset.augment), for FF and BP alike; validation and test never are."""
+    augment = datasets.AUGMENTATIONS[job.cfg.dataset.augment]
+    if augment is None:
+        return job.data.x_train
+    return augment(job.data, job.cfg.dataset.crop_padding)
 
 
 def training_plan(job: Job) -> list[tuple[int | None, int]]:
@@ -237,7 +258,8 @@ def train(
         history = list(start["history"])
         stopwatch.seconds, evaluation.seconds = start["seconds"]
     done = len(history)
-    factors = [LR_SCHEDULES[cfg.lr_schedule](epoch, cfg.epochs) for _, epoch in plan]
+    schedule = LR_SCHEDULES[cfg.lr_schedule]
+    factors = [schedule(epoch, cfg.epochs, cfg.lr_floor) for _, epoch in plan]
     # torch's scheduler sets every group's lr to its initial lr times the pass's factor; it
     # counts passes from 0, and one resumed after `done` passes starts at pass `done`
     scheduler = LambdaLR(
@@ -247,9 +269,9 @@ def train(
         if step <= done:
             continue
         with memory or nullcontext(), stopwatch, autocast(cfg, job.device):
-            metrics = learner.train_epoch(
-                d.x_train, d.y_train, job.optimizer, cfg.batch_size, layer
-            )
+            x = training_images(job)
+            metrics = learner.train_epoch(x, d.y_train, job.optimizer, cfg.batch_size, layer)
+            del x
         if not math.isfinite(metrics["train_loss"]):
             raise FFBenchError(
                 f"training diverged: train_loss is {metrics['train_loss']} at epoch {step}; "

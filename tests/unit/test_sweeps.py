@@ -125,6 +125,8 @@ def test_a_new_learner_model_and_data_set_get_every_key_hashed(monkeypatch):
             "goodness=split",
             "activation=tdist",
             "optimizer=sgd",
+            "dataset.augment=crop_flip",
+            "trainer.lr_schedule=cosine",
         ]
     )
     for dotted, name in (
