@@ -70,16 +70,19 @@ def key(
 # that a new option, which they do not name, has the key counted).
 BACKPROP = {"algo.name": ("bp", "bp_ckpt")}  # FF's keys: the goodness and algo.*
 FORWARD_FORWARD = {"algo.name": ("ff",)}
-SPATIAL = {"model.name": ("conv", "local")}  # the MLP's width
-MLP = {"model.name": ("mlp",)}  # the spatial models' sizes and goodness per position
+SPATIAL = {"model.name": ("conv", "local", "user")}  # the MLP's width
+MLP = {"model.name": ("mlp", "user")}  # the spatial models' sizes and goodness per position
 NO_BLACKBOX = {"model.blackbox": ("none",)}
+BUILT_IN_MODELS = {"model.name": ("mlp", "conv", "local")}  # model.blocks: model=user's
+USER_BLOCKS = {"model.name": ("user",)}  # the built-in layers' sizes
+BUILT_IN_DATA = ("digits", "mnist", "fashion_mnist", "kmnist", "cifar10")
 
 
 @dataclass
 class DatasetConfig:
     name: str = key(
         MISSING,
-        "Which data set (digits is bundled; the others download once).",
+        "Which data set (digits is bundled; the others download once; user and folder: yours, docs/extending.md).",
         Registry("data", "LOADERS"),
     )
     root: str | None = key(
@@ -113,6 +116,27 @@ class DatasetConfig:
     split_seed: int = key(
         0, "Seed of the train/validation(/test) split, fixed so every run sees the same split."
     )
+    train: typing.Any = key(
+        None,
+        "user: your training examples, a `_target_` (and its arguments) returning (inputs, labels) tensors or a torch Dataset of (input, label) pairs; validation is held out of them.",
+        ignored_by={"dataset.name": (*BUILT_IN_DATA, "folder")},
+    )
+    test: typing.Any = key(
+        None,
+        "user: your test examples, a `_target_` like dataset.train; unset: dataset.test_size of the training examples are held out.",
+        ignored_by={"dataset.name": (*BUILT_IN_DATA, "folder")},
+    )
+    path: str | None = key(
+        None,
+        "folder: a folder of train.npz (and test.npz), arrays x and y, or of MNIST-format IDX files.",
+        ignored_by={"dataset.name": (*BUILT_IN_DATA, "user")},
+    )
+    num_classes: int | None = key(
+        None,
+        "user, folder: classes; unset: the data set's `classes` (ImageFolder's), else the largest training label + 1.",
+        bound="positive",
+        ignored_by={"dataset.name": BUILT_IN_DATA},
+    )
     augment: str = key(
         "none",
         "A fresh random variant of every training image before each pass, for FF and BP alike (seeded by trainer.seed; validation and test untouched): a random crop of the zero-padded image, a horizontal flip of half, or both.",
@@ -131,10 +155,15 @@ class DatasetConfig:
 class ModelConfig:
     name: str = key(
         "mlp",
-        "Hidden layers: fully connected, convolutional, or locally connected (a convolution without weight sharing).",
+        "Hidden layers: fully connected, convolutional, locally connected (a convolution without weight sharing), or your own blocks (model.blocks).",
         Registry("models", "LAYERS"),
     )
-    depth: int = key(2, "Number of hidden layers.", bound="positive")
+    blocks: typing.Any = key(
+        None,
+        "user: your hidden layers, one nn.Module each: a `_target_` (and its arguments) returning a list of them, or a list of `_target_`s (docs/extending.md).",
+        ignored_by=BUILT_IN_MODELS,
+    )
+    depth: int = key(2, "Number of hidden layers.", bound="positive", ignored_by=USER_BLOCKS)
     width: int = key(256, "mlp: units per hidden layer.", bound="positive", ignored_by=SPATIAL)
     norm: str = key(
         "mean_square",
@@ -619,7 +648,8 @@ def validate(cfg) -> None:
         raise FFBenchError(f"{needs_readout[0]} needs the read-out: set algo.readout=true")
     _validate_model(cfg, models, reads)
     sequential = reads("algo.schedule") and a.schedule == "sequential"
-    if cfg.trainer.matmul_reference and (models.LAYERS[m.name].spatial or sequential):
+    mlp_shapes = "width" in models.LAYERS[m.name].sized_by  # what the reference times
+    if cfg.trainer.matmul_reference and (not mlp_shapes or sequential):
         raise FFBenchError(
             "trainer.matmul_reference times the products of one MLP training step: set "
             "model=mlp (and algo.schedule=simultaneous for FF), or trainer.matmul_reference=false"
@@ -695,7 +725,7 @@ def _validate_model(cfg, models, reads) -> None:
             )
     if ignored(cfg, "model.blackbox"):  # there is none
         return
-    if not 1 <= m.blackbox_after < m.depth:
+    if reads("model.depth") and not 1 <= m.blackbox_after < m.depth:  # user: models.py
         raise FFBenchError(
             f"model.blackbox_after={m.blackbox_after} is not between two of the {m.depth} hidden "
             f"layers: set model.blackbox_after between 1 and {m.depth - 1} (model.depth 2 or more)"
@@ -721,7 +751,7 @@ def _default(f) -> str:
 def _type(f) -> str:
     """`str`, `int or null`, ...: no `|`, which would split a Markdown table's cell."""
     if f.type is typing.Any:  # model.channels, model.groups: a number or a list of numbers
-        return "int or list"
+        return "int or list" if f.default is not None else "`_target_` or list"
     names = [t.__name__ for t in typing.get_args(f.type)] or [f.type.__name__]
     return " or ".join("null" if name == "NoneType" else name for name in names)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ffbench import download
+from ffbench import download, user_data
 from ffbench.errors import FFBenchError
 
 
@@ -247,6 +247,73 @@ def _downloaded(reader):
     return load_files
 
 
+def user_splits(cfg, name: str, train: user_data.Examples, test) -> Splits:
+    """Splits of a user's examples (user_data.py): validation held out of the training
+    examples as for every data set, and the test examples, or dataset.test_size held out too
+    when there are none. Images become flat channel-first rows."""
+    shape = tuple(train.x.shape[1:])
+    if test is not None and tuple(test.x.shape[1:]) != shape:
+        raise FFBenchError(
+            f"{name}: test inputs of shape {tuple(test.x.shape[1:])}, training inputs "
+            f"{shape}: make them the same shape"
+        )
+    classes = user_data.class_count(cfg.num_classes, train, test)
+    x, y = train.x.reshape(len(train.x), -1), train.y
+    sizes = [cfg.val_size] if test is not None else [cfg.val_size, cfg.test_size or 0]
+    if test is None and not 0 < sizes[1] < len(x):
+        raise FFBenchError(
+            f"{name} has no test examples and dataset.test_size={cfg.test_size}: set "
+            f"dataset.test_size between 1 and {len(x) - 1} (held out), or give dataset.test"
+        )
+    _check_val_size(cfg.val_size, len(x) - sum(sizes[1:]), name)
+    (xt, yt), (xv, yv), *held_out = _split(x, y, sizes, cfg.split_seed)
+    xs, ys = held_out[0] if held_out else (test.x.reshape(len(test.x), -1), test.y)
+    channels, image = (shape[0], shape[1:]) if len(shape) == 3 else (1, shape)
+    image = image if len(image) == 2 else ()  # rows of features: no image
+    sources = {"train": train.source, "val": train.source}
+    sources["test"] = train.source if test is None else test.source
+    return Splits(name, xt, yt, xv, yv, xs, ys, image, classes, channels, sources=sources)
+
+
+def _user(cfg) -> Splits:
+    """dataset=user: the examples dataset.train's (and dataset.test's) `_target_` returns."""
+    train = user_data.from_target(cfg.train, "dataset.train")
+    test = None if cfg.test is None else user_data.from_target(cfg.test, "dataset.test")
+    return user_splits(cfg, user_data.target_name(cfg.train), train, test)
+
+
+def _folder(cfg) -> Splits:
+    """dataset=folder: the train.npz (and test.npz) of dataset.path, or its MNIST-format IDX
+    files (training and test)."""
+    if cfg.path is None:
+        raise FFBenchError(
+            "dataset=folder reads the folder of dataset.path: set dataset.path=FOLDER"
+        )
+    folder = Path(cfg.path).expanduser()
+    if not folder.is_dir():
+        raise FFBenchError(f"dataset.path={cfg.path} is not a folder: set it to your data's folder")
+    found = user_data.npz_folder(folder)
+    if found is None:  # no train.npz: MNIST's four IDX files, or an error naming both
+        try:
+            paths = {key: _find(folder, stem) for key, stem in MNIST_FILES.items()}
+        except FFBenchError:
+            raise FFBenchError(
+                f"{folder} holds neither train.npz nor MNIST's IDX files ({MNIST_FILES['train_images']} "
+                "...): save your data as train.npz (arrays x and y) and test.npz there"
+            ) from None
+        arrays = {key: torch.from_numpy(read_idx(path)) for key, path in paths.items()}
+        found = [
+            user_data.checked(
+                arrays[f"{part}_images"],
+                arrays[f"{part}_labels"],
+                str(paths[f"{part}_images"]),
+                str(paths[f"{part}_images"]),
+            )
+            for part in ("train", "test")
+        ]
+    return user_splits(cfg, folder.name, *found)
+
+
 # dataset.name -> loader(DatasetConfig); the files of the downloaded ones: download.REGISTRY
 LOADERS = {
     "digits": _bundled_digits,
@@ -254,6 +321,8 @@ LOADERS = {
     "fashion_mnist": _downloaded(idx_splits),
     "kmnist": _downloaded(idx_splits),
     "cifar10": _downloaded(cifar10_splits),
+    "user": _user,
+    "folder": _folder,
 }
 
 

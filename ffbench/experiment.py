@@ -300,7 +300,7 @@ def final_metrics(job: Job, passes: int, stopwatch: Stopwatch, evaluation: Stopw
         final |= accuracies(learner, d.x_train, d.y_train, "train")
     examples = passes * len(d.x_train)
     inputs = learner.stack.in_features  # the data's, plus FF's label planes if any
-    useful = train_flops_per_example(job.cfg, inputs, d.num_classes, d.image_shape)
+    useful = train_flops_per_example(job.cfg, inputs, d.num_classes, d.image_shape, learner.stack)
     useful *= examples
     final |= {
         "train_time_s": stopwatch.seconds,

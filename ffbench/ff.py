@@ -81,7 +81,7 @@ def thresholds(cfg, stack: LayerStack) -> list[float]:
     """Each layer's theta, in goodness units: algo.theta, else the goodness's default for the
     layer's units (per layer: a spatial layer's units depend on its position)."""
     if cfg.algo.theta is not None:
-        return [cfg.algo.theta] * cfg.model.depth
+        return [cfg.algo.theta] * len(stack.layers)
     units = goodness_units(stack, cfg.goodness)
     g = cfg.goodness.name
     return [default_theta(g, u, cfg.model.norm, cfg.activation.name) for u in units]

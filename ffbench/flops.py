@@ -20,6 +20,10 @@ normalisation, goodness and the black box are left out, so the count is a lower 
   gradient 2*MACs (not for the first layer, whose input is data), weight gradient 2*MACs;
   the output layer likewise.
 - Goodness evaluation: 2*MACs per layer for every candidate label.
+
+A user's blocks (model=user) have no hand count: their MACs are what torch's FlopCounterMode
+counted on one forward pass when the stack was built (user.py), the same class of work, and
+the formulas above apply to them unchanged (tests/unit/test_user_blocks.py checks both).
 """
 
 import math
@@ -34,10 +38,15 @@ def layer_macs(features: int, width: int, depth: int) -> list[int]:
     return [(features if i == 0 else width) * width for i in range(depth)]
 
 
-def model_layers(cfg, features: int, image_shape: tuple | None = None) -> tuple[list, list]:
+def model_layers(cfg, features: int, image_shape: tuple | None = None, stack=None):
     """(MACs, output units) of each hidden layer of cfg.model; spatial models need the image
-    shape of the data ((H, W) or (C, H, W)) and raise ValueError without one."""
+    shape of the data ((H, W) or (C, H, W)) and raise ValueError without one. A built
+    `stack` (models.LayerStack) whose layers' MACs were measured gives those (user blocks)."""
     m = cfg.model
+    if stack is not None and stack.macs is not None:
+        return list(stack.macs), list(stack.out_features)
+    if LAYERS[m.name].blocks is not None:
+        raise ValueError(f"model={m.name}: the FLOP count needs the built stack of its blocks")
     if not LAYERS[m.name].spatial:
         return layer_macs(features, m.width, m.depth), [m.width] * m.depth
     if image_shape is None:
@@ -56,16 +65,16 @@ def model_layers(cfg, features: int, image_shape: tuple | None = None) -> tuple[
 
 
 def _readout_macs(cfg, units: list[int], classes: int) -> int:
-    depth = cfg.model.depth
+    depth = len(units)
     evaluated = depth - (1 if cfg.algo.eval_skip_first and depth > 1 else 0)
     return sum(units[depth - evaluated :]) * classes
 
 
-def train_flops_per_example(cfg, features: int, classes: int, image_shape=None) -> float:
+def train_flops_per_example(cfg, features: int, classes: int, image_shape=None, stack=None):
     """Useful FLOPs of one training example in one pass over the data, averaged over the
     passes of the run (they differ only in FF's sequential schedule)."""
-    depth = cfg.model.depth
-    macs, units = model_layers(cfg, features, image_shape)
+    macs, units = model_layers(cfg, features, image_shape, stack)
+    depth = len(macs)
     if LEARNERS[cfg.algo.name].end_to_end:
         head = units[-1] * classes
         return 2 * sum(macs) + 2 * (sum(macs) - macs[0]) + 2 * sum(macs) + 6 * head
@@ -80,11 +89,11 @@ def train_flops_per_example(cfg, features: int, classes: int, image_shape=None) 
     return rows * 4 * sum(macs) + extra
 
 
-def goodness_eval_flops_per_example(cfg, features: int, classes: int, image_shape=None) -> float:
+def goodness_eval_flops_per_example(cfg, features: int, classes: int, image_shape=None, stack=None):
     """FLOPs of predicting one example by goodness: every label through every layer (cwc:
     one pass, the classes compete within it)."""
     passes = 1 if LOSSES[cfg.algo.loss].competitive else classes
-    return passes * 2 * sum(model_layers(cfg, features, image_shape)[0])
+    return passes * 2 * sum(model_layers(cfg, features, image_shape, stack)[0])
 
 
 def train_matmul_shapes(cfg, features: int, classes: int, batch: int) -> list[tuple[int, int, int]]:

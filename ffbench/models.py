@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
+from ffbench import user
 from ffbench.activations import NORMALISATIONS
 from ffbench.errors import FFBenchError
 
@@ -231,13 +232,15 @@ class LayerStack(nn.Module):
         spatial: dict | None = None,
         blackbox: dict | None = None,
         normalise_input: bool = True,
+        blocks: list | None = None,
     ):
         """An MLP of `depth` layers of `width` units; with `spatial` (kind `conv` or `local`,
         in_shape, channels (one per layer), kernel, stride, padding, pool, norm_scope) a stack
         of spatial layers instead (`width` unused). `blackbox` (kind, after, step,
         straight_through) inserts a BlackBox on the input of hidden layer `after` (0-based:
         after the `after`-th layer). Without `normalise_input` the first layer takes its input
-        as it comes (FF's label inputs that normalise the image themselves)."""
+        as it comes (FF's label inputs that normalise the image themselves). `blocks`:
+        hidden layers built elsewhere instead (model=user's, user.Block)."""
         super().__init__()
         self.in_features = in_features
         self.activation = activation
@@ -245,7 +248,10 @@ class LayerStack(nn.Module):
         self.input_norm = norm_fn if normalise_input else (lambda x: x)  # the data: one vector
         self.shapes = None  # (channels, height, width) of each hidden layer's output, if spatial
         self.pool = 1
-        if spatial is None:
+        self.macs = None  # multiply-adds of each layer, if measured (blocks); else flops.py's
+        if blocks is not None:
+            self._use_blocks(blocks, norm_fn)
+        elif spatial is None:
             sizes = [in_features] + [width] * depth
             # nn.ModuleList, not a Python list, so state_dict() holds every layer.
             self.layers = nn.ModuleList(
@@ -258,6 +264,11 @@ class LayerStack(nn.Module):
         self.blackbox_at, self.blackbox = None, None
         if blackbox is not None:
             after = blackbox["after"]
+            if not 1 <= after < len(self.layers):  # the count of user blocks: known only now
+                raise FFBenchError(
+                    f"model.blackbox_after={after} is not between two of the {len(self.layers)} "
+                    f"hidden layers: set model.blackbox_after between 1 and {len(self.layers) - 1}"
+                )
             self.blackbox_at = after
             self.blackbox = BlackBox(
                 blackbox["kind"],
@@ -265,6 +276,15 @@ class LayerStack(nn.Module):
                 blackbox["step"],
                 blackbox["straight_through"],
             )
+
+    def _use_blocks(self, blocks: list, norm_fn: Callable) -> None:
+        """Hidden layers built elsewhere (user.Block: flat rows in and out, each with its
+        output's shape, channels first, and its multiply-adds)."""
+        self.layers = nn.ModuleList(blocks)
+        self.out_features = [block.out_features for block in blocks]
+        self.norms = [norm_fn] * len(blocks)
+        self.macs = [block.macs for block in blocks]
+        self.shapes = [block.out_shape for block in blocks]  # (C, H, W), or (units,)
 
     def _build_spatial(self, s: dict, norm_fn: Callable) -> None:
         """The spatial layers of `spatial` (LayerStack's argument), their output shapes and
@@ -326,12 +346,14 @@ class LayerStack(nn.Module):
 @dataclass(frozen=True)
 class Layers:
     """What model.name chooses: the class of every hidden layer; whether the layers are
-    spatial (they see images as (channels, height, width) maps, LayerStack's `spatial`); and
-    `sized_by`, the ModelConfig keys that size them besides model.depth."""
+    spatial (they see images as (channels, height, width) maps, LayerStack's `spatial`);
+    `sized_by`, the ModelConfig keys that size them besides model.depth; and `blocks`, for
+    layers that the config builds itself: (ModelConfig, one example's shape, Init) -> them."""
 
     layer: type
     spatial: bool
     sized_by: tuple[str, ...]
+    blocks: Callable | None = None
 
 
 SPATIAL_SIZES = ("channels", "kernel", "stride", "padding", "pool", "groups", "norm_scope")
@@ -339,6 +361,7 @@ LAYERS = {
     "mlp": Layers(nn.Linear, spatial=False, sized_by=("width",)),
     "conv": Layers(Conv, spatial=True, sized_by=SPATIAL_SIZES),
     "local": Layers(LocallyConnected, spatial=True, sized_by=SPATIAL_SIZES),
+    "user": Layers(user.Block, spatial=False, sized_by=(), blocks=user.build_blocks),
 }
 
 
@@ -351,7 +374,8 @@ def reference_init(layer: nn.Module) -> None:
         layer.weight.shape[1] if isinstance(layer, LocallyConnected) else layer.weight[0].numel()
     )
     layer.weight.normal_(0.0, fan_in**-0.5)
-    layer.bias.zero_()
+    if layer.bias is not None:  # a user's layer may have none
+        layer.bias.zero_()
 
 
 @dataclass(frozen=True)
@@ -402,6 +426,10 @@ def make_stack(
 ) -> LayerStack:
     """The LayerStack a ModelConfig `m` asks for, on rows of `features` from images of
     `image_shape` ((H, W), or (C, H, W) channel-first)."""
+    blocks = None
+    if LAYERS[m.name].blocks is not None:  # model=user: the first block sees (C, H, W) images
+        example = image_chw(image_shape, features) if image_shape else (features,)
+        blocks = LAYERS[m.name].blocks(m, example, INITS[m.init])
     spatial = None
     if LAYERS[m.name].spatial:
         spatial = {
@@ -424,8 +452,16 @@ def make_stack(
             "straight_through": m.blackbox_grad == "straight_through",
         }
     stack = LayerStack(
-        features, m.width, m.depth, activation, m.norm, spatial, blackbox, normalise_input
+        features,
+        m.width,
+        m.depth,
+        activation,
+        m.norm,
+        spatial,
+        blackbox,
+        normalise_input,
+        blocks=blocks,
     )
-    for layer in stack.layers:
+    for layer in stack.layers if blocks is None else ():  # blocks: initialised by user.py
         INITS[m.init](layer)
     return stack

@@ -70,6 +70,8 @@ def _changed(dotted: str, f, value):
         return value + "x"
     if OmegaConf.is_list(value):
         return [c + 1 for c in value]
+    if f.type is typing.Any and value is None:  # a `_target_` node: model.blocks, dataset.train
+        return {"_target_": "elsewhere.make"}
     kinds = [t for t in typing.get_args(f.type) if t is not type(None)]  # an unset key
     return {int: 7, float: 0.5, str: "elsewhere", bool: True}[kinds[0]]
 
@@ -120,6 +122,7 @@ def test_a_new_learner_model_and_data_set_get_every_key_hashed(monkeypatch):
             "model.blackbox=quantize",
             "model.blackbox_grad=straight_through",
             "algo.evaluation=readout",
+            "algo.class_goodness=projection",
             "algo.loss=symba",
             "algo.negatives=hybrid",
             "goodness=split",

@@ -1,0 +1,181 @@
+"""model=user: a researcher's own blocks, by `_target_` (ffbench/user.py), trained by FF and BP
+as the built-in layers are. User blocks that are the built-in MLP's layers train to the same
+weights bit for bit, under FF's options and BP alike; FlopCounterMode's count of a block equals
+flops.py's hand count of every built-in layer, and a training step of a user conv net does the
+FLOPs the run records; what users get wrong is one line naming the block."""
+
+import textwrap
+
+import pytest
+import torch
+from helpers import SMALL_FF, make_trainable, train_on_digits
+from torch.utils.flop_counter import FlopCounterMode
+
+from ffbench import user
+from ffbench.config import compose
+from ffbench.errors import FFBenchError
+from ffbench.flops import model_layers, train_flops_per_example
+from ffbench.settings import settings_hash
+
+# SMALL_FF's MLP (3 x 16 on the 8x8 digits) as user blocks: the first flattens the images
+FLAT = "{_target_: torch.nn.Flatten}"
+MLP_BLOCKS = (
+    "model.blocks=["
+    f"{{_target_: torch.nn.Sequential, _args_: [{FLAT}, "
+    "{_target_: torch.nn.Linear, in_features: 64, out_features: 16}]}, "
+    "{_target_: torch.nn.Linear, in_features: 16, out_features: 16}, "
+    "{_target_: torch.nn.Linear, in_features: 16, out_features: 16}]"
+)
+QUICK = ["trainer.epochs=2", "trainer.num_threads=1"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["algo=ff"],
+        ["algo=ff", "algo.peer_norm=0.03", "algo.negatives=hard_label"],
+        ["algo=ff", "algo.schedule=sequential", "algo.step_each_layer=true"],
+        ["algo=ff", "model.blackbox=sign", "model.blackbox_after=2"],
+        ["algo=bp"],
+        ["algo=bp_ckpt", "optimizer=sgd", "optimizer.lr=0.05"],
+    ],
+    ids=lambda o: " ".join(o),
+)
+def test_user_blocks_train_exactly_as_the_built_in_layers_they_are(options):
+    """The same layers built from the same random draws: every metric of every epoch equal."""
+    built_in = train_on_digits([*QUICK, *SMALL_FF, *options])
+    mine = train_on_digits([*QUICK, *SMALL_FF, *options, "model=user", MLP_BLOCKS])
+    for run in (built_in, mine):
+        for metrics in (run, *run["history"]):
+            for timing in [k for k in metrics if k.endswith(("_time_s", "_per_s"))]:
+                del metrics[timing]
+    assert mine == built_in
+
+
+def _user_module(tmp_path, monkeypatch, source: str) -> None:
+    (tmp_path / "mynet.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+CONV_NET = """
+    from torch import nn
+
+    def blocks(channels=4, hidden=20):
+        return [
+            nn.Conv2d(1, channels, 3, padding=1),
+            nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(channels, channels, 3, stride=1)),
+            nn.Sequential(nn.Flatten(), nn.Linear(channels * 2 * 2, hidden)),
+        ]
+
+    def chain_broken():
+        return [nn.Conv2d(1, 4, 3), nn.Conv2d(5, 4, 3)]
+
+    def not_a_module():
+        return [nn.Conv2d(1, 4, 3), "relu"]
+"""
+BATCH = 16
+
+
+@pytest.mark.parametrize(
+    "algo", [["algo=ff"], ["algo=ff", "algo.readout=false"], ["algo=bp"]], ids=" ".join
+)
+def test_a_user_conv_net_does_the_flops_the_run_records(tmp_path, monkeypatch, algo):
+    """FlopCounterMode on one real training step equals what final_metrics counts: the
+    blocks' measured MACs through flops.py's formulas (the same class of work: products and
+    convolutions)."""
+    _user_module(tmp_path, monkeypatch, CONV_NET)
+    overrides = [*algo, "model=user", "model.blocks={_target_: mynet.blocks}"]
+    learner, optimizer = make_trainable(overrides, features=64, image_shape=(8, 8))
+    assert learner.stack.macs == [4 * 64 * 9, 4 * 4 * 4 * 9, 16 * 20]  # conv, conv, linear
+    x, y = torch.rand(BATCH, 64), torch.randint(0, 10, (BATCH,))
+    with FlopCounterMode(display=False) as counter:
+        learner.train_epoch(x, y, optimizer, BATCH)
+    cfg = compose(overrides)
+    inputs = learner.stack.in_features
+    expected = train_flops_per_example(cfg, inputs, 10, (8, 8), learner.stack) * BATCH
+    assert counter.get_total_flops() == expected
+
+
+BUILT_IN = {
+    "mlp": ["model=mlp", "model.depth=3", "model.width=24"],
+    "conv": ["model=conv", "model.depth=2", "model.channels=4", "model.kernel=3",
+             "model.stride=1", "model.padding=1"],
+    "conv_grouped": ["model=conv", "model.depth=2", "model.channels=[4,6]", "model.groups=[1,2]",
+                     "model.kernel=3", "model.stride=2", "model.padding=1"],
+    "local": ["model=local", "model.depth=2", "model.channels=3", "model.kernel=3",
+              "model.stride=2", "model.padding=0"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("model", BUILT_IN)
+def test_the_block_counter_agrees_with_the_hand_counts_of_every_built_in_layer(model):
+    """user.probe (FlopCounterMode), which counts every user block, on each built-in layer:
+    the MACs flops.py counts by hand, to the multiply-add."""
+    overrides = ["algo=bp", *BUILT_IN[model]]
+    stack = make_trainable(overrides, features=64, image_shape=(8, 8))[0].stack
+    ins = [stack.in_features, *stack.out_features[:-1]]
+    counted = [user.probe(layer, (n,))[1] for layer, n in zip(stack.layers, ins, strict=True)]
+    assert counted == model_layers(compose(overrides), 64, (8, 8))[0]
+
+
+def _error(overrides, tmp_path, monkeypatch) -> str:
+    _user_module(tmp_path, monkeypatch, CONV_NET)
+    with pytest.raises(FFBenchError) as err:
+        make_trainable(["model=user", *overrides], features=64, image_shape=(8, 8))
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_what_users_get_wrong_in_their_blocks_is_one_line_naming_it(tmp_path, monkeypatch):
+    assert _error(["model.blocks={_target_: mynets.blocks}"], tmp_path, monkeypatch) == (
+        "model.blocks: _target_ mynets.blocks cannot be imported (ModuleNotFoundError: No "
+        "module named 'mynets'): put the folder holding its package on PYTHONPATH, or "
+        "correct the name"
+    )
+    assert _error(["model.blocks={_target_: mynet.not_a_module}"], tmp_path, monkeypatch) == (
+        "model.blocks: block 2 is a str, not a torch.nn.Module: make each block an nn.Module "
+        "(one hidden layer)"
+    )
+    broken = _error(["model.blocks={_target_: mynet.chain_broken}"], tmp_path, monkeypatch)
+    assert broken.startswith(
+        "model.blocks: block 2 (Conv2d) cannot take the output of block 1 (Conv2d), of shape "
+        "(4, 6, 6) per example (RuntimeError: "
+    )
+    assert broken.endswith("make the input of block 2 fit the output of block 1")
+    first = _error(
+        ["model.blocks=[{_target_: torch.nn.Linear, in_features: 64, out_features: 8}]"],
+        tmp_path,
+        monkeypatch,
+    )
+    assert "block 1 (Linear) cannot take the data, of shape (1, 8, 8)" in first
+    assert first.endswith("(a fully connected block on images: nn.Flatten() first)")
+    typo = _error(["model.blocks={_target_: mynet.blocks, chanels: 3}"], tmp_path, monkeypatch)
+    assert typo.startswith("model.blocks: mynet.blocks raised TypeError: ")
+    assert "chanels" in typo
+    assert _error(
+        ["model.blocks={_target_: mynet.blocks}", "model.blackbox=sign", "model.blackbox_after=3"],
+        tmp_path,
+        monkeypatch,
+    ) == (
+        "model.blackbox_after=3 is not between two of the 3 hidden layers: set "
+        "model.blackbox_after between 1 and 2"
+    )
+
+
+def test_a_class_group_loss_names_the_block_whose_channels_do_not_split(tmp_path, monkeypatch):
+    cwc = ["algo.loss=cwc", "algo.negatives=none", "algo.label_input=none"]
+    message = _error([*cwc, "model.blocks={_target_: mynet.blocks}"], tmp_path, monkeypatch)
+    assert "hidden layer 1 has 4 channels or units for 10 classes" in message
+
+
+def test_the_settings_hash_covers_the_blocks_and_their_arguments():
+    base = ["model=user", "model.blocks={_target_: mynet.blocks, channels: 4}"]
+
+    def hashed(*overrides):
+        return settings_hash(compose([*base, *overrides]), "cpu")
+
+    assert hashed() != hashed("model.blocks={_target_: mynet.blocks, channels: 8}")
+    assert hashed() != hashed("model.blocks={_target_: theirnet.blocks, channels: 4}")
+    # keys the user's blocks never read (their sizes are the blocks')
+    for unread in ("model.depth=5", "model.width=7", "model.kernel=3", "model.channels=9"):
+        assert hashed() == hashed(unread), unread
