@@ -8,12 +8,17 @@ only for the values in which it differs from the schema (e.g. conf/optimizer/sgd
 option tables of `ffbench --help` and docs/options.md are generated from the same fields.
 """
 
+import ast
 import difflib
+import functools
 import importlib
 import importlib.resources
+import importlib.util
+import sys
 import typing
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -29,16 +34,31 @@ BOUNDS = {
 
 class Registry:
     """The allowed values of a key: the names of the registry `module.NAME` (a dict next to
-    the code it names), with `first` before them. Looked up when first asked for, so that the
-    schema imports without the training stack (torch): ffbench-sync and the settings hash
-    read it."""
+    the code it names), with `first` before them. The names are read without running the
+    module, which imports the training stack (torch), so that the schema and its option
+    names load in a moment (ffbench-sync, the settings hash, composing a config): from the
+    module's source while it is not imported, from the dict itself once it is (an entry added
+    at run time counts). tests/unit/test_registries.py checks that the two agree."""
 
     def __init__(self, module: str, name: str, first: tuple = ()):
         self.module, self.name, self.first = module, name, first
 
     def __iter__(self):
-        registry = getattr(importlib.import_module(f"ffbench.{self.module}"), self.name)
-        return iter((*self.first, *registry))
+        loaded = sys.modules.get(f"ffbench.{self.module}")
+        names = getattr(loaded, self.name) if loaded else written_keys(self.module, self.name)
+        return iter((*self.first, *names))
+
+
+@functools.cache
+def written_keys(module: str, name: str) -> tuple:
+    """The keys of the dict `NAME = {...}` as written in ffbench/<module>.py (string
+    literals), read with ast; the imported module's, where the source is not a dict literal."""
+    source = Path(importlib.util.find_spec(f"ffbench.{module}").origin).read_text()
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if [getattr(t, "id", None) for t in targets] == [name] and isinstance(node.value, ast.Dict):
+            return tuple(ast.literal_eval(k) for k in node.value.keys)
+    return tuple(getattr(importlib.import_module(f"ffbench.{module}"), name))
 
 
 def key(

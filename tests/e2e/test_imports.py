@@ -23,13 +23,17 @@ def _imported(command: list[str]) -> set[str]:
     return {line.split("|")[-1].strip() for line in lines}
 
 
-def test_the_schema_and_the_settings_hash_import_without_torch():
+def test_the_schema_its_option_names_and_the_settings_hash_import_without_torch():
+    """The registries' names too (config.Registry reads them from their modules' source): every
+    key's allowed values, and a config composed with its options registered from them."""
     code = (
         "from ffbench import config, settings; "
-        "print(len(config.schema_keys()), config.GROUPS, settings.settings_hash.__name__)"
+        "names = {d: config.allowed(f) for d, f in config.schema_keys()}; "
+        "assert 'bp' in names['algo.name'] and 'relu' in names['activation.name'], names; "
+        "print(config.compose(['algo=bp']).algo.name, settings.settings_hash.__name__)"
     )
     modules = _imported(["-c", code])
-    assert "ffbench.config" in modules and "ffbench.settings" in modules
+    assert {"ffbench.config", "ffbench.settings", "hydra"} <= modules
     assert "torch" not in modules
 
 

@@ -3,9 +3,11 @@
 outside the module that holds that registry, and adding an option needs no edit elsewhere."""
 
 import ast
+import importlib
 from pathlib import Path
 
-from ffbench.config import Registry, schema_keys
+from ffbench import activations
+from ffbench.config import Registry, allowed, schema_keys, written_keys
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ffbench"
 
@@ -95,3 +97,18 @@ def test_the_check_finds_the_comparisons_it_forbids():
     assert comparisons_outside_registries(source, "goodness.py", registries)[0].startswith(
         "goodness.py:2: 'mlp'"
     )
+
+
+def test_the_names_read_from_a_registrys_source_are_its_keys():
+    """The schema reads a registry's names from its module's source while the module is not
+    imported (config.written_keys: no torch): they are the imported dict's keys, in order."""
+    for dotted, f in schema_keys():
+        choices = f.metadata["choices"]
+        if isinstance(choices, Registry):
+            registry = getattr(importlib.import_module(f"ffbench.{choices.module}"), choices.name)
+            assert written_keys(choices.module, choices.name) == tuple(registry), dotted
+
+
+def test_an_entry_added_at_run_time_is_an_allowed_value(monkeypatch):
+    monkeypatch.setitem(activations.ACTIVATIONS, "toy", activations.ACTIVATIONS["relu"])
+    assert "toy" in allowed(dict(schema_keys())["activation.name"])
