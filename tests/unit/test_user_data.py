@@ -3,14 +3,17 @@ as tensors, a torch Dataset, a folder of .npz files or of MNIST-format IDX files
 held out of the training examples by the same split as every built-in data set's, images
 become channel-first rows, and what users get wrong is one line saying what to change."""
 
+import re
 import textwrap
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_mnist
+from helpers import CPU, REPO, make_mnist
+from omegaconf import OmegaConf
+from PIL import Image
 
-from ffbench import data
+from ffbench import data, experiment
 from ffbench.config import compose
 from ffbench.errors import FFBenchError
 from ffbench.settings import settings_hash
@@ -190,3 +193,42 @@ def test_the_settings_hash_covers_the_data_targets_and_their_arguments():
     assert settings_hash(compose(folder), "cpu") != settings_hash(
         compose(["dataset=folder", "dataset.path=/data/b"]), "cpu"
     )
+
+
+def test_the_user_path_of_docs_extending_md_works_as_written(tmp_path, monkeypatch):
+    """Its package (blocks, PngFolder) and its two YAML files, taken from the page as they are,
+    on an ImageFolder-layout folder of PNGs: the data load, FF and BP build on them."""
+    page = (REPO / "docs" / "extending.md").read_text()
+    written = {}
+    for body in re.findall(r"```(?:python|yaml)\n(# ~/lab/(\S+?):?\s.*?)```", page, re.S):
+        path = tmp_path / body[1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(body[0].replace("/data/mine", str(tmp_path / "pngs")))
+        written[body[1]] = path
+    assert sorted(written) == [
+        "conf/dataset/mine.yaml", "conf/model/mynet.yaml", "mylab/data.py", "mylab/nets.py"
+    ]  # fmt: skip
+    (tmp_path / "mylab" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for part, n in (("train", 520), ("test", 30)):
+        for i in range(n):
+            folder = tmp_path / "pngs" / part / f"class{i % 3}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((12, 10), 20 * i % 256, np.uint8)).save(folder / f"{i}.png")
+    cfg = compose(["model=user", "dataset=user"])
+    for group in ("model", "dataset"):
+        yaml = OmegaConf.load(
+            written[f"conf/{group}/{'mynet' if group == 'model' else 'mine'}.yaml"]
+        )
+        cfg[group] = OmegaConf.merge(cfg[group], yaml)
+    splits = data.load(cfg.dataset)
+    assert (len(splits.x_train), len(splits.x_val), len(splits.x_test)) == (20, 500, 30)
+    assert (splits.num_classes, splits.channels, splits.image_shape) == (3, 1, (12, 10))
+    for algo in ("ff", "bp"):
+        cfg.algo.name = algo
+        learner = experiment.build_learner(cfg, 120, 3, (12, 10), CPU)
+        assert [block.out_shape for block in learner.stack.layers] == [
+            (16, 12, 10),
+            (16, 6, 5),
+            (64,),
+        ]
