@@ -92,18 +92,34 @@ def standard(x: torch.Tensor) -> torch.Tensor:
     return mean_square(centred)
 
 
+def class_groups(x: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """`standard` within each of `groups` equal slices of each vector: on channel-major rows,
+    each class's channel group with all its positions (DeeperForward's group norm, no affine).
+    Every group's mean is then 0, so the next layer cannot read which group was the most
+    active: the layer's class goodness. The data, which have no class groups, are one group."""
+    return standard(x.view(*x.shape[:-1], groups, -1)).view_as(x)
+
+
 @dataclass(frozen=True)
 class Normalisation:
     """A normalisation of each layer's input; `theta_per_unit` is the threshold per unit of a
     squared goodness that fits it (goodness.default_theta); `identity`, whether it leaves the
-    input as it is (then it saves nothing for backward: analytic.py). Called, it normalises."""
+    input as it is (then it saves nothing for backward: analytic.py); `class_groups`, whether
+    between layers it acts within each class's group of units (called with groups=classes:
+    between_layers). Called, it normalises (the data: one vector)."""
 
     fn: Callable
     theta_per_unit: float = 1.0
     identity: bool = False
+    class_groups: bool = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
+
+    def between_layers(self, classes: int) -> Callable:
+        """The normalisation of a hidden layer's output for the layer above, in a net of
+        `classes` classes."""
+        return functools.partial(self.fn, groups=classes) if self.class_groups else self.fn
 
 
 # Normalisation removes the goodness (the vector's length) before the next layer sees the
@@ -115,5 +131,6 @@ NORMALISATIONS = {
     "mean_square": Normalisation(mean_square),
     "unit_length": Normalisation(unit_length, theta_per_unit=2.0),
     "standard": Normalisation(standard),
+    "class_groups": Normalisation(class_groups, class_groups=True),
     "none": Normalisation(lambda x: x, identity=True),
 }

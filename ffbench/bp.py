@@ -39,7 +39,8 @@ class Backprop(Learner):
 
     @classmethod
     def from_config(cls, cfg, num_features: int, num_classes: int, image_shape: tuple):
-        stack = make_stack(cfg.model, num_features, image_shape, make_activation(cfg.activation))
+        activation = make_activation(cfg.activation)
+        stack = make_stack(cfg.model, num_features, image_shape, activation, classes=num_classes)
         return cls(stack, num_classes, cfg.model.init, cls.checkpoint, cfg.trainer.grad_accum_steps)
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,10 @@ seeds (a validation metric: selecting on test would make the test figures optimi
 FF and BP are compared each at its best after the same search (a study, conf/study/).
 --markdown writes the table as a Markdown section for docs/results.md (benchmarks/results.py):
 each row with the command that reruns it, its seeds and the commit that ran it.
+
+FF runs also get a table of each layer's own test accuracy (predicting from that layer's
+goodness alone) and of the range of layers that algo.predictor=layer_range kept, chosen on
+validation: which layers are worth summing.
 """
 
 import argparse
@@ -61,6 +65,7 @@ MEMORY = {
 }
 TABLE_FILE = "comparison.txt"
 TITLE = "FF against BP: mean ± standard deviation over seeds"
+LAYER_TITLE = "Each FF layer alone: test accuracy from its own goodness, mean ± sd over seeds"
 # The Markdown table's columns (docs/results.md): the selection's and the issue's figures.
 MARKDOWN = (
     "val_accuracy",
@@ -298,9 +303,79 @@ def markdown(
             + "; ".join(notes)
             + ".",
         ]
+    lines += layer_markdown(chosen, keys)
     if left_out:
         lines += ["", f"{left_out} failed, killed or unfinished runs are not averaged."]
     return "\n".join(lines) + "\n"
+
+
+# Each FF layer's own accuracy (ff.py's `layer{i}` predictions) and the layer range kept.
+
+
+def depth(runs) -> int:
+    """Layers whose own accuracy the runs recorded (0 for BP, or FF runs before it was)."""
+    return max((i + 1 for run in runs for i in _layers(run)), default=0)
+
+
+def _layers(run) -> list[int]:
+    prefix = "test_accuracy_layer"
+    names = [k.removeprefix(prefix) for k in run.data.metrics if k.startswith(prefix)]
+    return [int(n) for n in names if n.isdigit()]
+
+
+def kept(runs) -> str:
+    """The range of layers algo.predictor=layer_range kept at the end of each run, 0-based,
+    `first-last`; with how many runs kept it where they differ; empty without a range."""
+    found = Counter(
+        f"{run.data.metrics['layer_range_first']:.0f}-{run.data.metrics['layer_range_last']:.0f}"
+        for run in runs
+        if "layer_range_first" in run.data.metrics
+    )
+    if len(found) < 2:
+        return next(iter(found), "")
+    return ", ".join(f"{kept} ({n})" for kept, n in found.most_common())
+
+
+def layer_rows(results, keys: list[str]) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of the per-layer table: one row per setting of the runs that recorded
+    each layer's own accuracy, its layers' test accuracies and the range kept."""
+    runs = [run for run in results if _layers(run)]
+    layers = range(depth(runs))
+    headers = ["setting", "runs", *(f"layer {i}" for i in layers), "range kept"]
+    rows = [
+        [
+            name,
+            str(len(group)),
+            *(cell(metric_values(group, f"test_accuracy_layer{i}"), ".4f") for i in layers),
+            kept(group),
+        ]
+        for name, group in groups(runs, keys).items()
+    ]
+    return headers, rows
+
+
+def layer_table(results, keys: list[str]) -> Table:
+    headers, rows = layer_rows(results, keys)
+    out = Table(title=LAYER_TITLE)
+    for index, header in enumerate(headers):
+        out.add_column(header, justify="left" if index == 0 else "right")
+    for row in rows:
+        out.add_row(*row)
+    return out
+
+
+def layer_markdown(results, keys: list[str]) -> list[str]:
+    """The per-layer table as Markdown lines (none if no run recorded it)."""
+    headers, rows = layer_rows(results, keys)
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"{LAYER_TITLE}; range kept: algo.predictor=layer_range's, chosen on validation.",
+        "",
+    ]
+    lines += ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
+    return lines + ["| " + " | ".join([f"`{row[0]}`", *row[1:]]) + " |" for row in rows]
 
 
 def failures(runs, keys: list[str]) -> Table:
@@ -439,6 +514,8 @@ def report(runs, client: MlflowClient, folder: Path, metric: str | None = None) 
     measured = [run for run in results if SKIPPED not in run.data.tags]
     if results:
         console.print(table(results, keys))
+        if any(_layers(run) for run in results):
+            console.print(layer_table(results, keys))
     if rest:
         console.print(failures(rest, keys))
     if results and metric:

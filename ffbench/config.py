@@ -187,7 +187,7 @@ class ModelConfig:
     width: int = key(256, "mlp: units per hidden layer.", bound="positive", ignored_by=SPATIAL)
     norm: str = key(
         "mean_square",
-        "Normalisation of each layer's input (mean_square: the reference code).",
+        "Normalisation of each layer's input (mean_square: the reference code; class_groups: standard within each class's channel group, the data as one vector: DeeperForward).",
         Registry("activations", "NORMALISATIONS"),
     )
     init: str = key(
@@ -288,6 +288,24 @@ class AlgoConfig:
         bound="positive",
         ignored_by=BACKPROP,
     )
+    # The defaults below are what every run did before the keys existed: their hashes stand.
+    class_goodness: str = key(
+        "groups",
+        "FF, cwc: each class's goodness from its own channel group (CwComp, DeeperForward), or from spatial patches through a fixed random projection (ASGE).",
+        Registry("ff", "CLASS_GOODNESS"),
+        ignored_by=BACKPROP | {"algo.class_goodness": ("groups",)},
+    )
+    patches: typing.Any = key(
+        2,
+        "FF, cwc, projection, conv or local: each map pooled into patches x patches regions per channel, or a list of one per layer (ASGE: fewer as channels grow).",
+        ignored_by=BACKPROP | MLP | {"algo.class_goodness": ("groups",)},
+    )
+    predictor: str = key(
+        "sum",
+        "FF: the goodness prediction sums the evaluated layers' goodness, or the contiguous range of layers chosen on validation at each evaluation (DeeperForward), or is a softmax layer on the top layer's class goodness (cwc; CwComp).",
+        Registry("ff", "PREDICTORS"),
+        ignored_by=BACKPROP | {"algo.predictor": ("sum",)},
+    )
     negatives: str = key(
         "random_label",
         "FF: wrong label drawn uniformly, from the read-out's beliefs (hard), hybrid images (unsupervised), or none (cwc).",
@@ -334,7 +352,10 @@ class AlgoConfig:
         ignored_by=BACKPROP,
     )
     readout_lr: float = key(
-        0.01, "FF: learning rate of the linear read-out.", bound="positive", ignored_by=BACKPROP
+        0.01,
+        "FF: learning rate of the linear read-out (and of algo.predictor=softmax's layer).",
+        bound="positive",
+        ignored_by=BACKPROP,
     )
     readout_weight_decay: float = key(
         0.003,
@@ -379,7 +400,7 @@ class GoodnessConfig:
         0.5,
         "split: share of units that are feature detectors (the rest detect violations).",
         bound="fraction",
-        ignored_by=BACKPROP | {"goodness.name": ("sumsq", "meansq", "sumabs")},
+        ignored_by=BACKPROP | {"goodness.name": ("sumsq", "meansq", "sumabs", "mean")},
     )
 
 

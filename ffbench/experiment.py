@@ -281,6 +281,7 @@ def train(
         metrics["lr_factor"] = factors[step - 1]
         if step % cfg.eval_every == 0 or step == len(plan):
             with evaluation, autocast(cfg, job.device):
+                metrics |= learner.choose(d.x_val, d.y_val)
                 metrics |= accuracies(learner, d.x_val, d.y_val, "val")
         history.append(metrics)
         if checkpoint is not None:  # before the metrics go out: a run never logs a pass twice

@@ -16,8 +16,16 @@ a new variant is a new entry rather than a new branch:
 - how the label enters the input: ff_data.LABEL_INPUTS (algo.label_input);
 - how negative data are made: ff_data.NEGATIVES (algo.negatives);
 - each layer's objective: goodness.GOODNESS (goodness.name) and goodness.LOSSES (algo.loss);
+- a competitive layer's class goodness: CLASS_GOODNESS (algo.class_goodness);
+- how the prediction combines the layers' goodness: PREDICTORS (algo.predictor);
 - PeerNorm (algo.peer_norm) and the linear Readout (algo.readout).
+
+Besides the combined prediction, every layer predicts from its own goodness alone (`layer0`,
+`layer1`, ...: accuracy per layer, logged after each evaluation).
 """
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +35,9 @@ from ffbench.activations import NORMALISATIONS, make_activation
 from ffbench.data import minibatches
 from ffbench.errors import FFBenchError
 from ffbench.ff_data import LABEL_INPUTS, NEGATIVES
-from ffbench.goodness import LOSSES, default_theta, goodness_scale, make_goodness
+from ffbench.goodness import GOODNESS, LOSSES, default_theta, goodness_scale, make_goodness
 from ffbench.learner import Learner, chunks, step, weights_and_biases
-from ffbench.models import INITS, LayerStack, make_stack, positions
+from ffbench.models import INITS, LayerStack, layer_channels, make_stack, positions, split_by_class
 
 PEER_MOMENTUM = 0.9  # smoothing of the per-unit mean activity in peer normalisation
 
@@ -138,6 +146,15 @@ class Readout(nn.Linear):
             nn.init.zeros_(readout.bias)
         return readout
 
+    @classmethod
+    def on_scores(cls, cfg, num_classes: int) -> "Readout":
+        """algo.predictor=softmax's head: a softmax layer on the top layer's class scores."""
+        head = cls(num_classes, num_classes)
+        if INITS[cfg.model.init].zero_readout:
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        return head
+
     @torch.no_grad()
     def set_gradient(self, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Set the cross-entropy gradient in closed form and return the loss: autograd would
@@ -186,36 +203,117 @@ class Predictions:
         evaluated = range(self.eval_from, len(activities))
         return torch.cat([self.stack.normalise(i, activities[i]) for i in evaluated], dim=1)
 
+    def set_predictor(self, cfg, num_classes: int) -> None:
+        """algo.predictor and its parts: the layer range (a buffer: saved with the learner,
+        "sum"'s layers until the first choice) or the softmax head (competitive losses)."""
+        self.predictor = PREDICTORS[cfg.algo.predictor]
+        if self.predictor.chosen_on_validation:
+            top = len(self.stack.layers) - 1
+            self.register_buffer("layer_range", torch.tensor([self.eval_from, top]))
+        if self.predictor.head and not self.competitive:
+            raise FFBenchError(
+                f"algo.predictor={cfg.algo.predictor} learns from the top layer's class scores "
+                f"in training, which algo.loss={cfg.algo.loss} does not compute: set a "
+                f"competitive loss ({', '.join(n for n, kind in LOSSES.items() if kind.competitive)})"
+            )
+        self.head = Readout.on_scores(cfg, num_classes) if self.predictor.head else None
+
     @torch.no_grad()
-    def label_goodness(self, x: torch.Tensor) -> torch.Tensor:
-        """Goodness summed over the evaluated layers for every candidate label: (N, classes).
+    def layer_goodness(self, x: torch.Tensor) -> torch.Tensor:
+        """Every layer's goodness for every candidate label: (layers, N, classes).
 
         One batched pass over all labels: each example is repeated once per label.
         """
         n, c = len(x), self.num_classes
         labels = torch.arange(c, device=x.device).repeat(n)
         h = self.labels.with_label(x.repeat_interleave(c, dim=0), labels)
-        total = torch.zeros(n * c, device=x.device)
+        per_layer = []
         for index, a in enumerate(self.stack(h)):
-            if index >= self.eval_from:
-                g = self.goodnesses[index](a)
-                total += g if g.dim() == 1 else g.sum(dim=1)  # per position: summed
-        return total.view(n, c)
+            g = self.goodnesses[index](a)
+            per_layer.append((g if g.dim() == 1 else g.sum(dim=1)).view(n, c))  # positions summed
+        return torch.stack(per_layer)
+
+    def label_goodness(self, x: torch.Tensor) -> torch.Tensor:
+        """Goodness summed over the evaluated layers for every candidate label: (N, classes)."""
+        return self.layer_goodness(x)[self.eval_from :].sum(dim=0)
+
+    def layer_scores(self, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+        """Every layer's score (signed goodness) of every class, (layers, N, classes)."""
+        return torch.cat([self.sign * self.layer_goodness(p) for p in chunks(x, chunk)], dim=1)
+
+    @property
+    def predicts_by_goodness(self) -> bool:
+        return self.labels is not None or self.competitive
 
     @torch.no_grad()
     def predict_all(self, x: torch.Tensor, chunk: int = 1000) -> dict[str, torch.Tensor]:
-        """Predicted labels by the read-out (if trained) and by goodness (if labels are used)."""
+        """Predicted labels by the read-out (if trained), and if labels are used by goodness,
+        the layers' scores combined as algo.predictor says, and by each layer's alone."""
         self.eval()
         predictions = {}
         if self.readout is not None:
             predictions["readout"] = torch.cat(
                 [self.readout(self.features(p)).argmax(1) for p in chunks(x, chunk)]
             )
-        if self.labels is not None or self.competitive:
-            predictions["goodness"] = torch.cat(
-                [(self.sign * self.label_goodness(p)).argmax(1) for p in chunks(x, chunk)]
-            )
+        if self.predicts_by_goodness:
+            scores = self.layer_scores(x, chunk)
+            predictions["goodness"] = self.predictor.combine(self, scores).argmax(1)
+            predictions |= {f"layer{i}": s.argmax(1) for i, s in enumerate(scores)}
         return predictions
+
+    @torch.no_grad()
+    def choose(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """With algo.predictor=layer_range, choose on (x, y), the validation split, the
+        contiguous range of layers whose summed scores predict best, and return it (0-based
+        layer indices) as metrics."""
+        if not self.predictor.chosen_on_validation:
+            return {}
+        self.eval()
+        first, last = best_range(self.layer_scores(x), y)
+        self.layer_range.copy_(torch.tensor([first, last]))
+        return {"layer_range_first": first, "layer_range_last": last}
+
+
+def best_range(scores: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+    """(first, last), inclusive: the contiguous range of layers whose scores (layers, N,
+    classes), summed, predict `y` best. Longer ranges are tried first, and of equal
+    accuracies the first tried wins: the longest, then the lowest."""
+    depth, best, found = len(scores), -1.0, (0, len(scores) - 1)
+    for length in range(depth, 0, -1):
+        for first in range(depth - length + 1):
+            summed = scores[first : first + length].sum(dim=0)
+            accuracy = (summed.argmax(dim=1) == y).float().mean().item()
+            if accuracy > best:
+                best, found = accuracy, (first, first + length - 1)
+    return found
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """How FF's goodness prediction combines its layers (algo.predictor): `combine(learner,
+    scores)` turns every layer's score of every class, (layers, N, classes), into one
+    (N, classes). `head`: a softmax layer trained on the top layer's class scores alongside
+    the layers (needs class scores in training: a competitive loss); `chosen_on_validation`:
+    its range of layers is chosen on the validation split at every evaluation (choose)."""
+
+    combine: Callable
+    head: bool = False
+    chosen_on_validation: bool = False
+
+
+def _summed_range(ff, scores: torch.Tensor) -> torch.Tensor:
+    first, last = ff.layer_range.tolist()
+    return scores[first : last + 1].sum(dim=0)
+
+
+PREDICTORS = {
+    # the evaluated layers' scores summed (algo.eval_skip_first)
+    "sum": Predictor(lambda ff, scores: scores[ff.eval_from :].sum(dim=0)),
+    # DeeperForward: the range chosen on validation; before the first choice, "sum"'s layers
+    "layer_range": Predictor(_summed_range, chosen_on_validation=True),
+    # CwComp's softmax predictor, here on the top layer's class scores
+    "softmax": Predictor(lambda ff, scores: ff.head(scores[-1]), head=True),
+}
 
 
 class ForwardForward(Predictions, Learner):
@@ -254,9 +352,10 @@ class ForwardForward(Predictions, Learner):
         self.readout = (
             Readout.of(cfg, stack, self.eval_from, num_classes) if cfg.algo.readout else None
         )
-        self.readout_lr = cfg.algo.readout_lr
-        self.readout_weight_decay = cfg.algo.readout_weight_decay
+        a = cfg.algo  # the read-out's and the softmax head's optimizer options:
+        self.classifier_options = {"lr": a.readout_lr, "weight_decay": a.readout_weight_decay}
         self.evaluation = cfg.algo.evaluation
+        self.set_predictor(cfg, num_classes)
 
     @classmethod
     def from_config(cls, cfg, num_features: int, num_classes: int, image_shape: tuple):
@@ -264,16 +363,15 @@ class ForwardForward(Predictions, Learner):
         inputs = num_features if labels is None else labels.in_features(num_features)
         normalise_input = labels is None or not labels.normalises_image
         activation = make_activation(cfg.activation)
-        stack = make_stack(cfg.model, inputs, image_shape, activation, normalise_input)
+        stack = make_stack(cfg.model, inputs, image_shape, activation, normalise_input, num_classes)
         learner = ChannelwiseCompetitive if LOSSES[cfg.algo.loss].competitive else cls
         return learner(cfg, stack, labels, thresholds(cfg, stack), num_classes, image_shape)
 
     def param_groups(self) -> list[dict]:
         groups = weights_and_biases(self.stack)
-        if self.readout is not None:
-            groups += weights_and_biases(
-                self.readout, lr=self.readout_lr, weight_decay=self.readout_weight_decay
-            )
+        for classifier in (self.readout, self.head):
+            if classifier is not None:
+                groups += weights_and_biases(classifier, **self.classifier_options)
         return groups
 
     def stages(self) -> list[int | None]:
@@ -339,6 +437,8 @@ class ForwardForward(Predictions, Learner):
                 continue
             a, s, loss, objective = self.layer_objective(index, h, n, y)
             h = a.detach()  # the next layer's input; this layer's is freed before backward
+            if self.head is not None and index == len(self.stack.layers) - 1:
+                stats["head_loss"] = self.head.set_gradient(s[:n].detach(), y)
             # Backward now frees this layer's graph before the next layer is computed.
             objective.backward()
             if self.step_each_layer:  # this layer's update, and its gradients gone, now
@@ -378,41 +478,88 @@ def class_goodness(goodness, num_classes: int, scale: float):
     return g
 
 
+def group_goodness(ff, cfg, num_classes: int) -> list:
+    """CwComp, DeeperForward: each layer's channels (an MLP's units) split into one group per
+    class; class k's goodness is the goodness per unit of group k (sumsq: the mean square over
+    its channels and positions; mean: their mean activity)."""
+    split_by_class(ff.stack, num_classes, f"algo.loss={cfg.algo.loss}")
+    per_class = [n // num_classes for n in ff.stack.out_features]
+    return [
+        class_goodness(
+            make_goodness(cfg.goodness, n), num_classes, goodness_scale(cfg.goodness.name, n)
+        )
+        for n in per_class
+    ]
+
+
+def patch_goodness(ff, index: int, shape: tuple, patches: int, unit: Callable):
+    """Layer `index`'s class goodness by a fixed projection: each channel's `unit` (its square,
+    for sumsq) averaged over each of patches x patches regions of its map (adaptive average
+    pooling), times the buffer `projection{index}`: flat rows (N, C*H*W) -> (N, classes)."""
+
+    def g(a: torch.Tensor) -> torch.Tensor:
+        maps = unit(a.float()).view(len(a), *shape)
+        pooled = F.adaptive_avg_pool2d(maps, patches).flatten(1)
+        return pooled @ getattr(ff, f"projection{index}")
+
+    return g
+
+
+def projected_goodness(ff, cfg, num_classes: int) -> list:
+    """ASGE: class goodness from spatial patches through a fixed random matrix, N(0, 1/classes)
+    entries, drawn once (a buffer: never trained, saved with the learner). A layer's channels
+    need not split by class. An MLP's units are channels of a 1x1 map (one patch)."""
+    stack, name = ff.stack, cfg.goodness.name
+    unit = GOODNESS[name].unit
+    if unit is None:
+        summed = ", ".join(n for n, kind in GOODNESS.items() if kind.unit is not None)
+        raise FFBenchError(
+            f"algo.class_goodness=projection averages each unit's part of the goodness over "
+            f"patches, and goodness={name} is not a sum over units: choose goodness={summed}"
+        )
+    depth = len(stack.layers)
+    shapes = stack.shapes or [(n, 1, 1) for n in stack.out_features]
+    patches = (
+        layer_channels(cfg.algo.patches, depth, "algo.patches") if stack.shapes else [1] * depth
+    )
+    goodnesses = []
+    for index, ((c, h, w), p) in enumerate(zip(shapes, patches, strict=True)):
+        if p > min(h, w):
+            raise FFBenchError(
+                f"algo.patches={cfg.algo.patches} asks for {p}x{p} patches of the {h}x{w} map "
+                f"of hidden layer {index + 1}: set at most {min(h, w)} for that layer (a list "
+                "gives each layer its own)"
+            )
+        projection = torch.randn(c * p * p, num_classes) / num_classes**0.5
+        ff.register_buffer(f"projection{index}", projection)
+        goodnesses.append(patch_goodness(ff, index, (c, h, w), p, unit))
+    return goodnesses
+
+
+# algo.class_goodness -> (learner, config, classes) -> one class goodness function per layer
+CLASS_GOODNESS = {"groups": group_goodness, "projection": projected_goodness}
+
+
 class ChannelwiseCompetitive(ForwardForward):
     """Channel-wise competitive FF (CwComp: Papachristodoulou et al., AAAI 2024), algo.loss=cwc.
 
-    No label in the input and no negative data: each layer's channels (an MLP's units) are
-    split into one group per class, class k's goodness is the goodness per unit of group k
-    (for sumsq: the mean square over its channels and positions), and each layer is trained
-    on its own by cross-entropy over the class goodnesses. The prediction is the class with
-    the largest goodness summed over the evaluated layers: one pass, not one per label.
-    Layers stay detached from each other, as in every FF variant.
+    No label in the input and no negative data: each layer scores every class, and is trained
+    on its own by cross-entropy over its class goodnesses. The class goodness
+    (algo.class_goodness) is that of one channel group per class (CwComp; with goodness=mean,
+    DeeperForward's mean activity), or patch goodness through a fixed random projection
+    (ASGE). The prediction combines the layers' class goodnesses (algo.predictor): one pass,
+    not one per label. Layers stay detached from each other, as in every FF variant.
     """
 
     competitive = True
 
     def __init__(self, cfg, stack, labels, thetas, num_classes, image_shape):
         super().__init__(cfg, stack, labels, thetas, num_classes, image_shape)
-        units = [shape[0] for shape in stack.shapes] if stack.shapes else stack.out_features
-        what = "model.channels" if stack.shapes else "model.width"
-        for index, count in enumerate(units):
-            if count % num_classes:
-                raise FFBenchError(
-                    f"algo.loss=cwc splits each layer into one group per class, but hidden layer "
-                    f"{index + 1} has {count} channels or units for {num_classes} classes: set "
-                    f"{what} to a multiple of {num_classes}"
-                )
-        per_class = [n // num_classes for n in stack.out_features]
-        self.goodnesses = [
-            class_goodness(
-                make_goodness(cfg.goodness, n), num_classes, goodness_scale(cfg.goodness.name, n)
-            )
-            for n in per_class
-        ]
+        self.goodnesses = CLASS_GOODNESS[cfg.algo.class_goodness](self, cfg, num_classes)
 
     @torch.no_grad()
     def layer_stats(self, index: int, s: torch.Tensor, n: int, y: torch.Tensor) -> dict:
-        """Mean goodness of the true class's group (pos) and of the other groups (neg), and
+        """Mean goodness of the true class (pos) and of the other classes (neg), and
         separation: the share of examples whose true class scores highest in this layer."""
         g = self.sign * s
         true = F.one_hot(y, self.num_classes).bool()
@@ -423,10 +570,6 @@ class ChannelwiseCompetitive(ForwardForward):
         }
 
     @torch.no_grad()
-    def label_goodness(self, x: torch.Tensor) -> torch.Tensor:
-        """Class goodness summed over the evaluated layers, (N, classes), in one pass."""
-        total = torch.zeros(len(x), self.num_classes, device=x.device)
-        for index, a in enumerate(self.stack(x)):
-            if index >= self.eval_from:
-                total += self.goodnesses[index](a)
-        return total
+    def layer_goodness(self, x: torch.Tensor) -> torch.Tensor:
+        """Every layer's class goodness, (layers, N, classes), in one pass."""
+        return torch.stack([g(a) for g, a in zip(self.goodnesses, self.stack(x), strict=True)])

@@ -36,6 +36,13 @@ def sumabs(a: torch.Tensor) -> torch.Tensor:
     return a.abs().sum(dim=-1, dtype=F32)
 
 
+def mean_activity(a: torch.Tensor) -> torch.Tensor:
+    """Mean of the activities themselves, unsquared (DeeperForward): after a ReLU, the mean
+    activity. It grows linearly with the activity, so a class group's goodness serves as a
+    cross-entropy logit as it is (algo.loss=cwc at algo.temperature=1)."""
+    return a.mean(dim=-1, dtype=F32)
+
+
 def split(a: torch.Tensor, features: int) -> torch.Tensor:
     """Feature detectors (the first `features` units) count their squared activity for the
     goodness; the rest are constraint-violation detectors whose squared activity counts
@@ -53,13 +60,16 @@ class Goodness:
     rather than summing them (then it is the same at every width); `balanced`, whether it
     weighs detectors for and against so that 0 is the natural threshold (split). `params`:
     the GoodnessConfig keys that make_goodness turns into the function's arguments for a
-    layer of `width` units. Called, it computes the goodness."""
+    layer of `width` units. `unit`: what one unit adds to it (its square, its absolute value,
+    itself), which a patch of units averages (algo.class_goodness=projection); None where
+    units do not simply add up (split). Called, it computes the goodness."""
 
     fn: Callable
     power: int = 2
     mean: bool = False
     balanced: bool = False
     params: Callable | None = None
+    unit: Callable | None = torch.square
 
     def __call__(self, a: torch.Tensor, **params) -> torch.Tensor:
         return self.fn(a, **params)
@@ -68,11 +78,13 @@ class Goodness:
 GOODNESS = {
     "sumsq": Goodness(sumsq),
     "meansq": Goodness(meansq, mean=True),
-    "sumabs": Goodness(sumabs, power=1),
+    "sumabs": Goodness(sumabs, power=1, unit=torch.abs),
+    "mean": Goodness(mean_activity, power=1, mean=True, unit=lambda a: a),
     "split": Goodness(
         split,
         balanced=True,
         params=lambda cfg, width: {"features": round(cfg.feature_fraction * width)},
+        unit=None,
     ),
 }
 

@@ -45,6 +45,12 @@ class Learner(nn.Module):
         """Predicted labels of `x`, by each way this learner can predict."""
         raise NotImplementedError
 
+    def choose(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Make the choices this learner makes on the validation split (x, y) before each
+        evaluation there (FF's layer range: algo.predictor), and return them as metrics.
+        Never called with the test split."""
+        return {}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The predicted label of each row of `x` by the headline evaluation: what the model
         that tracking.log_model logs predicts when MLflow loads it back."""

@@ -233,6 +233,7 @@ class LayerStack(nn.Module):
         blackbox: dict | None = None,
         normalise_input: bool = True,
         blocks: list | None = None,
+        classes: int = 1,
     ):
         """An MLP of `depth` layers of `width` units; with `spatial` (kind `conv` or `local`,
         in_shape, channels (one per layer), kernel, stride, padding, pool, norm_scope) a stack
@@ -240,12 +241,13 @@ class LayerStack(nn.Module):
         straight_through) inserts a BlackBox on the input of hidden layer `after` (0-based:
         after the `after`-th layer). Without `normalise_input` the first layer takes its input
         as it comes (FF's label inputs that normalise the image themselves). `blocks`:
-        hidden layers built elsewhere instead (model=user's, user.Block)."""
+        hidden layers built elsewhere instead (model=user's, user.Block). `classes`: the groups
+        of a normalisation within class groups (model.norm=class_groups)."""
         super().__init__()
         self.in_features = in_features
         self.activation = activation
-        norm_fn = NORMALISATIONS[norm]
-        self.input_norm = norm_fn if normalise_input else (lambda x: x)  # the data: one vector
+        self.input_norm = NORMALISATIONS[norm] if normalise_input else (lambda x: x)  # the data
+        norm_fn = NORMALISATIONS[norm].between_layers(classes)
         self.shapes = None  # (channels, height, width) of each hidden layer's output, if spatial
         self.pool = 1
         self.macs = None  # multiply-adds of each layer, if measured (blocks); else flops.py's
@@ -421,11 +423,30 @@ class Classifier(nn.Module):
         return self.head(self.stack.normalise(-1, x))
 
 
+def split_by_class(stack: LayerStack, classes: int, why: str) -> None:
+    """Refuse a stack whose hidden layers do not split into one group of channels (an MLP's
+    units) per class, as `why` (an option that reads class groups) needs."""
+    units = [shape[0] for shape in stack.shapes] if stack.shapes else stack.out_features
+    what = "model.channels" if stack.shapes else "model.width"
+    for index, count in enumerate(units):
+        if count % classes:
+            raise FFBenchError(
+                f"{why} splits each layer into one group per class, but hidden layer "
+                f"{index + 1} has {count} channels or units for {classes} classes: set "
+                f"{what} to a multiple of {classes}"
+            )
+
+
 def make_stack(
-    m, features: int, image_shape: tuple, activation: Callable, normalise_input: bool = True
+    m,
+    features: int,
+    image_shape: tuple,
+    activation: Callable,
+    normalise_input: bool = True,
+    classes: int = 1,
 ) -> LayerStack:
     """The LayerStack a ModelConfig `m` asks for, on rows of `features` from images of
-    `image_shape` ((H, W), or (C, H, W) channel-first)."""
+    `image_shape` ((H, W), or (C, H, W) channel-first), for `classes` classes."""
     blocks = None
     if LAYERS[m.name].blocks is not None:  # model=user: the first block sees (C, H, W) images
         example = image_chw(image_shape, features) if image_shape else (features,)
@@ -461,7 +482,10 @@ def make_stack(
         blackbox,
         normalise_input,
         blocks=blocks,
+        classes=classes,
     )
+    if NORMALISATIONS[m.norm].class_groups:
+        split_by_class(stack, classes, f"model.norm={m.norm}")
     for layer in stack.layers if blocks is None else ():  # blocks: initialised by user.py
         INITS[m.init](layer)
     return stack

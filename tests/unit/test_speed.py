@@ -53,7 +53,7 @@ def test_ff_without_readout_has_no_readout_pass_metric_or_prediction():
     x, y = torch.rand(64, 20), torch.randint(0, 10, (64,))
     metrics = ff.train_epoch(x, y, optimizer, 32)
     assert "readout_loss" not in metrics and "layer2_loss" in metrics
-    assert set(ff.predict_all(x)) == {"goodness"}
+    assert set(ff.predict_all(x)) == {"goodness", "layer0", "layer1", "layer2"}  # no readout
 
 
 @pytest.mark.parametrize("needs", ["algo.evaluation=readout", "algo.negatives=hard_label"])
