@@ -4,7 +4,8 @@ alone.
 The prediction mirrors the ops of the MLP's layers (models.LayerStack: normalise, linear,
 activation) as each learner runs them (ff.py; bp.py, with or without checkpointing), counting
 each distinct storage once and leaving out parameters, exactly as measure.SavedTensors counts;
-the spatial models (model=conv, local) are measured only. tests/unit/test_memory.py checks it
+the spatial models (model=conv, local), batch norm (model.batch_norm) and shortcuts
+(model.shortcuts) are measured only (total_bytes refuses them). tests/unit/test_memory.py checks it
 byte for byte against the measurement, so a change to the layer code that changes memory shows
 up as a failing test.
 
@@ -17,7 +18,7 @@ import torch
 
 from ffbench.activations import ACTIVATIONS, NORMALISATIONS
 from ffbench.learners import LEARNERS
-from ffbench.models import LAYERS
+from ffbench.models import LAYERS, SHORTCUTS, layer_shortcuts
 
 
 def saved_activation_bytes(
@@ -117,6 +118,14 @@ def total_bytes(cfg, features: int, classes: int, batch: int, float_bytes: int =
     peak holds the parameters and the state to the byte; a gradient being computed is not in
     `.grad` yet, so it counts as the measurement's `other`, as do the step's inputs, outputs
     and temporaries, which this does not predict."""
+    m = cfg.model
+    shortcuts = [SHORTCUTS[kind].combine for kind in layer_shortcuts(m.shortcuts, m.depth)]
+    if m.batch_norm or any(shortcuts):
+        raise ValueError(
+            "the analytic memory covers the plain MLP: batch norm (its parameters, running "
+            "statistics and saved tensors) and shortcuts (wider inputs, kept outputs) are not "
+            "modelled; measure them (measure.total)"
+        )
     layers, others = _tensor_shapes(cfg, features, classes)
     every = [n for layer in layers for n in layer] + others
     floor = not LEARNERS[cfg.algo.name].end_to_end and cfg.algo.step_each_layer

@@ -69,19 +69,22 @@ def key(
     *,
     ignored_by: dict | None = None,
     result: bool = True,
+    shown_as: str | None = None,
 ):
     """A schema field: `choices` a Registry or a tuple of the allowed values; `bound` one of
     BOUNDS. What a run's result depends on (settings.py): the key counts,
     unless `result` is false (where things are kept, never what is computed) or the job's
     options are among those of `ignored_by` ({selector key: options that never read this
     key}: any match drops it). A new option is in no such list, so every key counts for it:
-    a forgotten declaration costs a duplicate run, never a wrong reuse."""
+    a forgotten declaration costs a duplicate run, never a wrong reuse. `shown_as`: the type
+    the option tables give a key whose type the schema cannot state (typing.Any)."""
     metadata = {
         "doc": doc,
         "choices": choices,
         "bound": bound,
         "ignored_by": ignored_by or {},
         "result": result,
+        "shown_as": shown_as,
     }
     return field(default=default, metadata=metadata)
 
@@ -226,6 +229,17 @@ class ModelConfig:
         1,
         "conv, local: max-pool each hidden layer's output over pool x pool windows (1: none).",
         bound="positive",
+    )
+    shortcuts: typing.Any = key(
+        "none",
+        "Parameter-free shortcuts, FF and BP alike: none, or one of none/add/concat per hidden layer; a shortcut adds or concatenates the output of the layer two below (average-pooled to fit) to what the layer passes up (DeeperForward's ResNet: [none,none,add,none,concat,...]).",
+        ignored_by={"model.shortcuts": ("none",)},
+        shown_as="str or list",
+    )
+    batch_norm: bool = key(
+        False,
+        "Batch-normalise each hidden layer's output (after pooling), FF and BP alike: what FF's goodness reads and the layer passes up (CwComp).",
+        ignored_by={"model.batch_norm": (False,)},
     )
     norm_scope: str = key(
         "layer",
@@ -374,6 +388,12 @@ class AlgoConfig:
         False,
         "FF at its memory floor: each layer steps right after its backward and frees its gradients (one layer's alive at a time); sequential: only the layer in training keeps optimizer state. Same results.",
         ignored_by=BACKPROP | {"algo.step_each_layer": (False,)},
+    )
+    layer_windows: typing.Any = key(
+        None,
+        "FF: each hidden layer trains only in its own window of epochs, a list of one [first, last] per layer (1-based, inclusive; CwComp's MNIST: [[1,2],[1,3],[1,4],[1,5]]); below the top layer in training, a layer out of its window runs forward only. Unset: every layer every epoch.",
+        ignored_by=BACKPROP | {"algo.layer_windows": (None,)},
+        shown_as="list or null",
     )
 
 
@@ -675,7 +695,7 @@ def validate(cfg) -> None:
                 raise FFBenchError(f"{dotted} {says} (got {value}): {fix.format(key=dotted)}")
     # The checks below read the registries' facts: the training stack, loaded here, not when
     # the schema is imported.
-    from ffbench import ff_data, goodness, models
+    from ffbench import ff_data, goodness, models, windows
 
     a, m = cfg.algo, cfg.model
 
@@ -688,6 +708,8 @@ def validate(cfg) -> None:
     if reads("algo.readout") and not a.readout and needs_readout:
         raise FFBenchError(f"{needs_readout[0]} needs the read-out: set algo.readout=true")
     _validate_model(cfg, models, reads)
+    if reads("algo.layer_windows"):
+        windows.layer_windows(a.layer_windows, m.depth, cfg.trainer.epochs, a.schedule)
     sequential = reads("algo.schedule") and a.schedule == "sequential"
     mlp_shapes = "width" in models.LAYERS[m.name].sized_by  # what the reference times
     if cfg.trainer.matmul_reference and (not mlp_shapes or sequential):
@@ -749,6 +771,7 @@ def _validate_model(cfg, models, reads) -> None:
     if kind.spatial:
         models.layer_channels(m.channels, m.depth)  # one positive count per layer
         models.layer_channels(m.groups, m.depth, key="model.groups")
+    models.layer_shortcuts(m.shortcuts, m.depth)  # one known name per layer, where it fits
     for name in ("groups", "pool"):
         if name not in kind.sized_by and m[name] != 1:
             sized = next(n for n, other in layers.items() if name in other.sized_by)
@@ -791,6 +814,8 @@ def _default(f) -> str:
 
 def _type(f) -> str:
     """`str`, `int or null`, ...: no `|`, which would split a Markdown table's cell."""
+    if f.metadata.get("shown_as"):
+        return f.metadata["shown_as"]
     if f.type is typing.Any:  # model.channels, model.groups: a number or a list of numbers
         return "int or list" if f.default is not None else "`_target_` or list"
     names = [t.__name__ for t in typing.get_args(f.type)] or [f.type.__name__]

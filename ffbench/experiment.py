@@ -14,6 +14,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from ffbench import data as datasets
+from ffbench import windows
 from ffbench.errors import FFBenchError
 from ffbench.flops import train_flops_per_example, train_matmul_shapes
 from ffbench.learner import Learner
@@ -188,8 +189,12 @@ def training_images(job: Job) -> torch.Tensor:
     return augment(job.data, job.cfg.dataset.crop_padding)
 
 
-def training_plan(job: Job) -> list[tuple[int | None, int]]:
-    """(layer to train or None for all, epoch) for each pass over the training data."""
+def training_plan(job: Job) -> list[tuple[int | tuple | None, int]]:
+    """(layer to train, or the layers of its windows (algo.layer_windows), or None for all;
+    epoch) for each pass over the training data."""
+    windowed = windows.plan(job.cfg)
+    if windowed is not None:
+        return windowed
     epochs = range(1, job.cfg.trainer.epochs + 1)
     return [(layer, epoch) for layer in job.learner.stages() for epoch in epochs]
 

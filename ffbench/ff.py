@@ -391,7 +391,7 @@ class ForwardForward(Predictions, Learner):
         labels y). One function, so that trainer.compile can fuse its element-wise work."""
         z = self.stack.preactivation(index, h)
         u = self.stack.activation(z)
-        a = self.stack.pooled(index, u)  # the layer's output (u itself unless model.pool > 1)
+        a = self.stack.output(index, u)  # pooled and batch-normalised if asked (models.py)
         s = self.score(a, index)  # float32 even if the layer ran in bf16 (goodness.py)
         loss = self.losses[index](s[:n], s[n:], y)
         objective = loss
@@ -424,7 +424,7 @@ class ForwardForward(Predictions, Learner):
         h = torch.cat([pos, neg])  # one pass for positives and negatives together
         del pos, neg
         optimizer.zero_grad(set_to_none=True)
-        stats = {}
+        stats, kept = {}, {}  # kept: outputs a shortcut above reads (model.shortcuts)
         if self.readout is not None:  # its gradient first: its input is freed before the layers
             stats["readout_loss"] = self.readout.set_gradient(features, y)
             del features
@@ -433,10 +433,10 @@ class ForwardForward(Predictions, Learner):
         for index in range(layers[-1] + 1):
             if index not in layers:  # a frozen lower layer (sequential schedule)
                 with torch.no_grad():
-                    h = self.stack.layer(index, h)
+                    h = self.stack.pass_up(index, self.stack.layer(index, h), kept)
                 continue
             a, s, loss, objective = self.layer_objective(index, h, n, y)
-            h = a.detach()  # the next layer's input; this layer's is freed before backward
+            h = self.stack.pass_up(index, a.detach(), kept)  # the next layer's input
             if self.head is not None and index == len(self.stack.layers) - 1:
                 stats["head_loss"] = self.head.set_gradient(s[:n].detach(), y)
             # Backward now frees this layer's graph before the next layer is computed.
@@ -454,8 +454,8 @@ class ForwardForward(Predictions, Learner):
 
     def train_epoch(self, x, y, optimizer, batch_size: int, layer: int | None = None) -> dict:
         self.train()
-        layers = range(len(self.stack.layers)) if layer is None else range(layer, layer + 1)
-        if self.step_each_layer and layer is not None:  # the frozen layers, and those to come
+        layers = trained_layers(layer, len(self.stack.layers))
+        if self.step_each_layer and isinstance(layer, int):  # frozen layers, those to come
             forget_state(optimizer, self.stack, keep=self.stack.layers[layer])
         totals, batches = {}, 0
         for idx in minibatches(len(x), batch_size, x.device):
@@ -466,6 +466,14 @@ class ForwardForward(Predictions, Learner):
         metrics = dict(zip(totals, means, strict=True))
         metrics["train_loss"] = sum(metrics[f"layer{i}_loss"] for i in layers)
         return metrics
+
+
+def trained_layers(layer: int | tuple | None, depth: int) -> range | tuple:
+    """The layers a pass trains (train_epoch's `layer`): all of the `depth` (None), one (a
+    stage of the sequential schedule), or those whose windows hold its epoch (windows.py)."""
+    if layer is None:
+        return range(depth)
+    return range(layer, layer + 1) if isinstance(layer, int) else layer
 
 
 def class_goodness(goodness, num_classes: int, scale: float):

@@ -20,6 +20,13 @@ normalisation, goodness and the black box are left out, so the count is a lower 
   gradient 2*MACs (not for the first layer, whose input is data), weight gradient 2*MACs;
   the output layer likewise.
 - Goodness evaluation: 2*MACs per layer for every candidate label.
+- FF with per-layer training windows (algo.layer_windows): each pass as the sequential
+  schedule's, for the layers whose windows hold its epoch (2 x 2*MACs each per row) and the
+  others below the top one of them (forward, 2*MACs), averaged over the passes.
+
+Shortcuts (model.shortcuts) count through the MACs of the layer above a concatenation, whose
+input is wider; their pooling and sums, and batch norm (model.batch_norm), are element-wise
+and not counted (nor by FlopCounterMode: tests/unit/test_net_options.py).
 
 A user's blocks (model=user) have no hand count: their MACs are what torch's FlopCounterMode
 counted on one forward pass when the stack was built (user.py), the same class of work, and
@@ -31,11 +38,15 @@ import math
 from ffbench.ff_data import NEGATIVES
 from ffbench.goodness import LOSSES
 from ffbench.learners import LEARNERS
-from ffbench.models import LAYERS, image_chw, layer_channels, layer_groups, spatial_shapes
-
-
-def layer_macs(features: int, width: int, depth: int) -> list[int]:
-    return [(features if i == 0 else width) * width for i in range(depth)]
+from ffbench.models import (
+    LAYERS,
+    image_chw,
+    layer_channels,
+    layer_groups,
+    layer_inputs,
+    spatial_shapes,
+)
+from ffbench.windows import plan
 
 
 def model_layers(cfg, features: int, image_shape: tuple | None = None, stack=None):
@@ -48,7 +59,8 @@ def model_layers(cfg, features: int, image_shape: tuple | None = None, stack=Non
     if LAYERS[m.name].blocks is not None:
         raise ValueError(f"model={m.name}: the FLOP count needs the built stack of its blocks")
     if not LAYERS[m.name].spatial:
-        return layer_macs(features, m.width, m.depth), [m.width] * m.depth
+        inputs = layer_inputs(m, features, [m.width] * m.depth)  # shortcuts may widen them
+        return [fan_in * m.width for fan_in in inputs], [m.width] * m.depth
     if image_shape is None:
         raise ValueError(f"model={m.name}: the FLOP count needs the image shape of the data")
     in_shape = image_chw(image_shape, features)
@@ -58,7 +70,7 @@ def model_layers(cfg, features: int, image_shape: tuple | None = None, stack=Non
     )
     groups = layer_groups(m, channels, image_shape, features)
     # a grouped convolution's output channel sums over its group's input channels only
-    ins = [in_shape[0], *channels[:-1]]
+    ins = layer_inputs(m, in_shape[0], channels)  # what the layer below passes up
     inputs = [c_in // g for c_in, g in zip(ins, groups, strict=True)]
     macs = [c * h * w * m.kernel**2 * c_in for (c, h, w), c_in in zip(convs, inputs, strict=True)]
     return macs, [math.prod(shape) for shape in outputs]
@@ -83,10 +95,21 @@ def train_flops_per_example(cfg, features: int, classes: int, image_shape=None, 
         beliefs = 1 if NEGATIVES[cfg.algo.negatives].needs_readout else 0  # hard negatives
         extra = 2 * sum(macs) + (4 + 2 * beliefs) * _readout_macs(cfg, units, classes)
     rows = 2 if LOSSES[cfg.algo.loss].negatives else 1  # cwc: the positive example only
+    windowed = plan(cfg)  # algo.layer_windows: the layers each pass trains
+    if windowed is not None:
+        per_pass = [rows * _pass_macs(macs, layers) for layers, _ in windowed]
+        return sum(per_pass) / len(per_pass) + extra
     if cfg.algo.schedule == "sequential":
         per_pass = [rows * (4 * macs[k] + 2 * sum(macs[:k])) for k in range(depth)]
         return sum(per_pass) / depth + extra
     return rows * 4 * sum(macs) + extra
+
+
+def _pass_macs(macs: list[int], trained: tuple[int, ...]) -> int:
+    """MACs x 2 of one FF example (of one row) in a pass that trains the layers `trained`:
+    forward and weight gradient of each, forward alone of the others below the top one."""
+    below = range(max(trained))
+    return 4 * sum(macs[k] for k in trained) + 2 * sum(macs[k] for k in below if k not in trained)
 
 
 def goodness_eval_flops_per_example(cfg, features: int, classes: int, image_shape=None, stack=None):
@@ -106,7 +129,7 @@ def train_matmul_shapes(cfg, features: int, classes: int, batch: int) -> list[tu
     ff = not LEARNERS[cfg.algo.name].end_to_end
     rows = 2 * batch if ff and LOSSES[cfg.algo.loss].negatives else batch
     shapes = []
-    for fan_in in [features] + [width] * (depth - 1):
+    for fan_in in layer_inputs(cfg.model, features, [width] * depth):
         shapes += [(rows, fan_in, width), (fan_in, rows, width)]
         if ff and cfg.algo.readout:
             shapes.append((batch, fan_in, width))

@@ -18,6 +18,11 @@ ff_data.py).
 
 `model.blackbox` puts a transform that autograd cannot see between two hidden layers (see
 `BlackBox`): FF trains through it unchanged, BP only with a straight-through estimator.
+
+A layer's output may be batch-normalised after its pooling (`model.batch_norm`, CwComp), and
+what it passes up may carry a parameter-free shortcut from two layers down, added or
+concatenated (`model.shortcuts`, DeeperForward's ResNet: `Shortcuts`); its own output, which
+FF's goodness and read-out and BP's head read, has none.
 """
 
 import math
@@ -53,7 +58,7 @@ def layer_groups(m, channels: list[int], image_shape: tuple, features: int) -> l
     """model.groups as one count per hidden layer (an int is every layer's); each must divide
     the layer's input and output channels."""
     groups = layer_channels(m.groups, m.depth, key="model.groups")
-    ins = [image_chw(image_shape, features)[0], *channels[:-1]]
+    ins = layer_inputs(m, image_chw(image_shape, features)[0], channels)
     for index, (g, c_in, c_out) in enumerate(zip(groups, ins, channels, strict=True)):
         if c_in % g or c_out % g:
             raise FFBenchError(
@@ -221,6 +226,129 @@ BLACKBOXES = {
 }
 
 
+@dataclass(frozen=True)
+class Shortcut:
+    """What model.shortcuts puts on a hidden layer's output before the layer above reads it
+    (DeeperForward's ResNet): nothing, or the output passed up by the layer two below (its
+    `source`), average-pooled to this layer's map and added (same channels) or concatenated
+    (more channels for the layer above). Parameter-free. The layer's own output, which its
+    goodness, FF's read-out and BP's head read, is left as it is. FF passes every output on
+    detached, so no gradient runs along a shortcut; BP's runs through it (a ResNet)."""
+
+    combine: Callable | None
+    concatenates: bool = False
+
+
+# model.shortcuts -> the shortcut on a hidden layer's output (one per layer, "none" for none)
+SHORTCUTS = {
+    "none": Shortcut(None),
+    "add": Shortcut(torch.add),
+    "concat": Shortcut(lambda a, source: torch.cat([a, source], dim=1), concatenates=True),
+}
+
+
+def layer_shortcuts(shortcuts, depth: int) -> list[str]:
+    """model.shortcuts as one SHORTCUTS name per hidden layer: a name is every layer's, a list
+    gives each layer its own. A shortcut reads the output of the layer two below and gives the
+    layer above a wider or summed input: none on the first two layers or the top one."""
+    kinds = [shortcuts] * depth if isinstance(shortcuts, str) else list(shortcuts)
+    names = ", ".join(SHORTCUTS)
+    if len(kinds) != depth or any(kind not in SHORTCUTS for kind in kinds):
+        raise FFBenchError(
+            f"model.shortcuts={shortcuts} is not one of {names} per hidden layer: set it to "
+            f"a list of model.depth={depth} of them (e.g. [none,none,add,none,concat,none])"
+        )
+    for index, kind in enumerate(kinds):
+        if SHORTCUTS[kind].combine is not None and not 2 <= index < depth - 1:
+            raise FFBenchError(
+                f"model.shortcuts: hidden layer {index + 1} has a shortcut, which reads the "
+                "output of the layer two below and feeds the layer above: set none on the "
+                "first two layers and the top one (model.depth 4 or more)"
+            )
+    return kinds
+
+
+def passed_channels(in_channels: int, channels: list[int], kinds: list[str] | None) -> list[int]:
+    """The channels (an MLP's units) each hidden layer passes up: its own, plus its shortcut's
+    source's if it concatenates (`kinds`: None, no shortcut). An added source must have the
+    layer's own channels."""
+    passed, kinds = [], kinds or ["none"] * len(channels)
+    for index, (c, kind) in enumerate(zip(channels, kinds, strict=True)):
+        shortcut = SHORTCUTS[kind]
+        if shortcut.combine is not None:
+            source = passed[index - 2]
+            if shortcut.concatenates:
+                c += source
+            elif source != c:
+                raise FFBenchError(
+                    f"model.shortcuts: hidden layer {index + 1} adds the {source} channels that "
+                    f"layer {index - 1} passes up to its own {c}: set concat there, or make "
+                    "the channels equal"
+                )
+        passed.append(c)
+    return passed
+
+
+def layer_inputs(m, in_channels: int, channels: list[int]) -> list[int]:
+    """The input channels (an MLP's units) of each hidden layer of the ModelConfig `m` whose
+    layers have `channels`, on data of `in_channels`: what the layer below passes up."""
+    kinds = layer_shortcuts(m.shortcuts, m.depth)
+    return [in_channels, *passed_channels(in_channels, channels, kinds)[:-1]]
+
+
+def as_map(shape: tuple) -> tuple[int, int, int]:
+    """(channels, height, width) of a layer's output: an MLP's units are 1 x 1 maps."""
+    return tuple(shape) if len(shape) == 3 else (shape[0], 1, 1)
+
+
+class BatchNorm(nn.BatchNorm2d):
+    """nn.BatchNorm2d on flat channel-major rows of (channels, height, width) maps `shape`:
+    each channel normalised over the batch and its positions, then scaled and shifted by its
+    own two parameters (an MLP's units: 1 x 1 maps, nn.BatchNorm1d's arithmetic)."""
+
+    def __init__(self, shape: tuple[int, int, int]):
+        super().__init__(shape[0])
+        self.shape = shape
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return super().forward(a.view(len(a), *self.shape)).flatten(1)
+
+
+class Shortcuts:
+    """The shortcuts of a stack (one SHORTCUTS name per layer, `kinds`) whose layers output
+    maps of the shapes `own`: `passed`, the (channels, height, width) each layer passes up,
+    and `sources`, the layers whose outputs a shortcut two layers up reads."""
+
+    def __init__(self, kinds: list[str] | None, own: list[tuple[int, int, int]]):
+        self.kinds = [SHORTCUTS[kind] for kind in kinds or ["none"] * len(own)]
+        channels = passed_channels(own[0][0], [c for c, _, _ in own], kinds)
+        self.passed = [(c, h, w) for c, (_, h, w) in zip(channels, own, strict=True)]
+        self.sources = {i - 2 for i, s in enumerate(self.kinds) if s.combine is not None}
+        for index in sorted(self.sources):
+            (_, h, w), (_, below_h, below_w) = own[index + 2], self.passed[index]
+            if below_h < h or below_w < w:
+                raise FFBenchError(
+                    f"model.shortcuts: hidden layer {index + 3} reads the {below_h}x{below_w} "
+                    f"output of layer {index + 1}, smaller than its own {h}x{w} map: move the "
+                    "shortcut, or keep the maps from growing"
+                )
+
+    def __call__(self, index: int, a: torch.Tensor, kept: dict) -> torch.Tensor:
+        """Layer `index`'s output `a`, with its shortcut's source average-pooled to fit and
+        added or concatenated. `kept` holds the outputs a shortcut above will read (by
+        layer), filled here and emptied as they are read: without shortcuts it stays empty."""
+        shortcut = self.kinds[index]
+        if shortcut.combine is not None:
+            source = kept.pop(index - 2)
+            (c, h, w), (_, out_h, out_w) = self.passed[index - 2], self.passed[index]
+            if (h, w) != (out_h, out_w):
+                source = F.adaptive_avg_pool2d(source.view(len(a), c, h, w), (out_h, out_w))
+            a = shortcut.combine(a, source.flatten(1).to(a.dtype))
+        if index in self.sources:
+            kept[index] = a
+        return a
+
+
 class LayerStack(nn.Module):
     def __init__(
         self,
@@ -234,13 +362,17 @@ class LayerStack(nn.Module):
         normalise_input: bool = True,
         blocks: list | None = None,
         classes: int = 1,
+        shortcuts: list[str] | None = None,
+        batch_norm: bool = False,
     ):
         """An MLP of `depth` layers of `width` units; with `spatial` (kind `conv` or `local`,
         in_shape, channels (one per layer), kernel, stride, padding, pool, norm_scope) a stack
         of spatial layers instead (`width` unused). `blackbox` (kind, after, step,
         straight_through) inserts a BlackBox on the input of hidden layer `after` (0-based:
         after the `after`-th layer). Without `normalise_input` the first layer takes its input
-        as it comes (FF's label inputs that normalise the image themselves). `blocks`:
+        as it comes (FF's label inputs that normalise the image themselves). `shortcuts`:
+        one SHORTCUTS name per layer (None: none); `batch_norm`: each layer's output is
+        batch-normalised (after pooling). `blocks`:
         hidden layers built elsewhere instead (model=user's, user.Block). `classes`: the groups
         of a normalisation within class groups (model.norm=class_groups)."""
         super().__init__()
@@ -250,19 +382,19 @@ class LayerStack(nn.Module):
         norm_fn = NORMALISATIONS[norm].between_layers(classes)
         self.shapes = None  # (channels, height, width) of each hidden layer's output, if spatial
         self.pool = 1
+        self.kinds = shortcuts  # model.shortcuts, one per layer (None: no shortcut)
         self.macs = None  # multiply-adds of each layer, if measured (blocks); else flops.py's
         if blocks is not None:
             self._use_blocks(blocks, norm_fn)
         elif spatial is None:
-            sizes = [in_features] + [width] * depth
+            ins = [in_features, *passed_channels(in_features, [width] * depth, self.kinds)[:-1]]
             # nn.ModuleList, not a Python list, so state_dict() holds every layer.
-            self.layers = nn.ModuleList(
-                nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
-            )
+            self.layers = nn.ModuleList(nn.Linear(a, width) for a in ins)
             self.out_features = [width] * depth
             self.norms = [norm_fn] * depth
         else:
             self._build_spatial(spatial, norm_fn)
+        self._pass_up(batch_norm)
         self.blackbox_at, self.blackbox = None, None
         if blackbox is not None:
             after = blackbox["after"]
@@ -274,7 +406,7 @@ class LayerStack(nn.Module):
             self.blackbox_at = after
             self.blackbox = BlackBox(
                 blackbox["kind"],
-                self.out_features[after - 1],
+                math.prod(self.passed[after - 1]),
                 blackbox["step"],
                 blackbox["straight_through"],
             )
@@ -299,7 +431,9 @@ class LayerStack(nn.Module):
             ),
             strict=True,
         )
-        ins = [tuple(s["in_shape"]), *self.shapes[:-1]]
+        passed = passed_channels(s["in_shape"][0], [c for c, _, _ in self.shapes], self.kinds)
+        passed = [(c, h, w) for c, (_, h, w) in zip(passed, self.shapes, strict=True)]
+        ins = [tuple(s["in_shape"]), *passed[:-1]]
         self.layers = nn.ModuleList(
             kind(a, b, s["kernel"], s["stride"], s["padding"], g)
             for a, b, g in zip(ins, convs, s["groups"], strict=True)
@@ -309,6 +443,16 @@ class LayerStack(nn.Module):
             per_position(norm_fn, c) if s["norm_scope"] == "position" else norm_fn
             for c, _, _ in self.shapes
         ]
+
+    def _pass_up(self, batch_norm: bool) -> None:
+        """The shortcuts (model.shortcuts; `pass_up(index, a, kept)`: what layer `index` with
+        output `a` passes up, Shortcuts.__call__) and the batch norms (model.batch_norm)."""
+        own = [as_map(shape) for shape in (self.shapes or [(n,) for n in self.out_features])]
+        self.pass_up = Shortcuts(self.kinds, own)
+        self.passed = self.pass_up.passed  # the (channels, height, width) each layer passes up
+        self.batch_norms = None
+        if batch_norm:
+            self.batch_norms = nn.ModuleList(BatchNorm(shape) for shape in own)
 
     def normalise(self, index: int, a: torch.Tensor) -> torch.Tensor:
         """Hidden layer `index`'s output normalised as BP's head and FF's read-out see it: in
@@ -332,16 +476,24 @@ class LayerStack(nn.Module):
         shape = self.layers[index].out_shape
         return F.max_pool2d(a.view(len(a), *shape), self.pool).flatten(1)
 
+    def output(self, index: int, u: torch.Tensor) -> torch.Tensor:
+        """Hidden layer `index`'s output from its activities `u`: pooled (model.pool), then
+        batch-normalised (model.batch_norm: CwComp's order; what its goodness reads and what
+        it passes up)."""
+        a = self.pooled(index, u)
+        return a if self.batch_norms is None else self.batch_norms[index](a)
+
     def layer(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Output of hidden layer `index` given that layer's (unnormalised) input."""
-        return self.pooled(index, self.activation(self.preactivation(index, x)))
+        return self.output(index, self.activation(self.preactivation(index, x)))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs of every hidden layer, bottom to top."""
-        activities = []
+        """Outputs of every hidden layer, bottom to top (before their shortcuts)."""
+        activities, kept = [], {}
         for index in range(len(self.layers)):
-            x = self.layer(index, x)
-            activities.append(x)
+            a = self.layer(index, x)
+            activities.append(a)
+            x = self.pass_up(index, a, kept)
         return activities
 
 
@@ -418,9 +570,11 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.checkpoint and torch.is_grad_enabled()):
             return self.head(self.stack.normalise(-1, self.stack(x)[-1]))
+        kept = {}
         for index in range(len(self.stack.layers)):
-            x = recompute_in_backward(self.stack.layer, index, x, use_reentrant=False)
-        return self.head(self.stack.normalise(-1, x))
+            a = recompute_in_backward(self.stack.layer, index, x, use_reentrant=False)
+            x = self.stack.pass_up(index, a, kept)
+        return self.head(self.stack.normalise(-1, a))
 
 
 def split_by_class(stack: LayerStack, classes: int, why: str) -> None:
@@ -437,6 +591,23 @@ def split_by_class(stack: LayerStack, classes: int, why: str) -> None:
             )
 
 
+def stack_shortcuts(m) -> list[str] | None:
+    """model.shortcuts as LayerStack takes them: one name per layer, or None where there is
+    none (user blocks need not number model.depth). A concatenation widens what a layer passes
+    up, which a per-position normalisation would cut by the layer's own channels: refused."""
+    kinds = layer_shortcuts(m.shortcuts, m.depth)
+    if not any(SHORTCUTS[kind].combine for kind in kinds):
+        return None
+    concatenates = any(SHORTCUTS[kind].concatenates for kind in kinds)
+    if concatenates and LAYERS[m.name].spatial and m.norm_scope == "position":
+        raise FFBenchError(
+            "model.shortcuts=concat widens what a layer passes up, which "
+            "model.norm_scope=position would normalise by the layer's own channels: set "
+            "model.norm_scope=layer, or add instead"
+        )
+    return kinds
+
+
 def make_stack(
     m,
     features: int,
@@ -451,6 +622,7 @@ def make_stack(
     if LAYERS[m.name].blocks is not None:  # model=user: the first block sees (C, H, W) images
         example = image_chw(image_shape, features) if image_shape else (features,)
         blocks = LAYERS[m.name].blocks(m, example, INITS[m.init])
+    shortcuts = stack_shortcuts(m)
     spatial = None
     if LAYERS[m.name].spatial:
         spatial = {
@@ -483,6 +655,8 @@ def make_stack(
         normalise_input,
         blocks=blocks,
         classes=classes,
+        shortcuts=shortcuts,
+        batch_norm=m.batch_norm,
     )
     if NORMALISATIONS[m.norm].class_groups:
         split_by_class(stack, classes, f"model.norm={m.norm}")

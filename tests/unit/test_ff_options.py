@@ -181,13 +181,13 @@ def test_sequential_schedule_trains_one_layer_at_a_time():
 def test_linear_decay_schedule():
     """The reference code's: constant for the first half, then (1 + 2 (E - e)) / E, ending
     at 1/E."""
-    factors = [experiment.LR_SCHEDULES["linear_decay"](e, 10) for e in range(1, 11)]
+    factors = [experiment.LR_SCHEDULES["linear_decay"](e, 10, 0.0) for e in range(1, 11)]
     assert factors[:5] == [1.0] * 5
     assert factors[5:] == pytest.approx([0.9, 0.7, 0.5, 0.3, 0.1])
-    sixty = [experiment.LR_SCHEDULES["linear_decay"](e, 60) for e in range(1, 61)]
+    sixty = [experiment.LR_SCHEDULES["linear_decay"](e, 60, 0.0) for e in range(1, 61)]
     assert sixty[:30] == [1.0] * 30 and sixty[30] == pytest.approx(59 / 60)
     assert sixty[-1] == pytest.approx(1 / 60)
-    assert experiment.LR_SCHEDULES["constant"](10, 10) == 1.0
+    assert experiment.LR_SCHEDULES["constant"](10, 10, 0.0) == 1.0
 
 
 def test_closed_form_readout_gradient_equals_autograd():
