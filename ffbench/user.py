@@ -117,12 +117,14 @@ def _name(index: int, block) -> str:
     return f"block {index + 1} ({type(block).__name__})"
 
 
-def build_blocks(m, in_shape: tuple, init) -> list[Block]:
+def build_blocks(m, in_shape: tuple, init, passes_up=None) -> list[Block]:
     """The hidden layers model.blocks (of the ModelConfig `m`) names, on inputs of `in_shape`
-    per example, each checked to be an nn.Module that takes the output of the block below;
-    `init` (a models.Init) is applied to every linear and convolutional module in them."""
+    per example, each checked to be an nn.Module that takes what the block below passes up:
+    its output, or with `passes_up(output shapes so far, blocks)` what a shortcut of the stack
+    makes of it (model.shortcuts: a concatenation widens it). `init` (a models.Init) is
+    applied to every linear and convolutional module in them."""
     made = _listed(instantiate(m.blocks, "model.blocks"), "model.blocks")
-    blocks, shape = [], tuple(in_shape)
+    blocks, shape, outputs = [], tuple(in_shape), []
     for index, block in enumerate(made):
         if not isinstance(block, nn.Module):
             raise FFBenchError(
@@ -146,7 +148,8 @@ def build_blocks(m, in_shape: tuple, init) -> list[Block]:
             if isinstance(module, nn.Linear | nn.modules.conv._ConvNd):
                 init(module)
         blocks.append(Block(block, shape, out_shape, macs))
-        shape = out_shape
+        outputs.append(out_shape)
+        shape = passes_up(outputs, len(made)) if passes_up else out_shape
     return blocks
 
 
