@@ -1,5 +1,6 @@
 """Total tensor memory of training on the paper's net (issue 26): FF, FF at its floor
-(algo.step_each_layer, simultaneous and sequential) and BP, a few Adam steps each on random
+(algo.step_each_layer, simultaneous and sequential) and BP, plain and at its leanest
+(checkpointed, accumulated over 4 micro-batches, both), a few Adam steps each on random
 MNIST-shaped data, counted op by op (measure.LiveTensors), with the breakdown at each peak and
 analytic.total_bytes' prediction beside it.
 
@@ -19,6 +20,9 @@ from ffbench.measure import MB, PARTS, PeakMemory, keep_freed_memory
 
 SETTINGS = {
     "BP": ["algo=bp"],
+    "BP checkpointed": ["algo=bp_ckpt"],
+    "BP accumulated (4)": ["algo=bp", "trainer.grad_accum_steps=4"],
+    "BP ckpt + accum (4)": ["algo=bp_ckpt", "trainer.grad_accum_steps=4"],
     "FF": ["algo=ff"],
     "FF floor": ["algo=ff", "algo.step_each_layer=true"],
     "FF floor, sequential": ["algo=ff", "algo.step_each_layer=true", "algo.schedule=sequential"],
