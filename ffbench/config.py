@@ -771,7 +771,8 @@ def _validate_model(cfg, models, reads) -> None:
     if kind.spatial:
         models.layer_channels(m.channels, m.depth)  # one positive count per layer
         models.layer_channels(m.groups, m.depth, key="model.groups")
-    models.layer_shortcuts(m.shortcuts, m.depth)  # one known name per layer, where it fits
+    if reads("model.depth"):  # user blocks: checked against their count when built
+        models.layer_shortcuts(m.shortcuts, m.depth)  # one known name per layer, where it fits
     for name in ("groups", "pool"):
         if name not in kind.sized_by and m[name] != 1:
             sized = next(n for n, other in layers.items() if name in other.sized_by)

@@ -25,6 +25,7 @@ concatenated (`model.shortcuts`, DeeperForward's ResNet: `Shortcuts`); its own o
 FF's goodness and read-out and BP's head read, has none.
 """
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -591,11 +592,12 @@ def split_by_class(stack: LayerStack, classes: int, why: str) -> None:
             )
 
 
-def stack_shortcuts(m) -> list[str] | None:
-    """model.shortcuts as LayerStack takes them: one name per layer, or None where there is
-    none (user blocks need not number model.depth). A concatenation widens what a layer passes
-    up, which a per-position normalisation would cut by the layer's own channels: refused."""
-    kinds = layer_shortcuts(m.shortcuts, m.depth)
+def stack_shortcuts(m, depth: int | None = None) -> list[str] | None:
+    """model.shortcuts as LayerStack takes them: one name per layer (of `depth`, the count of
+    user blocks; else model.depth), or None where there is none. A concatenation widens what a
+    layer passes up, which a per-position normalisation would cut by the layer's own channels:
+    refused."""
+    kinds = layer_shortcuts(m.shortcuts, depth or m.depth)
     if not any(SHORTCUTS[kind].combine for kind in kinds):
         return None
     concatenates = any(SHORTCUTS[kind].concatenates for kind in kinds)
@@ -606,6 +608,16 @@ def stack_shortcuts(m) -> list[str] | None:
             "model.norm_scope=layer, or add instead"
         )
     return kinds
+
+
+def passed_shape(m, outputs: list[tuple], depth: int) -> tuple:
+    """What the top of the first len(`outputs`) of `depth` user blocks passes up under
+    model.shortcuts, given their output shapes: its output, or widened by a concatenation
+    (user.build_blocks' `passes_up`: the shape the block above must take)."""
+    kinds = layer_shortcuts(m.shortcuts, depth)[: len(outputs)]
+    maps = [as_map(shape) for shape in outputs]
+    channels = passed_channels(maps[0][0], [c for c, _, _ in maps], kinds)
+    return (channels[-1], *outputs[-1][1:])
 
 
 def make_stack(
@@ -621,8 +633,9 @@ def make_stack(
     blocks = None
     if LAYERS[m.name].blocks is not None:  # model=user: the first block sees (C, H, W) images
         example = image_chw(image_shape, features) if image_shape else (features,)
-        blocks = LAYERS[m.name].blocks(m, example, INITS[m.init])
-    shortcuts = stack_shortcuts(m)
+        passes_up = functools.partial(passed_shape, m)  # model.shortcuts widen inputs
+        blocks = LAYERS[m.name].blocks(m, example, INITS[m.init], passes_up)
+    shortcuts = stack_shortcuts(m, len(blocks) if blocks else None)
     spatial = None
     if LAYERS[m.name].spatial:
         spatial = {

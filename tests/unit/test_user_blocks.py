@@ -52,6 +52,38 @@ def test_user_blocks_train_exactly_as_the_built_in_layers_they_are(options):
     assert mine == built_in
 
 
+def _linear_blocks(*sizes: int) -> str:
+    """model.blocks of Linear layers (in, out) for the digits, the first after a Flatten."""
+    blocks = [
+        f"{{_target_: torch.nn.Linear, in_features: {a}, out_features: {b}}}" for a, b in sizes
+    ]
+    blocks[0] = f"{{_target_: torch.nn.Sequential, _args_: [{FLAT}, {blocks[0]}]}}"
+    return f"model.blocks=[{', '.join(blocks)}]"
+
+
+@pytest.mark.parametrize("algo", ["ff", "bp"])
+@pytest.mark.parametrize(
+    "shortcuts, sizes",
+    [
+        ("[none,none,add,none,none]", [(64, 16), (16, 16), (16, 16), (16, 16), (16, 16)]),
+        ("[none,none,concat,none,none]", [(64, 16), (16, 16), (16, 16), (32, 16), (16, 16)]),
+    ],
+    ids=["add", "concat"],
+)
+def test_the_stacks_shortcuts_and_batch_norm_apply_to_user_blocks(algo, shortcuts, sizes):
+    """model.shortcuts and model.batch_norm, options of the shared stack, on user blocks: the
+    same training as the built-in MLP with them (a concatenation widens the input of the
+    block above, which takes it)."""
+    options = [*QUICK, f"algo={algo}", f"model.shortcuts={shortcuts}", "model.batch_norm=true"]
+    built_in = train_on_digits([*options, "model=mlp", "model.depth=5", "model.width=16"])
+    mine = train_on_digits([*options, "model=user", _linear_blocks(*sizes)])
+    for run in (built_in, mine):
+        for metrics in (run, *run["history"]):
+            for timing in [k for k in metrics if k.endswith(("_time_s", "_per_s"))]:
+                del metrics[timing]
+    assert mine == built_in
+
+
 def _user_module(tmp_path, monkeypatch, source: str) -> None:
     (tmp_path / "mynet.py").write_text(textwrap.dedent(source))
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -67,6 +99,14 @@ CONV_NET = """
             nn.Sequential(nn.Flatten(), nn.Linear(channels * 2 * 2, hidden)),
         ]
 
+    def with_a_shortcut():  # under model.shortcuts=[none,none,concat,none]: 8 channels in
+        return [
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.Sequential(nn.Flatten(), nn.Linear(8 * 64, 20)),
+        ]
+
     def chain_broken():
         return [nn.Conv2d(1, 4, 3), nn.Conv2d(5, 4, 3)]
 
@@ -76,17 +116,30 @@ CONV_NET = """
 BATCH = 16
 
 
+NETS = {  # model.blocks and the stack's options, the MACs of each block
+    "conv": (["model.blocks={_target_: mynet.blocks}"], [4 * 64 * 9, 4 * 4 * 4 * 9, 16 * 20]),
+    "concat shortcut": (
+        [
+            "model.blocks={_target_: mynet.with_a_shortcut}",
+            "model.shortcuts=[none,none,concat,none]",
+        ],
+        [4 * 64 * 9, 4 * 4 * 64 * 9, 4 * 4 * 64 * 9, 8 * 64 * 20],
+    ),
+}
+
+
+@pytest.mark.parametrize("net", NETS)
 @pytest.mark.parametrize(
     "algo", [["algo=ff"], ["algo=ff", "algo.readout=false"], ["algo=bp"]], ids=" ".join
 )
-def test_a_user_conv_net_does_the_flops_the_run_records(tmp_path, monkeypatch, algo):
+def test_a_user_conv_net_does_the_flops_the_run_records(tmp_path, monkeypatch, algo, net):
     """FlopCounterMode on one real training step equals what final_metrics counts: the
     blocks' measured MACs through flops.py's formulas (the same class of work: products and
-    convolutions)."""
+    convolutions; a concatenation's wider input counts in the block above)."""
     _user_module(tmp_path, monkeypatch, CONV_NET)
-    overrides = [*algo, "model=user", "model.blocks={_target_: mynet.blocks}"]
+    overrides = [*algo, "model=user", *NETS[net][0]]
     learner, optimizer = make_trainable(overrides, features=64, image_shape=(8, 8))
-    assert learner.stack.macs == [4 * 64 * 9, 4 * 4 * 4 * 9, 16 * 20]  # conv, conv, linear
+    assert learner.stack.macs == NETS[net][1]
     x, y = torch.rand(BATCH, 64), torch.randint(0, 10, (BATCH,))
     with FlopCounterMode(display=False) as counter:
         learner.train_epoch(x, y, optimizer, BATCH)
