@@ -585,10 +585,12 @@ def split_by_class(stack: LayerStack, classes: int, why: str) -> None:
     what = "model.channels" if stack.shapes else "model.width"
     for index, count in enumerate(units):
         if count % classes:
+            layer = stack.layers[index]  # a user block names itself and what sizes it
+            name = getattr(layer, "name", f"hidden layer {index + 1}")
             raise FFBenchError(
-                f"{why} splits each layer into one group per class, but hidden layer "
-                f"{index + 1} has {count} channels or units for {classes} classes: set "
-                f"{what} to a multiple of {classes}"
+                f"{why} splits each layer into one group per class, but {name} has {count} "
+                f"channels or units for {classes} classes: set "
+                f"{getattr(layer, 'sized_by', what)} to a multiple of {classes}"
             )
 
 

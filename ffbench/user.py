@@ -72,11 +72,14 @@ def target_name(spec) -> str:
 
 class Block(nn.Module):
     """One user block as a hidden layer of the stack: flat rows in and out, the block itself
-    seeing its input in `in_shape` (per example) and returning `out_shape`."""
+    seeing its input in `in_shape` (per example) and returning `out_shape`. Errors about the
+    layer call it by `name` and say that `sized_by` sizes it."""
 
-    def __init__(self, block: nn.Module, in_shape: tuple, out_shape: tuple, macs: int):
+    sized_by = "its output channels (or units)"
+
+    def __init__(self, block: nn.Module, in_shape: tuple, out_shape: tuple, macs: int, name=""):
         super().__init__()
-        self.block = block
+        self.block, self.name = block, f"{name} of model.blocks"
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.out_features = math.prod(out_shape)
         self.macs = macs  # multiply-adds of one example's forward pass
@@ -147,12 +150,7 @@ def build_blocks(m, in_shape: tuple, init, passes_up=None) -> list[Block]:
         for module in block.modules():
             if isinstance(module, nn.Linear | nn.modules.conv._ConvNd):
                 init(module)
-        blocks.append(Block(block, shape, out_shape, macs))
+        blocks.append(Block(block, shape, out_shape, macs, _name(index, block)))
         outputs.append(out_shape)
         shape = passes_up(outputs, len(made)) if passes_up else out_shape
     return blocks
-
-
-def describe(blocks: list[Block], index: int) -> str:
-    """How an error names hidden layer `index` of a stack of user blocks."""
-    return _name(index, blocks[index].block)

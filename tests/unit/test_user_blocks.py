@@ -218,7 +218,11 @@ def test_what_users_get_wrong_in_their_blocks_is_one_line_naming_it(tmp_path, mo
 def test_a_class_group_loss_names_the_block_whose_channels_do_not_split(tmp_path, monkeypatch):
     cwc = ["algo.loss=cwc", "algo.negatives=none", "algo.label_input=none"]
     message = _error([*cwc, "model.blocks={_target_: mynet.blocks}"], tmp_path, monkeypatch)
-    assert "hidden layer 1 has 4 channels or units for 10 classes" in message
+    assert message == (
+        "algo.loss=cwc splits each layer into one group per class, but block 1 (Conv2d) of "
+        "model.blocks has 4 channels or units for 10 classes: set its output channels (or "
+        "units) to a multiple of 10"
+    )
 
 
 def test_the_settings_hash_covers_the_blocks_and_their_arguments():
