@@ -418,12 +418,14 @@ class ForwardForward(Predictions, Learner):
         separation (the share of examples on the right side of theta), and the read-out's
         loss, as tensors: reading them would wait for the device."""
         n = len(x)
+        # The last step's gradients are dead: freed before the read-out's and the negatives'
+        # passes, not held beside them (docs/memory.md: 3.35 MiB of the paper net's peak).
+        optimizer.zero_grad(set_to_none=True)
         # The read-out's input for this step, before any update (None without a read-out).
         features = self.features(x) if self.readout is not None else None
         pos, neg = self.negatives(self, x, y, features)
         h = torch.cat([pos, neg])  # one pass for positives and negatives together
         del pos, neg
-        optimizer.zero_grad(set_to_none=True)
         stats, kept = {}, {}  # kept: outputs a shortcut above reads (model.shortcuts)
         if self.readout is not None:  # its gradient first: its input is freed before the layers
             stats["readout_loss"] = self.readout.set_gradient(features, y)
