@@ -15,6 +15,7 @@ is built (matrix products and convolutions, like flops.py's hand counts of the b
 layers, which a test checks against the same counter).
 """
 
+import logging
 import math
 
 import hydra.utils
@@ -26,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ffbench.errors import FFBenchError
 
 PROBE_ROWS = 2  # examples of the forward pass that checks the shapes (batch norm needs 2)
+log = logging.getLogger("ffbench")  # the job's log file: the traceback behind a one-line error
 
 
 def _first_line(err: BaseException) -> str:
@@ -61,7 +63,8 @@ def instantiate(spec, key: str):
         return hydra.utils.instantiate(spec, _convert_="all")
     except Exception as err:  # noqa: BLE001 - the user's code may raise anything
         cause = err.__cause__ or err
-        raise FFBenchError(f"{key}: {_targets(spec)[0]} raised {_first_line(cause)}") from None
+        log.error("%s: %s raised", key, target_name(spec), exc_info=cause)
+        raise FFBenchError(f"{key}: {target_name(spec)} raised {_first_line(cause)}") from None
 
 
 def target_name(spec) -> str:
@@ -137,6 +140,7 @@ def build_blocks(m, in_shape: tuple, init, passes_up=None) -> list[Block]:
         try:
             out_shape, macs = probe(block, shape)
         except Exception as err:  # noqa: BLE001 - whatever the user's forward raised
+            log.error("model.blocks: %s failed on %s", _name(index, block), shape, exc_info=err)
             below, fix = "the data", f"make it take inputs of shape {shape}"
             if len(shape) > 1:
                 fix += " (a fully connected block on images: nn.Flatten() first)"
