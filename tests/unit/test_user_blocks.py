@@ -8,10 +8,10 @@ import textwrap
 
 import pytest
 import torch
-from helpers import SMALL_FF, make_trainable, train_on_digits
+from helpers import SMALL_FF, digits_job, make_trainable, train_on_digits
 from torch.utils.flop_counter import FlopCounterMode
 
-from ffbench import user
+from ffbench import experiment, user
 from ffbench.config import compose
 from ffbench.errors import FFBenchError
 from ffbench.flops import model_layers, train_flops_per_example
@@ -236,3 +236,41 @@ def test_the_settings_hash_covers_the_blocks_and_their_arguments():
     # keys the user's blocks never read (their sizes are the blocks')
     for unread in ("model.depth=5", "model.width=7", "model.kernel=3", "model.channels=9"):
         assert hashed() == hashed(unread), unread
+
+
+CONV_BN = (
+    "model.blocks=[{_target_: torch.nn.Sequential, _args_: ["
+    "{_target_: torch.nn.Conv2d, in_channels: 1, out_channels: 4, kernel_size: 3, padding: 1}, "
+    "{_target_: torch.nn.BatchNorm2d, num_features: 4}]}, "
+    f"{{_target_: torch.nn.Sequential, _args_: [{FLAT}, "
+    "{_target_: torch.nn.Linear, in_features: 256, out_features: 16}]}]"
+)
+
+
+@pytest.mark.parametrize("algo", ["algo=ff", "algo=bp"])
+def test_a_user_net_continued_from_its_checkpoint_equals_one_trained_straight(tmp_path, algo):
+    """Blocks with buffers of their own (batch norm's running statistics): a job stopped after
+    2 of 3 passes and continued in a fresh job from its checkpoint ends as one never stopped."""
+    overrides = ["model=user", CONV_BN, "trainer.epochs=3", "trainer.num_threads=1", algo]
+    straight = []
+    experiment.train(digits_job(overrides), lambda step, metrics: straight.append(metrics))
+    path, stopped = tmp_path / "checkpoint.pt", []
+
+    def stop_after_two(step, metrics):
+        stopped.append(metrics)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        experiment.train(digits_job(overrides), stop_after_two, checkpoint=path)
+    second = digits_job(overrides)
+    start = experiment.load_checkpoint(path, second)
+    rest = []
+    experiment.train(second, lambda step, metrics: rest.append(metrics), start=start)
+
+    def numbers(history):
+        return [{k: v for k, v in m.items() if not k.endswith("_time_s")} for m in history]
+
+    assert numbers(stopped + rest) == numbers(straight)
+    running_mean = second.learner.stack.layers[0].block[1].running_mean
+    assert not torch.equal(running_mean, torch.zeros(4))  # the statistics moved, and were kept
