@@ -78,6 +78,11 @@ class Splits:
 def load(cfg) -> Splits:
     """Load the data set named by `cfg.name` (a DatasetConfig)."""
     splits = LOADERS[cfg.name](cfg)
+    if AUGMENTATIONS[cfg.augment] is not None and not splits.image_shape:  # a user's rows
+        raise FFBenchError(
+            f"dataset.augment={cfg.augment} crops or flips images, but {splits.name}'s examples "
+            f"are rows of {splits.num_features} features: set dataset.augment=none"
+        )
     return splits.standardized() if cfg.normalize else splits
 
 

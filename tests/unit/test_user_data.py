@@ -165,6 +165,16 @@ def test_a_folder_of_npz_files_or_of_idx_files_needs_no_code(tmp_path):
             ["dataset=folder"],
             "dataset=folder reads the folder of dataset.path: set dataset.path=FOLDER",
         ),
+        (
+            [
+                "dataset.train={_target_: mydata.arrays}",
+                "dataset.val_size=4",
+                "dataset.test_size=4",
+                "dataset.augment=flip",
+            ],
+            "dataset.augment=flip crops or flips images, but mydata.arrays's examples are rows "
+            "of 7 features: set dataset.augment=none",
+        ),
     ],
     ids=lambda v: v[0] if isinstance(v, list) else "",
 )
