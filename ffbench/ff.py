@@ -37,7 +37,15 @@ from ffbench.errors import FFBenchError
 from ffbench.ff_data import LABEL_INPUTS, NEGATIVES
 from ffbench.goodness import GOODNESS, LOSSES, default_theta, goodness_scale, make_goodness
 from ffbench.learner import Learner, chunks, step, weights_and_biases
-from ffbench.models import INITS, LayerStack, layer_channels, make_stack, positions, split_by_class
+from ffbench.models import (
+    INITS,
+    LayerStack,
+    as_map,
+    layer_channels,
+    make_stack,
+    positions,
+    split_by_class,
+)
 
 PEER_MOMENTUM = 0.9  # smoothing of the per-unit mean activity in peer normalisation
 
@@ -196,12 +204,22 @@ class Predictions:
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The read-out's input: normalised activities of the evaluated layers, computed
-        without a graph, so no read-out gradient reaches the FF layers."""
+        without a graph, so no read-out gradient reaches the FF layers. Each layer's columns
+        are written as the layer comes: one layer's activities are alive at a time, not every
+        layer's, their normalised copies and the concatenation at once (docs/memory.md)."""
         if self.labels is not None:
             x = self.labels.neutral(x)
-        activities = self.stack(x)
-        evaluated = range(self.eval_from, len(activities))
-        return torch.cat([self.stack.normalise(i, activities[i]) for i in evaluated], dim=1)
+        found, start = None, 0
+        for index, a in enumerate(self.stack.outputs(x)):
+            if index < self.eval_from:
+                continue
+            z = self.stack.normalise(index, a)
+            if found is None:  # in normalise's dtype, as torch.cat's would be
+                found = z.new_empty(len(z), sum(self.stack.out_features[self.eval_from :]))
+            found[:, start : start + z.shape[1]] = z
+            start += z.shape[1]
+            del a, z
+        return found
 
     def set_predictor(self, cfg, num_classes: int) -> None:
         """algo.predictor and its parts: the layer range (a buffer: saved with the learner,
@@ -228,7 +246,7 @@ class Predictions:
         labels = torch.arange(c, device=x.device).repeat(n)
         h = self.labels.with_label(x.repeat_interleave(c, dim=0), labels)
         per_layer = []
-        for index, a in enumerate(self.stack(h)):
+        for index, a in enumerate(self.stack.outputs(h)):  # one layer's 10 copies at a time
             g = self.goodnesses[index](a)
             per_layer.append((g if g.dim() == 1 else g.sum(dim=1)).view(n, c))  # positions summed
         return torch.stack(per_layer)
@@ -528,7 +546,7 @@ def projected_goodness(ff, cfg, num_classes: int) -> list:
             f"patches, and goodness={name} is not a sum over units: choose goodness={summed}"
         )
     depth = len(stack.layers)
-    shapes = stack.shapes or [(n, 1, 1) for n in stack.out_features]
+    shapes = [as_map(shape) for shape in stack.shapes or [(n,) for n in stack.out_features]]
     patches = (
         layer_channels(cfg.algo.patches, depth, "algo.patches") if stack.shapes else [1] * depth
     )
@@ -582,4 +600,5 @@ class ChannelwiseCompetitive(ForwardForward):
     @torch.no_grad()
     def layer_goodness(self, x: torch.Tensor) -> torch.Tensor:
         """Every layer's class goodness, (layers, N, classes), in one pass."""
-        return torch.stack([g(a) for g, a in zip(self.goodnesses, self.stack(x), strict=True)])
+        layers = zip(self.goodnesses, self.stack.outputs(x), strict=True)
+        return torch.stack([g(a) for g, a in layers])

@@ -488,14 +488,19 @@ class LayerStack(nn.Module):
         """Output of hidden layer `index` given that layer's (unnormalised) input."""
         return self.output(index, self.activation(self.preactivation(index, x)))
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs of every hidden layer, bottom to top (before their shortcuts)."""
-        activities, kept = [], {}
+    def outputs(self, x: torch.Tensor):
+        """Outputs of every hidden layer, bottom to top (before their shortcuts), one at a time:
+        a caller that reduces each as it comes holds one layer's, not every layer's (FF's
+        read-out input, and its goodness of 10 copies of each example)."""
+        kept = {}
         for index in range(len(self.layers)):
             a = self.layer(index, x)
-            activities.append(a)
+            yield a
             x = self.pass_up(index, a, kept)
-        return activities
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of every hidden layer, bottom to top (before their shortcuts)."""
+        return list(self.outputs(x))
 
 
 @dataclass(frozen=True)
