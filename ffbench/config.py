@@ -94,7 +94,8 @@ def key(
 BACKPROP = {"algo.name": ("bp", "bp_ckpt")}  # FF's keys: the goodness and algo.*
 FORWARD_FORWARD = {"algo.name": ("ff",)}
 SPATIAL = {"model.name": ("conv", "local", "user")}  # the MLP's width
-MLP = {"model.name": ("mlp", "user")}  # the spatial models' sizes and goodness per position
+MLP = {"model.name": ("mlp",)}  # the spatial models' sizes and goodness per position
+NO_SPATIAL_LAYERS = {"model.name": ("mlp", "user")}  # what sizes the built-in spatial layers
 NO_BLACKBOX = {"model.blackbox": ("none",)}
 BUILT_IN_MODELS = {"model.name": ("mlp", "conv", "local")}  # model.blocks: model=user's
 USER_BLOCKS = {"model.name": ("user",)}  # the built-in layers' sizes
@@ -201,25 +202,25 @@ class ModelConfig:
     channels: typing.Any = key(
         32,
         "conv, local: channels (feature maps) of every hidden layer, or a list of one per layer (e.g. [20,80,240]).",
-        ignored_by=MLP,
+        ignored_by=NO_SPATIAL_LAYERS,
     )
     kernel: int = key(
         5,
         "conv, local: side of each layer's square receptive field.",
         bound="positive",
-        ignored_by=MLP,
+        ignored_by=NO_SPATIAL_LAYERS,
     )
     stride: int = key(
         2,
         "conv, local: step between neighbouring receptive fields.",
         bound="positive",
-        ignored_by=MLP,
+        ignored_by=NO_SPATIAL_LAYERS,
     )
     padding: int = key(
         2,
         "conv, local: zeros added on each side of each layer's input.",
         bound="non_negative",
-        ignored_by=MLP,
+        ignored_by=NO_SPATIAL_LAYERS,
     )
     groups: typing.Any = key(
         1,
@@ -245,7 +246,7 @@ class ModelConfig:
         "layer",
         "conv, local: normalise each hidden layer's whole activity vector, or each position's channel vector.",
         ("layer", "position"),
-        ignored_by=MLP,
+        ignored_by=NO_SPATIAL_LAYERS,
     )
     blackbox: str = key(
         "none",

@@ -233,6 +233,9 @@ def test_the_settings_hash_covers_the_blocks_and_their_arguments():
 
     assert hashed() != hashed("model.blocks={_target_: mynet.blocks, channels: 8}")
     assert hashed() != hashed("model.blocks={_target_: theirnet.blocks, channels: 4}")
+    projection = ["algo.loss=cwc", "algo.label_input=none", "algo.negatives=none"]
+    projection.append("algo.class_goodness=projection")  # pools user blocks' maps into patches
+    assert hashed(*projection) != hashed(*projection, "algo.patches=[2,2,1]")
     # keys the user's blocks never read (their sizes are the blocks')
     for unread in ("model.depth=5", "model.width=7", "model.kernel=3", "model.channels=9"):
         assert hashed() == hashed(unread), unread
@@ -274,3 +277,27 @@ def test_a_user_net_continued_from_its_checkpoint_equals_one_trained_straight(tm
     assert numbers(stopped + rest) == numbers(straight)
     running_mean = second.learner.stack.layers[0].block[1].running_mean
     assert not torch.equal(running_mean, torch.zeros(4))  # the statistics moved, and were kept
+
+
+def test_class_goodness_from_patches_of_user_blocks_maps(tmp_path, monkeypatch):
+    """algo.class_goodness=projection pools each block's (C, H, W) output into patches; a
+    block of units is a 1x1 map, one patch."""
+    projection = [
+        "model.blocks={_target_: mynet.blocks}",
+        "algo.loss=cwc",
+        "algo.label_input=none",
+        "algo.negatives=none",
+        "algo.class_goodness=projection",
+    ]
+    assert _error(projection, tmp_path, monkeypatch) == (
+        "algo.patches=2 asks for 2x2 patches of the 1x1 map of hidden layer 3: set at most 1 "
+        "for that layer (a list gives each layer its own)"
+    )
+    learner, optimizer = make_trainable(
+        ["model=user", *projection, "algo.patches=[2,2,1]"], features=64, image_shape=(8, 8)
+    )
+    x, y = torch.rand(BATCH, 64), torch.randint(0, 10, (BATCH,))
+    assert learner.train_epoch(x, y, optimizer, BATCH)["train_loss"] > 0
+    assert [p.shape for n, p in learner.named_buffers() if n.startswith("projection")] == [
+        (4 * 4, 10), (4 * 4, 10), (20, 10)
+    ]  # fmt: skip
