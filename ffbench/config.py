@@ -144,11 +144,13 @@ class DatasetConfig:
         None,
         "user: your training examples, a `_target_` (and its arguments) returning (inputs, labels) tensors or a torch Dataset of (input, label) pairs; validation is held out of them.",
         ignored_by={"dataset.name": (*BUILT_IN_DATA, "folder")},
+        shown_as="`_target_`",
     )
     test: typing.Any = key(
         None,
         "user: your test examples, a `_target_` like dataset.train; unset: dataset.test_size of the training examples are held out.",
         ignored_by={"dataset.name": (*BUILT_IN_DATA, "folder")},
+        shown_as="`_target_`",
     )
     path: str | None = key(
         None,
@@ -186,6 +188,7 @@ class ModelConfig:
         None,
         "user: your hidden layers, one nn.Module each: a `_target_` (and its arguments) returning a list of them, or a list of `_target_`s (docs/extending.md).",
         ignored_by=BUILT_IN_MODELS,
+        shown_as="`_target_` or list",
     )
     depth: int = key(2, "Number of hidden layers.", bound="positive", ignored_by=USER_BLOCKS)
     width: int = key(256, "mlp: units per hidden layer.", bound="positive", ignored_by=SPATIAL)
@@ -819,7 +822,7 @@ def _type(f) -> str:
     if f.metadata.get("shown_as"):
         return f.metadata["shown_as"]
     if f.type is typing.Any:  # model.channels, model.groups: a number or a list of numbers
-        return "int or list" if f.default is not None else "`_target_` or list"
+        return "int or list"
     names = [t.__name__ for t in typing.get_args(f.type)] or [f.type.__name__]
     return " or ".join("null" if name == "NoneType" else name for name in names)
 
