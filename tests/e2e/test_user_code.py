@@ -44,13 +44,13 @@ DATA = """
         def __getitem__(self, i):
             return self.images[i], int(self.labels[i])
 """
-NET = ["model=user", "model.blocks={_target_: mylab.nets.blocks, channels: 4}"]
-TRAIN = "dataset.train={_target_: mylab.data.Stripes, n: 120}"
+NET = ["model=user", "model.blocks={_target_: tinylab.nets.blocks, channels: 4}"]
+TRAIN = "dataset.train={_target_: tinylab.data.Stripes, n: 120}"
 MINE = [
     *NET,
     "dataset=user",
     TRAIN,
-    "dataset.test={_target_: mylab.data.Stripes, n: 40, seed: 1}",
+    "dataset.test={_target_: tinylab.data.Stripes, n: 40, seed: 1}",
     "dataset.val_size=20",
     "trainer.epochs=2",
     "trainer.batch_size=20",
@@ -59,9 +59,10 @@ MINE = [
 
 
 @pytest.fixture
-def mylab(tmp_path, monkeypatch):
-    """The user's package, in a folder of its own; (that folder, the command's environment)."""
-    package = tmp_path / "code" / "mylab"
+def tinylab(tmp_path, monkeypatch):
+    """The user's package, in a folder of its own; (that folder, the command's environment).
+    Named apart from docs/extending.md's `mylab`, which a unit test imports in-process."""
+    package = tmp_path / "code" / "tinylab"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "nets.py").write_text(textwrap.dedent(NETS))
@@ -82,8 +83,8 @@ def _expected(algo: str) -> tuple[int, float]:
     return sum(p.numel() for p in learner.parameters()), flops
 
 
-def test_ff_and_bp_train_the_users_net_on_the_users_data(workdir, mylab):
-    package, env = mylab
+def test_ff_and_bp_train_the_users_net_on_the_users_data(workdir, tinylab):
+    package, env = tinylab
     result = run_ffbench(workdir, "-m", "algo=ff,bp", *MINE, env=env)
     assert result.returncode == 0, result.stderr
     jobs = [r for r in all_runs(workdir) if "ffbench.job_num" in r.data.tags]
@@ -92,9 +93,9 @@ def test_ff_and_bp_train_the_users_net_on_the_users_data(workdir, mylab):
     for run in jobs:
         p, m = run.data.params, run.data.metrics
         assert run.info.status == "FINISHED"
-        assert p["model.name"] == "user" and p["model.blocks._target_"] == "mylab.nets.blocks"
+        assert p["model.name"] == "user" and p["model.blocks._target_"] == "tinylab.nets.blocks"
         assert p["model.blocks.channels"] == "4"
-        assert p["dataset.train._target_"] == "mylab.data.Stripes"
+        assert p["dataset.train._target_"] == "tinylab.data.Stripes"
         assert p["dataset.test.seed"] == "1"
         parameters, flops = _expected(p["algo.name"])
         assert m["param_mb"] == pytest.approx(parameters * 4 / 2**20)  # float32, as built
@@ -104,7 +105,7 @@ def test_ff_and_bp_train_the_users_net_on_the_users_data(workdir, mylab):
         assert counted == pytest.approx(flops, rel=1e-9)
         inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
         assert sorted(inputs) == ["test", "training", "validation"]
-        assert {d.name for d in inputs.values()} == {"mylab.data.Stripes"}
+        assert {d.name for d in inputs.values()} == {"tinylab.data.Stripes"}
         assert str(package / "data.py") in inputs["training"].source
         digests.add(inputs["training"].digest)
     assert len(digests) == 1 and "" not in digests  # the same data for FF and BP, digested
@@ -114,25 +115,25 @@ def test_ff_and_bp_train_the_users_net_on_the_users_data(workdir, mylab):
     "mistake, line",
     [
         (
-            ["model.blocks={_target_: mylab.nets.broken}", TRAIN],
+            ["model.blocks={_target_: tinylab.nets.broken}", TRAIN],
             "model.blocks: block 2 (Conv2d) cannot take the output of block 1 (Conv2d), of "
             "shape (4, 6, 6) per example",
         ),
         (
-            [*NET[1:], "dataset.train={_target_: mylab.data.Stripes, shift: 1}"],
+            [*NET[1:], "dataset.train={_target_: tinylab.data.Stripes, shift: 1}"],
             "dataset.train: labels run from 1 to 4, outside the 4 classes 0..3: number the "
             "classes from 0, or set dataset.num_classes=5",
         ),
         (
-            [*NET[1:], "dataset.train={_target_: mylab.data.Stripess}"],
-            "dataset.train: _target_ mylab.data.Stripess cannot be imported",
+            [*NET[1:], "dataset.train={_target_: tinylab.data.Stripess}"],
+            "dataset.train: _target_ tinylab.data.Stripess cannot be imported",
         ),
     ],
     ids=["blocks that do not chain", "labels outside the classes", "no such target"],
 )
-def test_a_mistake_in_the_users_code_is_one_line_and_leaves_no_run(workdir, mylab, mistake, line):
+def test_a_mistake_in_the_users_code_is_one_line_and_leaves_no_run(workdir, tinylab, mistake, line):
     command = ["model=user", "dataset=user", *mistake, "dataset.test_size=20"]
-    result = run_ffbench(workdir, *command, "dataset.val_size=20", env=mylab[1])
+    result = run_ffbench(workdir, *command, "dataset.val_size=20", env=tinylab[1])
     assert result.returncode == 1
     [message] = result.stderr.strip().splitlines()
     assert message.startswith(f"ffbench: error: {line}")
