@@ -436,9 +436,7 @@ class ForwardForward(Predictions, Learner):
         separation (the share of examples on the right side of theta), and the read-out's
         loss, as tensors: reading them would wait for the device."""
         n = len(x)
-        # The last step's gradients are dead: freed before the read-out's and the negatives'
-        # passes, not held beside them (docs/memory.md: 3.35 MiB of the paper net's peak).
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)  # the last step's are dead: not held through it
         # The read-out's input for this step, before any update (None without a read-out).
         features = self.features(x) if self.readout is not None else None
         pos, neg = self.negatives(self, x, y, features)

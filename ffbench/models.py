@@ -489,9 +489,7 @@ class LayerStack(nn.Module):
         return self.output(index, self.activation(self.preactivation(index, x)))
 
     def outputs(self, x: torch.Tensor):
-        """Outputs of every hidden layer, bottom to top (before their shortcuts), one at a time:
-        a caller that reduces each as it comes holds one layer's, not every layer's (FF's
-        read-out input, and its goodness of 10 copies of each example)."""
+        """Outputs of every hidden layer, bottom to top (before shortcuts), one at a time."""
         kept = {}
         for index in range(len(self.layers)):
             a = self.layer(index, x)
@@ -499,7 +497,7 @@ class LayerStack(nn.Module):
             x = self.pass_up(index, a, kept)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs of every hidden layer, bottom to top (before their shortcuts)."""
+        """Every hidden layer's output at once (`outputs` holds one at a time)."""
         return list(self.outputs(x))
 
 
