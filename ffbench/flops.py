@@ -28,9 +28,11 @@ Shortcuts (model.shortcuts) count through the MACs of the layer above a concaten
 input is wider; their pooling and sums, and batch norm (model.batch_norm), are element-wise
 and not counted (nor by FlopCounterMode: tests/unit/test_net_options.py).
 
-A user's blocks (model=user) have no hand count: their MACs are what torch's FlopCounterMode
-counted on one forward pass when the stack was built (user.py), the same class of work, and
-the formulas above apply to them unchanged (tests/unit/test_user_blocks.py checks both).
+A user's blocks (model=user) have no hand count: torch's FlopCounterMode counted, when the
+stack was built (user.py), the same class of work in each block's forward pass, in its
+backward pass to its weights (which in a block of several products runs through the inner
+ones' inputs too) and in its input's gradient: they replace the three 2*MACs above
+(tests/unit/test_user_blocks.py checks both against a real training step).
 """
 
 import math
@@ -49,13 +51,10 @@ from ffbench.models import (
 from ffbench.windows import plan
 
 
-def model_layers(cfg, features: int, image_shape: tuple | None = None, stack=None):
+def model_layers(cfg, features: int, image_shape: tuple | None = None):
     """(MACs, output units) of each hidden layer of cfg.model; spatial models need the image
-    shape of the data ((H, W) or (C, H, W)) and raise ValueError without one. A built
-    `stack` (models.LayerStack) whose layers' MACs were measured gives those (user blocks)."""
+    shape of the data ((H, W) or (C, H, W)) and raise ValueError without one."""
     m = cfg.model
-    if stack is not None and stack.macs is not None:
-        return list(stack.macs), list(stack.out_features)
     if LAYERS[m.name].blocks is not None:
         raise ValueError(f"model={m.name}: the FLOP count needs the built stack of its blocks")
     if not LAYERS[m.name].spatial:
@@ -76,6 +75,18 @@ def model_layers(cfg, features: int, image_shape: tuple | None = None, stack=Non
     return macs, [math.prod(shape) for shape in outputs]
 
 
+def layer_flops(cfg, features: int, image_shape=None, stack=None) -> tuple[list, list, list, list]:
+    """FLOPs per example of each hidden layer's forward pass, of its backward pass to its
+    weights (its input detached) and of its input's gradient, and its output units: 2*MACs
+    each for the built-in layers; what a built `stack` measured, for user blocks."""
+    if stack is not None and stack.measured is not None:
+        forward, weights, inputs = (list(part) for part in zip(*stack.measured, strict=True))
+        return forward, weights, inputs, list(stack.out_features)
+    macs, units = model_layers(cfg, features, image_shape)
+    twice = [2 * n for n in macs]
+    return twice, twice, twice, units
+
+
 def _readout_macs(cfg, units: list[int], classes: int) -> int:
     depth = len(units)
     evaluated = depth - (1 if cfg.algo.eval_skip_first and depth > 1 else 0)
@@ -85,38 +96,38 @@ def _readout_macs(cfg, units: list[int], classes: int) -> int:
 def train_flops_per_example(cfg, features: int, classes: int, image_shape=None, stack=None):
     """Useful FLOPs of one training example in one pass over the data, averaged over the
     passes of the run (they differ only in FF's sequential schedule)."""
-    macs, units = model_layers(cfg, features, image_shape, stack)
-    depth = len(macs)
-    if LEARNERS[cfg.algo.name].end_to_end:
+    forward, weights, inputs, units = layer_flops(cfg, features, image_shape, stack)
+    depth = len(forward)
+    if LEARNERS[cfg.algo.name].end_to_end:  # no input gradient of the first layer: data
         head = units[-1] * classes
-        return 2 * sum(macs) + 2 * (sum(macs) - macs[0]) + 2 * sum(macs) + 6 * head
+        return sum(forward) + sum(inputs[1:]) + sum(weights) + 6 * head
     extra = 0
     if cfg.algo.readout:
         beliefs = 1 if NEGATIVES[cfg.algo.negatives].needs_readout else 0  # hard negatives
-        extra = 2 * sum(macs) + (4 + 2 * beliefs) * _readout_macs(cfg, units, classes)
+        extra = sum(forward) + (4 + 2 * beliefs) * _readout_macs(cfg, units, classes)
     rows = 2 if LOSSES[cfg.algo.loss].negatives else 1  # cwc: the positive example only
     windowed = plan(cfg)  # algo.layer_windows: the layers each pass trains
     if windowed is not None:
-        per_pass = [rows * _pass_macs(macs, layers) for layers, _ in windowed]
+        per_pass = [rows * _pass_flops(forward, weights, layers) for layers, _ in windowed]
         return sum(per_pass) / len(per_pass) + extra
     if cfg.algo.schedule == "sequential":
-        per_pass = [rows * (4 * macs[k] + 2 * sum(macs[:k])) for k in range(depth)]
+        per_pass = [rows * (forward[k] + weights[k] + sum(forward[:k])) for k in range(depth)]
         return sum(per_pass) / depth + extra
-    return rows * 4 * sum(macs) + extra
+    return rows * (sum(forward) + sum(weights)) + extra
 
 
-def _pass_macs(macs: list[int], trained: tuple[int, ...]) -> int:
-    """MACs x 2 of one FF example (of one row) in a pass that trains the layers `trained`:
+def _pass_flops(forward: list, weights: list, trained: tuple[int, ...]) -> int:
+    """FLOPs of one FF example (of one row) in a pass that trains the layers `trained`:
     forward and weight gradient of each, forward alone of the others below the top one."""
-    below = range(max(trained))
-    return 4 * sum(macs[k] for k in trained) + 2 * sum(macs[k] for k in below if k not in trained)
+    below = [k for k in range(max(trained)) if k not in trained]
+    return sum(forward[k] + weights[k] for k in trained) + sum(forward[k] for k in below)
 
 
 def goodness_eval_flops_per_example(cfg, features: int, classes: int, image_shape=None, stack=None):
     """FLOPs of predicting one example by goodness: every label through every layer (cwc:
     one pass, the classes compete within it)."""
     passes = 1 if LOSSES[cfg.algo.loss].competitive else classes
-    return passes * 2 * sum(model_layers(cfg, features, image_shape, stack)[0])
+    return passes * sum(layer_flops(cfg, features, image_shape, stack)[0])
 
 
 def train_matmul_shapes(cfg, features: int, classes: int, batch: int) -> list[tuple[int, int, int]]:

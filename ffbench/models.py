@@ -384,7 +384,7 @@ class LayerStack(nn.Module):
         self.shapes = None  # (channels, height, width) of each hidden layer's output, if spatial
         self.pool = 1
         self.kinds = shortcuts  # model.shortcuts, one per layer (None: no shortcut)
-        self.macs = None  # multiply-adds of each layer, if measured (blocks); else flops.py's
+        self.measured = None  # FLOPs of each layer, if measured (user blocks); else flops.py's
         if blocks is not None:
             self._use_blocks(blocks, norm_fn)
         elif spatial is None:
@@ -414,11 +414,12 @@ class LayerStack(nn.Module):
 
     def _use_blocks(self, blocks: list, norm_fn: Callable) -> None:
         """Hidden layers built elsewhere (user.Block: flat rows in and out, each with its
-        output's shape, channels first, and its multiply-adds)."""
+        output's shape, channels first, and its FLOPs per example: forward, to the weights,
+        to the input)."""
         self.layers = nn.ModuleList(blocks)
         self.out_features = [block.out_features for block in blocks]
         self.norms = [norm_fn] * len(blocks)
-        self.macs = [block.macs for block in blocks]
+        self.measured = [block.flops for block in blocks]
         self.shapes = [block.out_shape for block in blocks]  # (C, H, W), or (units,)
 
     def _build_spatial(self, s: dict, norm_fn: Callable) -> None:

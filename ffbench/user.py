@@ -10,9 +10,10 @@ sees the output of the block below as that block returned it; between blocks the
 travel as flat rows, so normalisation, goodness, the label input, the read-out and the black
 box treat user blocks as they treat built-in layers.
 
-A block's useful work is counted by torch's FlopCounterMode on one forward pass when the net
-is built (matrix products and convolutions, like flops.py's hand counts of the built-in
-layers, which a test checks against the same counter).
+A block's useful work is counted by torch's FlopCounterMode when the net is built (matrix
+products and convolutions, like flops.py's hand counts of the built-in layers, which a test
+checks against the same counter): its forward pass, its backward pass to its weights (with
+the products inside it that this runs through) and the gradient of its input on top.
 """
 
 import logging
@@ -22,7 +23,7 @@ import hydra.utils
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop, conv_flop_count
 
 from ffbench.errors import FFBenchError
 
@@ -80,12 +81,12 @@ class Block(nn.Module):
 
     sized_by = "its output channels (or units)"
 
-    def __init__(self, block: nn.Module, in_shape: tuple, out_shape: tuple, macs: int, name=""):
+    def __init__(self, block: nn.Module, in_shape: tuple, out_shape: tuple, flops: tuple, name=""):
         super().__init__()
         self.block, self.name = block, f"{name} of model.blocks"
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.out_features = math.prod(out_shape)
-        self.macs = macs  # multiply-adds of one example's forward pass
+        self.flops = flops  # per example: forward, weights' gradient, input's gradient
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x.reshape(-1, *self.in_shape)).flatten(1)
@@ -102,21 +103,51 @@ def _listed(made, key: str) -> list:
     return [made]
 
 
-def probe(block: nn.Module, in_shape: tuple) -> tuple[tuple, int]:
-    """(shape of one example's output, multiply-adds of one example's forward pass) of
-    `block` on inputs of `in_shape`: one forward pass of zeros, in eval mode (no batch norm
-    statistics move), counted by FlopCounterMode. Raises what the block raises."""
+def _conv_backward_flop(grad_out, x, w, *rest, out_shape=None, **kwargs) -> int:
+    """torch's count of a convolution's backward pass, its weights' gradient counted as the
+    forward product it mirrors (as many multiply-adds): torch 2.13's FlopCounterMode counts a
+    grouped convolution's weight gradient `groups` times over."""
+    *options, mask = rest  # bias, stride, padding, dilation, transposed, output padding, groups
+    data = conv_backward_flop(grad_out, x, w, *options, [mask[0], False, False], out_val=out_shape)
+    return data + (conv_flop_count(x, w, grad_out, transposed=options[4]) if mask[1] else 0)
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode, grouped convolutions' weight gradients counted once."""
+    fixed = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+    return FlopCounterMode(display=False, custom_mapping=fixed)
+
+
+def probe(block: nn.Module, in_shape: tuple) -> tuple[tuple, tuple[int, int, int]]:
+    """(shape of one example's output, FLOPs per example of the forward pass, of the backward
+    pass to the parameters with the input detached (FF's), and of the input's gradient on
+    top (BP's, above the first layer)) of `block` on inputs of `in_shape`: passes of zeros in
+    eval mode (no batch norm statistics move), counted by FlopCounterMode; the gradients are
+    dropped after. Raises what the block raises."""
     was_training = block.training
     block.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with flop_counter() as forward:
             out = block(torch.zeros(PROBE_ROWS, *in_shape))
+        if not isinstance(out, torch.Tensor) or out.dim() < 2 or len(out) != PROBE_ROWS:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TypeError(f"returned {shape}, not a tensor of one row per example")
+        weights = _backward_flops(out)
+        both = _backward_flops(block(torch.zeros(PROBE_ROWS, *in_shape, requires_grad=True)))
     finally:
         block.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.dim() < 2 or len(out) != PROBE_ROWS:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise TypeError(f"returned {shape}, not a tensor of one row per example")
-    return tuple(out.shape[1:]), counter.get_total_flops() // (2 * PROBE_ROWS)
+        block.zero_grad(set_to_none=True)
+    counts = (forward.get_total_flops(), weights, both - weights)
+    return tuple(out.shape[1:]), tuple(n // PROBE_ROWS for n in counts)
+
+
+def _backward_flops(out: torch.Tensor) -> int:
+    """FLOPs FlopCounterMode counts in the backward pass from `out` (0: nothing to train)."""
+    if not out.requires_grad:
+        return 0
+    with flop_counter() as counter:
+        out.backward(torch.ones_like(out))
+    return counter.get_total_flops()
 
 
 def _name(index: int, block) -> str:
@@ -138,7 +169,7 @@ def build_blocks(m, in_shape: tuple, init, passes_up=None) -> list[Block]:
                 "torch.nn.Module: make each block an nn.Module (one hidden layer)"
             )
         try:
-            out_shape, macs = probe(block, shape)
+            out_shape, flops = probe(block, shape)
         except Exception as err:  # noqa: BLE001 - whatever the user's forward raised
             log.error("model.blocks: %s failed on %s", _name(index, block), shape, exc_info=err)
             below, fix = "the data", f"make it take inputs of shape {shape}"
@@ -154,7 +185,12 @@ def build_blocks(m, in_shape: tuple, init, passes_up=None) -> list[Block]:
         for module in block.modules():
             if isinstance(module, nn.Linear | nn.modules.conv._ConvNd):
                 init(module)
-        blocks.append(Block(block, shape, out_shape, macs, _name(index, block)))
+        if not any(p.requires_grad for p in block.parameters()):
+            raise FFBenchError(
+                f"model.blocks: {_name(index, block)} has no parameters to train: make each "
+                "block a layer with weights (a parameter-free module goes inside one)"
+            )
+        blocks.append(Block(block, shape, out_shape, flops, _name(index, block)))
         outputs.append(out_shape)
         shape = passes_up(outputs, len(made)) if passes_up else out_shape
     return blocks

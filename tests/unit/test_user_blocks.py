@@ -9,7 +9,6 @@ import textwrap
 import pytest
 import torch
 from helpers import SMALL_FF, digits_job, make_trainable, train_on_digits
-from torch.utils.flop_counter import FlopCounterMode
 
 from ffbench import experiment, user
 from ffbench.config import compose
@@ -107,6 +106,15 @@ CONV_NET = """
             nn.Sequential(nn.Flatten(), nn.Linear(8 * 64, 20)),
         ]
 
+    def deep_blocks():  # two products in a block: its backward runs through both
+        return [
+            nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)),
+            nn.Sequential(nn.Flatten(), nn.Linear(256, 32), nn.Tanh(), nn.Linear(32, 20)),
+        ]
+
+    def grouped():  # 2 groups of 4 channels
+        return [nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=2)]
+
     def chain_broken():
         return [nn.Conv2d(1, 4, 3), nn.Conv2d(5, 4, 3)]
 
@@ -116,14 +124,29 @@ CONV_NET = """
 BATCH = 16
 
 
-NETS = {  # model.blocks and the stack's options, the MACs of each block
-    "conv": (["model.blocks={_target_: mynet.blocks}"], [4 * 64 * 9, 4 * 4 * 4 * 9, 16 * 20]),
+def _plain(*macs: int) -> list[tuple[int, int, int]]:
+    """The FLOPs per example of one-product blocks: 2 x MACs forward, and as many for the
+    weights' gradient and for the input's."""
+    return [(2 * m, 2 * m, 2 * m) for m in macs]
+
+
+NETS = {  # model.blocks and the stack's options; forward, weights' and input's gradient FLOPs
+    "conv": (["model.blocks={_target_: mynet.blocks}"], _plain(4 * 64 * 9, 4 * 4 * 4 * 9, 16 * 20)),
     "concat shortcut": (
         [
             "model.blocks={_target_: mynet.with_a_shortcut}",
             "model.shortcuts=[none,none,concat,none]",
         ],
-        [4 * 64 * 9, 4 * 4 * 64 * 9, 4 * 4 * 64 * 9, 8 * 64 * 20],
+        _plain(4 * 64 * 9, 4 * 4 * 64 * 9, 4 * 4 * 64 * 9, 8 * 64 * 20),
+    ),
+    "grouped": (["model.blocks={_target_: mynet.grouped}"], _plain(8 * 64 * 9, 8 * 64 * 9 * 4)),
+    # the inner product's input gradient is part of the weights' backward of a deep block
+    "deep blocks": (
+        ["model.blocks={_target_: mynet.deep_blocks}"],
+        [
+            (2 * (36 + 144) * 64, 2 * (36 + 2 * 144) * 64, 2 * 36 * 64),
+            (2 * (256 * 32 + 32 * 20), 2 * (256 * 32 + 2 * 32 * 20), 2 * 256 * 32),
+        ],
     ),
 }
 
@@ -133,15 +156,17 @@ NETS = {  # model.blocks and the stack's options, the MACs of each block
     "algo", [["algo=ff"], ["algo=ff", "algo.readout=false"], ["algo=bp"]], ids=" ".join
 )
 def test_a_user_conv_net_does_the_flops_the_run_records(tmp_path, monkeypatch, algo, net):
-    """FlopCounterMode on one real training step equals what final_metrics counts: the
-    blocks' measured MACs through flops.py's formulas (the same class of work: products and
-    convolutions; a concatenation's wider input counts in the block above)."""
+    """FlopCounterMode on one real training step equals what final_metrics counts: each
+    block's measured forward, weights' and input's gradient FLOPs through flops.py's formulas
+    (the same class of work: products and convolutions; a concatenation's wider input counts
+    in the block above). user.flop_counter is torch's, grouped convolutions' weight gradients
+    counted once (torch 2.13 counts them once per group)."""
     _user_module(tmp_path, monkeypatch, CONV_NET)
     overrides = [*algo, "model=user", *NETS[net][0]]
     learner, optimizer = make_trainable(overrides, features=64, image_shape=(8, 8))
-    assert learner.stack.macs == NETS[net][1]
+    assert learner.stack.measured == NETS[net][1]
     x, y = torch.rand(BATCH, 64), torch.randint(0, 10, (BATCH,))
-    with FlopCounterMode(display=False) as counter:
+    with user.flop_counter() as counter:
         learner.train_epoch(x, y, optimizer, BATCH)
     cfg = compose(overrides)
     inputs = learner.stack.in_features
@@ -163,12 +188,12 @@ BUILT_IN = {
 @pytest.mark.parametrize("model", BUILT_IN)
 def test_the_block_counter_agrees_with_the_hand_counts_of_every_built_in_layer(model):
     """user.probe (FlopCounterMode), which counts every user block, on each built-in layer:
-    the MACs flops.py counts by hand, to the multiply-add."""
+    2 x the MACs flops.py counts by hand, forward, to the weights and to the input."""
     overrides = ["algo=bp", *BUILT_IN[model]]
     stack = make_trainable(overrides, features=64, image_shape=(8, 8))[0].stack
     ins = [stack.in_features, *stack.out_features[:-1]]
     counted = [user.probe(layer, (n,))[1] for layer, n in zip(stack.layers, ins, strict=True)]
-    assert counted == model_layers(compose(overrides), 64, (8, 8))[0]
+    assert counted == _plain(*model_layers(compose(overrides), 64, (8, 8))[0])
 
 
 def _error(overrides, tmp_path, monkeypatch) -> str:
