@@ -227,6 +227,10 @@ def test_what_users_get_wrong_in_their_blocks_is_one_line_naming_it(tmp_path, mo
     )
     assert "block 1 (Linear) cannot take the data, of shape (1, 8, 8)" in first
     assert first.endswith("(a fully connected block on images: nn.Flatten() first)")
+    assert _error(["model.blocks=[{_target_: torch.nn.ReLU}]"], tmp_path, monkeypatch) == (
+        "model.blocks: block 1 (ReLU) has no parameters to train: make each block a layer with "
+        "weights (a parameter-free module goes inside one)"
+    )
     typo = _error(["model.blocks={_target_: mynet.blocks, chanels: 3}"], tmp_path, monkeypatch)
     assert typo.startswith("model.blocks: mynet.blocks raised TypeError: ")
     assert "chanels" in typo
