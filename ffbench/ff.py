@@ -199,7 +199,8 @@ def forget_state(optimizer: torch.optim.Optimizer, module: nn.Module, keep: nn.M
 
 class Predictions:
     """How a trained FF net predicts (ForwardForward's, apart from how it learns): by the
-    goodness of each candidate label, and by the read-out if one was trained."""
+    goodness of each candidate label, its layers' combined as algo.predictor says and each
+    layer's alone, and by the read-out if one was trained."""
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -260,7 +261,7 @@ class Predictions:
         return torch.cat([self.sign * self.layer_goodness(p) for p in chunks(x, chunk)], dim=1)
 
     @property
-    def predicts_by_goodness(self) -> bool:
+    def predicts_by_goodness(self) -> bool:  # labels in the input, or class goodness
         return self.labels is not None or self.competitive
 
     @torch.no_grad()
