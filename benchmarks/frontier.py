@@ -65,6 +65,7 @@ def variant(params: dict) -> str:
 class Run:
     family: str  # MLP or conv
     size: int  # the MLP's depth, or the conv net's channels per layer
+    net: str  # its name in the tables: depth x width, or layers x channels
     batch: int
     variant: str
     total_mb: float  # peak_total_mb
@@ -81,10 +82,12 @@ def runs_of(found: list[dict]) -> list[Run]:
         if r["status"] != "FINISHED" or "peak_total_mb" not in m:
             continue
         conv = p["model"] == "conv"
+        net = f"{p['model.depth']} x " + (f"{p['model.channels']} ch" if conv else p["model.width"])
         made.append(
             Run(
                 "conv" if conv else "MLP",
                 int(p["model.channels"] if conv else p["model.depth"]),
+                net,
                 int(p["trainer.batch_size"]),
                 variant(p),
                 m["peak_total_mb"],
@@ -109,8 +112,8 @@ def leanest_bp(cell: dict[str, Run]) -> Run | None:
     return min(bp, key=lambda r: r.total_mb) if bp else None
 
 
-def size_name(family: str, size: int) -> str:
-    return f"{size} x 2000" if family == "MLP" else f"3 x {size} ch"
+def net_of(cell: dict[str, Run]) -> str:
+    return next(iter(cell.values())).net
 
 
 def budget_table(grid: dict) -> list[str]:
@@ -118,7 +121,7 @@ def budget_table(grid: dict) -> list[str]:
     floor against the leanest BP."""
     head = ["net", "batch", *VARIANTS, "FF floor / leanest BP"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(VARIANTS) + 1)]
-    for (family, size, batch), cell in grid.items():
+    for (family, _, batch), cell in grid.items():
         shown = [
             f"{cell[v].total_mb:.0f} / {cell[v].val:.3f}" if v in cell else "-" for v in VARIANTS
         ]
@@ -126,9 +129,7 @@ def budget_table(grid: dict) -> list[str]:
         ratio = "-"
         if lean is not None and "FF floor" in cell:
             ratio = f"{cell['FF floor'].total_mb / lean.total_mb:.2f} ({lean.variant})"
-        lines.append(
-            f"| {family} {size_name(family, size)} | {batch} | {' | '.join(shown)} | {ratio} |"
-        )
+        lines.append(f"| {family} {net_of(cell)} | {batch} | {' | '.join(shown)} | {ratio} |")
     return lines
 
 
@@ -151,9 +152,7 @@ def equal_accuracy(runs: list[Run]) -> tuple[list[str], list[str]]:
             for v in VARIANTS:
                 best = least_at([r for r in mine if r.variant == v], target)
                 shown.append(
-                    f"{best.total_mb:.0f} ({size_name(family, best.size)}, {best.batch})"
-                    if best
-                    else "not reached"
+                    f"{best.total_mb:.0f} ({best.net}, {best.batch})" if best else "not reached"
                 )
             ff = least_at([r for r in mine if r.variant in FF_VARIANTS], target)
             bp = least_at([r for r in mine if r.variant in BP_VARIANTS], target)
@@ -170,13 +169,13 @@ def verdict(family: str, target: float, ff: Run | None, bp: Run | None) -> str:
         who, run = ("BP", bp) if ff is None else ("FF", ff)
         return (
             f"- {family}, {target}: only {who} reaches it ({run.variant}, "
-            f"{size_name(family, run.size)}, batch {run.batch}: {run.total_mb:.0f} MiB)."
+            f"{run.net}, batch {run.batch}: {run.total_mb:.0f} MiB)."
         )
     side = "below" if ff.total_mb < bp.total_mb else "above"
     return (
         f"- {family}, {target}: FF's least total peak is {side} BP's: {ff.total_mb:.0f} MiB "
-        f"({ff.variant}, {size_name(family, ff.size)}, batch {ff.batch}) against "
-        f"{bp.total_mb:.0f} MiB ({bp.variant}, {size_name(family, bp.size)}, batch {bp.batch}), "
+        f"({ff.variant}, {ff.net}, batch {ff.batch}) against "
+        f"{bp.total_mb:.0f} MiB ({bp.variant}, {bp.net}, batch {bp.batch}), "
         f"{ff.total_mb / bp.total_mb:.2f}x."
     )
 
@@ -196,8 +195,8 @@ def regime(grid: dict) -> list[str]:
         low, high = min(ratios), max(ratios)
         lines.append(
             f"- {family}: FF at its floor is below the leanest BP in {len(below)} of "
-            f"{len(ratios)} cells; from {low[0]:.2f}x ({size_name(family, low[1][1])}, batch "
-            f"{low[1][2]}) to {high[0]:.2f}x ({size_name(family, high[1][1])}, batch "
+            f"{len(ratios)} cells; from {low[0]:.2f}x ({net_of(grid[low[1]])}, batch "
+            f"{low[1][2]}) to {high[0]:.2f}x ({net_of(grid[high[1]])}, batch "
             f"{high[1][2]})."
         )
     return lines
@@ -245,7 +244,7 @@ def draw_memory(runs: list[Run], family: str) -> str:
         axes.set_xscale("log", base=2)
         axes.set_yscale("log")
         axes.set(
-            xlabel="depth (width 2000)" if family == "MLP" else "channels per layer (3 layers)",
+            xlabel="depth" if family == "MLP" else "channels per layer",
             ylabel="total peak (MiB)",
             title=f"{family}, batch {batch}",
         )
@@ -299,7 +298,8 @@ def draw_regime(grid: dict) -> str:
                 if not math.isnan(value):
                     axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="small")
         axes.set_xticks(range(len(batches)), [str(b) for b in batches])
-        axes.set_yticks(range(len(sizes)), [size_name(family, s) for s in sizes])
+        names = {k[1]: net_of(grid[k]) for k in keys}
+        axes.set_yticks(range(len(sizes)), [names[s] for s in sizes])
         axes.set(xlabel="batch", title=f"{family}: FF floor / leanest BP, total peak")
         figure.colorbar(image, ax=axes)
     return _svg(figure)

@@ -30,7 +30,7 @@ def test_each_run_is_the_variant_its_params_say():
 
 
 def run(variant, total, val, size=4, batch=256, family="MLP"):
-    return frontier.Run(family, size, batch, variant, total, {}, val, 1.0)
+    return frontier.Run(family, size, f"{size} x 2000", batch, variant, total, {}, val, 1.0)
 
 
 def test_memory_at_equal_accuracy_is_the_least_total_that_reaches_the_target():
