@@ -712,7 +712,7 @@ def validate(cfg) -> None:
     if reads("algo.readout") and not a.readout and needs_readout:
         raise FFBenchError(f"{needs_readout[0]} needs the read-out: set algo.readout=true")
     _validate_model(cfg, models, reads)
-    if reads("algo.layer_windows"):
+    if reads("algo.layer_windows") and reads("model.depth"):  # user blocks: once built
         windows.layer_windows(a.layer_windows, m.depth, cfg.trainer.epochs, a.schedule)
     sequential = reads("algo.schedule") and a.schedule == "sequential"
     mlp_shapes = "width" in models.LAYERS[m.name].sized_by  # what the reference times

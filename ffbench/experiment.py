@@ -143,6 +143,7 @@ def prepare(cfg, device: torch.device) -> Job:
     learner = build_learner(
         cfg, splits.num_features, splits.num_classes, splits.image_shape, device
     )
+    windows.plan(cfg, len(learner.stack.layers))  # algo.layer_windows fit the built layers
     optimizer = make_optimizer(learner.param_groups(), cfg.optimizer)
     return Job(cfg, device, splits.to(device), learner, optimizer)
 
@@ -192,7 +193,7 @@ def training_images(job: Job) -> torch.Tensor:
 def training_plan(job: Job) -> list[tuple[int | tuple | None, int]]:
     """(layer to train, or the layers of its windows (algo.layer_windows), or None for all;
     epoch) for each pass over the training data."""
-    windowed = windows.plan(job.cfg)
+    windowed = windows.plan(job.cfg, len(job.learner.stack.layers))
     if windowed is not None:
         return windowed
     epochs = range(1, job.cfg.trainer.epochs + 1)

@@ -106,7 +106,7 @@ def train_flops_per_example(cfg, features: int, classes: int, image_shape=None, 
         beliefs = 1 if NEGATIVES[cfg.algo.negatives].needs_readout else 0  # hard negatives
         extra = sum(forward) + (4 + 2 * beliefs) * _readout_macs(cfg, units, classes)
     rows = 2 if LOSSES[cfg.algo.loss].negatives else 1  # cwc: the positive example only
-    windowed = plan(cfg)  # algo.layer_windows: the layers each pass trains
+    windowed = plan(cfg, depth)  # algo.layer_windows: the layers each pass trains
     if windowed is not None:
         per_pass = [rows * _pass_flops(forward, weights, layers) for layers, _ in windowed]
         return sum(per_pass) / len(per_pass) + extra

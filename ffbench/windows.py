@@ -44,13 +44,15 @@ def trained_in(windows: list[tuple[int, int]], epoch: int) -> tuple[int, ...]:
     return tuple(index for index, (first, last) in enumerate(windows) if first <= epoch <= last)
 
 
-def plan(cfg) -> list[tuple[tuple[int, ...], int]] | None:
+def plan(cfg, depth: int | None = None) -> list[tuple[tuple[int, ...], int]] | None:
     """(layers trained, epoch) of each pass over the training data under algo.layer_windows,
-    or None without windows (or for a learner that ignores them: BP)."""
+    or None without windows (or for a learner that ignores them: BP). `depth`: the hidden
+    layers of the built stack (user blocks: their count), else model.depth."""
     from ffbench.config import ignored  # the schema imports this module's checks lazily too
 
     a = cfg.algo
     if ignored(cfg, "algo.layer_windows"):
         return None
-    windows = layer_windows(a.layer_windows, cfg.model.depth, cfg.trainer.epochs, a.schedule)
+    depth = depth or cfg.model.depth
+    windows = layer_windows(a.layer_windows, depth, cfg.trainer.epochs, a.schedule)
     return [(trained_in(windows, epoch), epoch) for epoch in range(1, cfg.trainer.epochs + 1)]

@@ -35,6 +35,7 @@ QUICK = ["trainer.epochs=2", "trainer.num_threads=1"]
         ["algo=ff", "algo.peer_norm=0.03", "algo.negatives=hard_label"],
         ["algo=ff", "algo.schedule=sequential", "algo.step_each_layer=true"],
         ["algo=ff", "model.blackbox=sign", "model.blackbox_after=2"],
+        ["algo=ff", "algo.layer_windows=[[1,1],[1,2],[2,2]]"],
         ["algo=bp"],
         ["algo=bp_ckpt", "optimizer=sgd", "optimizer.lr=0.05"],
     ],
@@ -231,6 +232,15 @@ def test_what_users_get_wrong_in_their_blocks_is_one_line_naming_it(tmp_path, mo
         "model.blocks: block 1 (ReLU) has no parameters to train: make each block a layer with "
         "weights (a parameter-free module goes inside one)"
     )
+    with pytest.raises(FFBenchError, match=r"^algo.layer_windows=\[\[1, 2\], \[1, 2\]\] is not"):
+        # one window per block (3), whatever model.depth (2) says: checked as the job is built
+        digits_job(
+            [
+                "model=user",
+                "model.blocks={_target_: mynet.blocks}",
+                "algo.layer_windows=[[1,2],[1,2]]",
+            ]
+        )
     typo = _error(["model.blocks={_target_: mynet.blocks, chanels: 3}"], tmp_path, monkeypatch)
     assert typo.startswith("model.blocks: mynet.blocks raised TypeError: ")
     assert "chanels" in typo
