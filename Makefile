@@ -48,20 +48,22 @@ lock:  ## reinstall .venv with the newest versions pyproject.toml allows and pin
 run: install  ## FF on the bundled digits data set, recorded in outputs/mlflow.db
 	$(BIN)/ffbench
 
-# The three tiers of docs/testing.md, each stopping `make test` if it fails.
-test: install  ## unit, app, then end-to-end tests (docs/testing.md: their times on 2 CPU cores)
-	$(BIN)/pytest tests/unit
-	$(BIN)/pytest tests/app
-	$(BIN)/pytest tests/e2e
+# The three tiers of docs/testing.md in one pytest run on TEST_WORKERS processes (pytest-xdist;
+# 0: in this one). Tests go to the workers one by one as they free up, those of a file marked
+# xdist_group together (its tests share a sweep); tests/e2e first, as its tests are the longest.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
+test: install  ## unit, app and end-to-end tests on 2 workers (docs/testing.md: their times on 2 CPU cores)
+	$(BIN)/pytest $(XDIST) tests/e2e tests/app tests/unit
 
 test-unit: install  ## the pieces, in the test process
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest $(XDIST) tests/unit
 
 test-app: install  ## whole jobs and sweeps of the ffbench app, in the test process
-	$(BIN)/pytest tests/app
+	$(BIN)/pytest $(XDIST) tests/app
 
 test-e2e: install  ## the installed commands in processes: signals, launchers, MLflow servers, make ui
-	$(BIN)/pytest tests/e2e
+	$(BIN)/pytest $(XDIST) tests/e2e
 
 test-browser: install  ## headless Chromium (Debian's `chromium`) on the MLflow UI; screenshots in outputs/ui/
 	$(BIN)/pytest -m slow -rs tests/e2e/test_ui.py

@@ -25,6 +25,9 @@ COLUMNS = {
     "wall_time_s": (".2f", min),
 }
 GREEN = re.escape("\x1b[1;32m")  # rich's bold green: the best value of a column
+# make test (pytest-xdist, --dist loadgroup): this file's tests on one worker, which builds the
+# module's sweep once
+pytestmark = pytest.mark.xdist_group("report")
 
 
 def report(cwd: Path, *args: str, **env: str):

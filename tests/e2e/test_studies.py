@@ -26,6 +26,9 @@ FIGURES = {
     "train_time_s": ".2f",
     "eval_time_s": ".2f",
 }
+# make test (pytest-xdist, --dist loadgroup): this file's tests on one worker, which builds the
+# module's study and its selection once
+pytestmark = pytest.mark.xdist_group("studies")
 
 
 @pytest.fixture(scope="module")

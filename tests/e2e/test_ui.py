@@ -34,6 +34,9 @@ GROUPS = ("algo", "dataset", "model", "goodness", "activation", "optimizer")
 METRICS = ("test_accuracy", "val_accuracy", "train_time_s", "wall_time_s", "peak_rss_mb")
 COLUMNS = [f"params.`{p}`" for p in links_module.PARAMS]
 COLUMNS += [f"metrics.`{m}`" for m in links_module.METRICS]
+# make test (pytest-xdist, --dist loadgroup): this file's tests on one worker, which builds the
+# module's sweep and its server once
+pytestmark = pytest.mark.xdist_group("ui")
 
 
 def printed_links(stdout: str) -> dict[str, str]:

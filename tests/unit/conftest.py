@@ -10,8 +10,10 @@ import subprocess
 import pytest
 import torch
 from helpers import LIBRARY_LOOKUP, TRACKED_FILES
+from hydra.core.config_store import ConfigStore
 
 from ffbench import experiment
+from ffbench.config import GROUPS, schema_keys, written_keys
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +44,19 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
     experiment.DEFAULT_THREADS = default
+
+
+@pytest.fixture(autouse=True)
+def no_test_options_left():
+    """An option a test registers (a toy entry it adds to a registry, which config.compose
+    then stores in Hydra's ConfigStore) is taken out of the store after it: a later test in
+    this process, of any tier (make test runs them all in each worker), sees the built-in
+    options only, as `ffbench --help` lists them."""
+    yield
+    repo, keys = ConfigStore.instance().repo, dict(schema_keys())
+    for group in GROUPS:
+        choices = keys[f"{group}.name"].metadata["choices"]
+        built_in = {*choices.first, *written_keys(choices.module, choices.name)}
+        options = repo.get(group, {})
+        for entry in [e for e in options if e.removesuffix(".yaml") not in built_in]:
+            del options[entry]
