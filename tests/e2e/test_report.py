@@ -59,11 +59,12 @@ def sweep(tmp_path_factory):
 
 
 def rows(stdout: str) -> dict[str, str]:
-    """{algo: its row of the comparison table}, colour codes left in."""
+    """{algo: its row of the comparison table}, colour codes left in. The comparison comes
+    first; a later table (each FF layer's own accuracy) names the settings again."""
     found = {}
     for line in stdout.splitlines():
         if " ± " in line and (match := re.search(r"algo=(\w+)", line)):
-            found[match[1]] = line
+            found.setdefault(match[1], line)
     return found
 
 

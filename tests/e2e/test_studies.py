@@ -4,6 +4,7 @@ against the MLflow store: the selected learning rate is the best by mean validat
 the Markdown's figures are the store's means, its command reruns the very settings; and
 benchmarks/results.py builds docs/results.md from the study's records (ffbench-records)."""
 
+import itertools
 import shlex
 import shutil
 import statistics
@@ -58,8 +59,11 @@ def cells(runs, metric: str) -> str:
 
 
 def markdown_rows(text: str) -> dict[str, list[str]]:
-    """{algo: the cells of its row} of a Markdown table."""
-    rows = [line.strip("|").split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    """{algo: the cells of its row} of the first Markdown table in `text` (a later one, each FF
+    layer's own accuracy, names the settings again)."""
+    lines = itertools.dropwhile(lambda line: not line.startswith("|"), text.splitlines())
+    first = itertools.takewhile(lambda line: line.startswith("|"), lines)
+    rows = [line.strip("|").split(" | ") for line in first if not line.startswith("|--")]
     return {row[0].strip(): [cell.strip() for cell in row] for row in rows[1:]}
 
 
