@@ -659,9 +659,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"ffbench-report: error: {message.splitlines()[0]}")
     folder = parent.data.tags.get(SWEEP_DIR) if parent else None
     client = MlflowClient(uri)
-    written = report(runs, client, args.out or Path(folder or "outputs/report"), args.select)
-    if parent and args.select:  # the sweep's own record gets its selection
-        client.log_artifact(parent.info.run_id, str(written[0]))
+    report(runs, client, args.out or Path(folder or "outputs/report"), args.select)
     print(ui.links_text(links(client, runs, parent, ui.base_url(args.ui_url, uri)), uri))
     if args.markdown:
         where = f"sweep `{args.sweep}`" if args.sweep else f"experiment `{args.experiment}`"
