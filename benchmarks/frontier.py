@@ -403,16 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"frontier.py: error: {err}", file=sys.stderr)
         return 1
     wanted = {args.root / PAGE: page} | {args.root / n: svg for n, svg in pictures.items()}
-    stale = [p for p, text in wanted.items() if not p.exists() or p.read_text() != text]
-    if args.check:
-        for path in stale:
-            print(f"frontier.py: {path} differs from what the records give: run `make results`")
-        return 1 if stale else 0
-    for path in stale:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(wanted[path])
-        print(f"wrote {path}")
-    return 0
+    return results.settle(wanted, args.check, "frontier.py")
 
 
 if __name__ == "__main__":

@@ -506,10 +506,16 @@ def main(argv: list[str] | None = None) -> int:
     readme = readme_path.read_text() if readme_path.exists() else ""
     wanted = {page_path: page, readme_path: fill(readme, blocks)}
     wanted |= {args.root / name: svg for name, svg in pictures.items()}
+    return settle(wanted, args.check, "results.py")
+
+
+def settle(wanted: dict[Path, str], check: bool, program: str) -> int:
+    """Write each file whose text is not `wanted`'s; with `check`, name them instead and
+    return 1 if there are any (the docs test and `make results --check`)."""
     stale = [p for p, text in wanted.items() if not p.exists() or p.read_text() != text]
-    if args.check:
+    if check:
         for path in stale:
-            print(f"results.py: {path} differs from what the records give: run `make results`")
+            print(f"{program}: {path} differs from what the records give: run `make results`")
         return 1 if stale else 0
     for path in stale:
         path.parent.mkdir(parents=True, exist_ok=True)
