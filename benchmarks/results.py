@@ -62,6 +62,7 @@ class Source:
     search_seeds: tuple[str, ...] = ()  # the seeds of the search; the others report
     headline: bool = False  # also in the README
     report: bool = False  # the README's example of ffbench-report's table and picture
+    contrast: tuple[str, str, str] = ()  # (key, value, against): their difference, by seed
 
 
 def _study(name: str, halves: tuple[str, ...]) -> tuple[str, ...]:
@@ -129,6 +130,15 @@ SOURCES = [
         "The defaults of `ffbench` and `ffbench algo=bp`, not tuned for either: a smoke test "
         "of the two commands, not a comparison.",
         report=True,
+    ),
+    Source(
+        "Precision: bf16 against fp32 on the paper's net (FF, 10 epochs)",
+        "precision-paper_mnist",
+        (f"ffbench -m +study=precision_paper_mnist {STORE}",),
+        "FF's reference recipe (+experiment=hinton_mnist) for 10 of its 60 epochs, in fp32 and "
+        "in bf16 autocast, the same three seeds each: the check behind the bf16 of the paper's "
+        "FF runs (paper_mnist_ff, hinton_mnist_bf16).",
+        contrast=("trainer.precision", "bf16", "fp32"),
     ),
 ]
 
@@ -221,6 +231,39 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = t.ppf(0.975, df) * se
     return ma - mb, ma - mb - half, ma - mb + half
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """mean(a - b) over pairs and its 95% interval by the paired t (a[i], b[i]: one seed)."""
+    from scipy.stats import t
+
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    mean = statistics.mean(d)
+    half = t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def contrast(source: Source, results) -> list[str]:
+    """The source's contrast (value - against, of each run's key) in validation and test
+    accuracy, paired by seed, beside the seeds' own spread; [] without 2 pairs."""
+    key, value, against = source.contrast
+    by_seed: dict[str, dict[str, object]] = {}
+    for run in results:
+        by_seed.setdefault(compare.value(run, SEED), {})[run.data.params.get(key)] = run
+    pairs = [(s[value], s[against]) for s in by_seed.values() if value in s and against in s]
+    if len(pairs) < 2:
+        return []
+    lines = []
+    for metric in ("val_accuracy", "test_accuracy"):
+        a = [run.data.metrics[metric] for run, _ in pairs]
+        b = [run.data.metrics[metric] for _, run in pairs]
+        d, low, high = paired(a, b)
+        lines.append(
+            f"- {compare.column(metric)[0]}, {value} - {against}: {d:+.4f}, 95% interval "
+            f"[{low:+.4f}, {high:+.4f}] (paired t over {len(pairs)} seeds); the seeds' own "
+            f"sd: {statistics.stdev(b):.4f} in {against}, {statistics.stdev(a):.4f} in {value}."
+        )
+    return ["", *lines]
 
 
 def _param(runs, key: str) -> str:
@@ -400,6 +443,8 @@ def plain(source: Source, runs, by_id: dict) -> tuple[str, str]:
     ignored = _not_result()
     groups = [g for s in compare.groups(results, keys).values() for g in rows(s, by_id, ignored)]
     lines = [f"## {source.title}", "", source.about, "", *row_table(groups, by_id)]
+    if source.contrast:
+        lines += contrast(source, results)
     if rest:
         lines += ["", f"{len(rest)} failed, killed or unfinished runs are not averaged."]
     console = Console(record=True, width=120, file=io.StringIO())

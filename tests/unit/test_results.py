@@ -88,6 +88,25 @@ def test_welch_interval_matches_scipy():
     assert (low, high) == pytest.approx((interval.low, interval.high))
 
 
+def test_a_contrast_is_paired_by_seed_beside_the_seeds_own_spread():
+    base = records.read(DIGITS)[0]
+    made = []
+    for seed, fp32, bf16 in (("0", 0.90, 0.91), ("1", 0.92, 0.92), ("2", 0.94, 0.96)):
+        for precision, val in (("fp32", fp32), ("bf16", bf16)):
+            record = copy.deepcopy(base)
+            record["run_id"] = f"{precision}{seed}".ljust(32, "0")
+            record["params"] |= {"trainer.precision": precision, "trainer.seed": seed}
+            record["metrics"] |= {"val_accuracy": val, "test_accuracy": val}
+            made.append(records.as_run(record))
+    source = results.Source("P", "p", (), "About.", contrast=("trainer.precision", "bf16", "fp32"))
+    lines = results.contrast(source, made)
+    d, low, high = results.paired([0.91, 0.92, 0.96], [0.90, 0.92, 0.94])
+    assert d == pytest.approx(0.01)  # differences 0.01, 0.0, 0.02 by seed
+    assert f"bf16 - fp32: {d:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}]" in lines[1]
+    assert "sd: 0.0200 in fp32, 0.0265 in bf16" in lines[1]
+    assert results.contrast(source, made[:2]) == []  # one seed: no interval
+
+
 def test_time_and_flops_to_reach_99_percent_of_the_final_validation_accuracy():
     record = {
         "metrics": {"val_accuracy": 0.9, "train_gflops_per_s": 2.0, "train_time_s": 40.0},
