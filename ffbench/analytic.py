@@ -4,8 +4,8 @@ alone.
 The prediction mirrors the ops of the MLP's layers (models.LayerStack: normalise, linear,
 activation) as each learner runs them (ff.py; bp.py, with or without checkpointing), counting
 each distinct storage once and leaving out parameters, exactly as measure.SavedTensors counts;
-the spatial models (model=conv, local), batch norm (model.batch_norm) and shortcuts
-(model.shortcuts) are measured only (total_bytes refuses them). tests/unit/test_memory.py checks it
+the spatial models (model=conv, local), batch norm (model.batch_norm), shortcuts
+(model.shortcuts) and dropout (model.dropout) are measured only (total_bytes refuses them). tests/unit/test_memory.py checks it
 byte for byte against the measurement, so a change to the layer code that changes memory shows
 up as a failing test.
 
@@ -120,11 +120,11 @@ def total_bytes(cfg, features: int, classes: int, batch: int, float_bytes: int =
     and temporaries, which this does not predict."""
     m = cfg.model
     shortcuts = [SHORTCUTS[kind].combine for kind in layer_shortcuts(m.shortcuts, m.depth)]
-    if m.batch_norm or any(shortcuts):
+    if m.batch_norm or any(shortcuts) or m.dropout:
         raise ValueError(
             "the analytic memory covers the plain MLP: batch norm (its parameters, running "
-            "statistics and saved tensors) and shortcuts (wider inputs, kept outputs) are not "
-            "modelled; measure them (measure.total)"
+            "statistics and saved tensors), shortcuts (wider inputs, kept outputs) and dropout "
+            "(its masks) are not modelled; measure them (measure.total)"
         )
     layers, others = _tensor_shapes(cfg, features, classes)
     every = [n for layer in layers for n in layer] + others

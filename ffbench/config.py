@@ -207,32 +207,40 @@ class ModelConfig:
         "conv, local: channels (feature maps) of every hidden layer, or a list of one per layer (e.g. [20,80,240]).",
         ignored_by=NO_SPATIAL_LAYERS,
     )
-    kernel: int = key(
+    kernel: typing.Any = key(
         5,
-        "conv, local: side of each layer's square receptive field.",
-        bound="positive",
+        "conv, local: side of each layer's square receptive field, or a list of one per layer (e.g. [5,5,3,3]).",
         ignored_by=NO_SPATIAL_LAYERS,
     )
-    stride: int = key(
+    stride: typing.Any = key(
         2,
-        "conv, local: step between neighbouring receptive fields.",
-        bound="positive",
+        "conv, local: step between neighbouring receptive fields, or a list of one per layer.",
         ignored_by=NO_SPATIAL_LAYERS,
     )
-    padding: int = key(
+    padding: typing.Any = key(
         2,
-        "conv, local: zeros added on each side of each layer's input.",
-        bound="non_negative",
+        "conv, local: zeros added on each side of each layer's input, or a list of one per layer.",
         ignored_by=NO_SPATIAL_LAYERS,
     )
     groups: typing.Any = key(
         1,
         "conv: channel groups of every layer's convolution, or a list of one per layer (e.g. [1,10,10]: CwComp's class groups kept apart).",
     )
-    pool: int = key(
+    pool: typing.Any = key(
         1,
-        "conv, local: max-pool each hidden layer's output over pool x pool windows (1: none).",
-        bound="positive",
+        "conv, local: pool each hidden layer's output over pool x pool windows (1: none), or a list of one per layer (e.g. [1,2,1,2]: CwComp's).",
+    )
+    pooling: str = key(
+        "max",
+        "conv, local: a pooling window's largest activity (max) or its mean (avg: DeeperForward's TinyCNN).",
+        Registry("models", "POOLS"),
+        ignored_by={"model.pooling": ("max",), **NO_SPATIAL_LAYERS},
+    )
+    dropout: float = key(
+        0.0,
+        "Fraction of each hidden layer's activities zeroed in training, FF and BP alike (after the activation, before pooling; DeeperForward's 0.2).",
+        bound="non_negative",
+        ignored_by={"model.dropout": (0.0,)},
     )
     shortcuts: typing.Any = key(
         "none",
@@ -775,6 +783,9 @@ def _validate_model(cfg, models, reads) -> None:
     if kind.spatial:
         models.layer_channels(m.channels, m.depth)  # one positive count per layer
         models.layer_channels(m.groups, m.depth, key="model.groups")
+        models.layer_sizes(m)  # kernel, stride, padding, pool: one each per layer
+    if m.dropout >= 1:
+        raise FFBenchError(f"model.dropout={m.dropout} would zero every activity: set it below 1")
     if reads("model.depth"):  # user blocks: checked against their count when built
         models.layer_shortcuts(m.shortcuts, m.depth)  # one known name per layer, where it fits
     for name in ("groups", "pool"):

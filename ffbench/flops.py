@@ -46,6 +46,7 @@ from ffbench.models import (
     layer_channels,
     layer_groups,
     layer_inputs,
+    layer_sizes,
     spatial_shapes,
 )
 from ffbench.windows import plan
@@ -64,14 +65,14 @@ def model_layers(cfg, features: int, image_shape: tuple | None = None):
         raise ValueError(f"model={m.name}: the FLOP count needs the image shape of the data")
     in_shape = image_chw(image_shape, features)
     channels = layer_channels(m.channels, m.depth)
-    convs, outputs = zip(
-        *spatial_shapes(in_shape, channels, m.kernel, m.stride, m.padding, m.pool), strict=True
-    )
+    sizes = layer_sizes(m)
+    convs, outputs = zip(*spatial_shapes(in_shape, channels, *sizes.values()), strict=True)
     groups = layer_groups(m, channels, image_shape, features)
     # a grouped convolution's output channel sums over its group's input channels only
     ins = layer_inputs(m, in_shape[0], channels)  # what the layer below passes up
     inputs = [c_in // g for c_in, g in zip(ins, groups, strict=True)]
-    macs = [c * h * w * m.kernel**2 * c_in for (c, h, w), c_in in zip(convs, inputs, strict=True)]
+    area = [k * k for k in sizes["kernel"]]
+    macs = [c * h * w * a * c_in for (c, h, w), a, c_in in zip(convs, area, inputs, strict=True)]
     return macs, [math.prod(shape) for shape in outputs]
 
 

@@ -3,8 +3,8 @@
 Every hidden layer is `activation(layer(normalise(input)))`, where `layer` is fully connected
 (`model=mlp`), convolutional (`model=conv`) or locally connected (`model=local`: a convolution
 without weight sharing, each output position with its own filters); a spatial layer's output
-may be max-pooled (`model.pool`), and each layer may have its own channel count
-(`model.channels=[20,80,240]`). FF trains each layer on
+may be pooled (`model.pool`, max or mean: `model.pooling`), and each layer may have its own
+channel count, kernel, stride, padding and pooling window (`model.channels=[20,80,240]`). FF trains each layer on
 its own; BP adds a linear output layer and trains everything end to end. Because both build on
 `LayerStack`, a comparison changes the learning rule and nothing else.
 
@@ -41,18 +41,30 @@ from ffbench.activations import NORMALISATIONS
 from ffbench.errors import FFBenchError
 
 
-def layer_channels(channels, depth: int, key: str = "model.channels") -> list[int]:
-    """model.channels (or another per-layer `key`) as one count per hidden layer: an int is
-    every layer's, a list gives each layer its own (bottom to top) of model.depth entries."""
-    if isinstance(channels, int) and not isinstance(channels, bool):
-        channels = [channels] * depth
-    counts = list(channels) if not isinstance(channels, str | float | bool) else []
-    if len(counts) != depth or not all(type(c) is int and c > 0 for c in counts):
+def layer_channels(channels, depth: int, key: str = "model.channels", least: int = 1) -> list[int]:
+    """model.channels (or another per-layer `key`: groups, kernel, stride, padding, pool) as
+    one count per hidden layer: an int is every layer's, a list gives each layer its own
+    (bottom to top) of model.depth entries, each at least `least`."""
+    counts = list(channels) if not isinstance(channels, str | float | bool | int) else []
+    if type(channels) is int:
+        counts = [channels] * depth
+    if len(counts) != depth or not all(type(c) is int and c >= least for c in counts):
+        kind = "positive" if least else "non-negative"
         raise FFBenchError(
-            f"{key}={channels} is not one positive count per hidden layer: set "
+            f"{key}={channels} is not one {kind} count per hidden layer: set "
             f"{key} to a number, or to a list of model.depth={depth} numbers"
         )
     return counts
+
+
+def layer_sizes(m) -> dict[str, list[int]]:
+    """model.kernel, stride, padding and pool as one value per hidden layer (each an int for
+    every layer, or a list: DeeperForward's TinyCNN has kernels [5,5,3,3] and pools [2,2,1,1])."""
+    least = {"padding": 0}
+    return {
+        key: layer_channels(m[key], m.depth, key=f"model.{key}", least=least.get(key, 1))
+        for key in ("kernel", "stride", "padding", "pool")
+    }
 
 
 def layer_groups(m, channels: list[int], image_shape: tuple, features: int) -> list[int]:
@@ -71,29 +83,34 @@ def layer_groups(m, channels: list[int], image_shape: tuple, features: int) -> l
 
 
 def spatial_shapes(
-    in_shape: tuple, channels: list[int], kernel: int, stride: int, padding: int, pool: int = 1
+    in_shape: tuple, channels: list[int], kernel, stride, padding, pool=1
 ) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
     """(channels, height, width) of every hidden layer's convolution output and of its output
-    after `pool` x `pool` max-pooling (the same when pool is 1), for an input of `in_shape`
-    (channels, height, width). Raises FFBenchError, saying what to set, if a layer's kernel
-    or pooling window does not fit its input."""
+    after `pool` x `pool` pooling (the same when pool is 1), for an input of `in_shape`
+    (channels, height, width); kernel, stride, padding and pool are each an int for every
+    layer or a list of one per layer. Raises FFBenchError, saying what to set, if a layer's
+    kernel or pooling window does not fit its input."""
     shapes = []
     _, h, w = in_shape
-    for index, c in enumerate(channels):
-        if kernel > min(h, w) + 2 * padding:
+    each = [
+        v if isinstance(v, list | tuple) else [v] * len(channels)
+        for v in (kernel, stride, padding, pool)
+    ]
+    for index, (c, k, s, p, pool_) in enumerate(zip(channels, *each, strict=True)):
+        if k > min(h, w) + 2 * p:
             raise FFBenchError(
-                f"model.kernel={kernel} is larger than the {h}x{w} input of hidden layer "
-                f"{index + 1} (model.padding={padding}): set model.kernel={min(h, w) + 2 * padding}"
+                f"model.kernel={k} is larger than the {h}x{w} input of hidden layer "
+                f"{index + 1} (model.padding={p}): set its kernel to {min(h, w) + 2 * p}"
                 " or less, a larger model.padding, a smaller model.stride, model.pool or model.depth"
             )
-        h, w = (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
+        h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         conv = (c, h, w)
-        if pool > min(h, w):
+        if pool_ > min(h, w):
             raise FFBenchError(
-                f"model.pool={pool} is larger than the {h}x{w} map of hidden layer {index + 1}: "
+                f"model.pool={pool_} is larger than the {h}x{w} map of hidden layer {index + 1}: "
                 "set a smaller model.pool or model.depth"
             )
-        h, w = h // pool, w // pool
+        h, w = h // pool_, w // pool_
         shapes.append((conv, (c, h, w)))
     return shapes
 
@@ -350,6 +367,21 @@ class Shortcuts:
         return a
 
 
+def place_blackbox(blackbox: dict | None, passed: list) -> tuple[int | None, nn.Module | None]:
+    """(the hidden layer whose input goes through it, the BlackBox) of LayerStack's `blackbox`
+    argument, on a stack whose layers pass up maps of the shapes `passed`; (None, None)."""
+    if blackbox is None:
+        return None, None
+    after = blackbox["after"]
+    if not 1 <= after < len(passed):  # the count of user blocks: known only now
+        raise FFBenchError(
+            f"model.blackbox_after={after} is not between two of the {len(passed)} "
+            f"hidden layers: set model.blackbox_after between 1 and {len(passed) - 1}"
+        )
+    size = math.prod(passed[after - 1])
+    return after, BlackBox(blackbox["kind"], size, blackbox["step"], blackbox["straight_through"])
+
+
 class LayerStack(nn.Module):
     def __init__(
         self,
@@ -365,6 +397,7 @@ class LayerStack(nn.Module):
         classes: int = 1,
         shortcuts: list[str] | None = None,
         batch_norm: bool = False,
+        dropout: float = 0.0,
     ):
         """An MLP of `depth` layers of `width` units; with `spatial` (kind `conv` or `local`,
         in_shape, channels (one per layer), kernel, stride, padding, pool, norm_scope) a stack
@@ -373,7 +406,8 @@ class LayerStack(nn.Module):
         after the `after`-th layer). Without `normalise_input` the first layer takes its input
         as it comes (FF's label inputs that normalise the image themselves). `shortcuts`:
         one SHORTCUTS name per layer (None: none); `batch_norm`: each layer's output is
-        batch-normalised (after pooling). `blocks`:
+        batch-normalised (after pooling); `dropout`: the fraction of each layer's activities
+        zeroed in training (after the activation, before pooling). `blocks`:
         hidden layers built elsewhere instead (model=user's, user.Block). `classes`: the groups
         of a normalisation within class groups (model.norm=class_groups)."""
         super().__init__()
@@ -382,7 +416,8 @@ class LayerStack(nn.Module):
         self.input_norm = NORMALISATIONS[norm] if normalise_input else (lambda x: x)  # the data
         norm_fn = NORMALISATIONS[norm].between_layers(classes)
         self.shapes = None  # (channels, height, width) of each hidden layer's output, if spatial
-        self.pool = 1
+        self.pools = None  # spatial: each layer's pooling window (1: none)
+        self.dropout = dropout
         self.kinds = shortcuts  # model.shortcuts, one per layer (None: no shortcut)
         self.measured = None  # FLOPs of each layer, if measured (user blocks); else flops.py's
         if blocks is not None:
@@ -396,21 +431,7 @@ class LayerStack(nn.Module):
         else:
             self._build_spatial(spatial, norm_fn)
         self._pass_up(batch_norm)
-        self.blackbox_at, self.blackbox = None, None
-        if blackbox is not None:
-            after = blackbox["after"]
-            if not 1 <= after < len(self.layers):  # the count of user blocks: known only now
-                raise FFBenchError(
-                    f"model.blackbox_after={after} is not between two of the {len(self.layers)} "
-                    f"hidden layers: set model.blackbox_after between 1 and {len(self.layers) - 1}"
-                )
-            self.blackbox_at = after
-            self.blackbox = BlackBox(
-                blackbox["kind"],
-                math.prod(self.passed[after - 1]),
-                blackbox["step"],
-                blackbox["straight_through"],
-            )
+        self.blackbox_at, self.blackbox = place_blackbox(blackbox, self.passed)
 
     def _use_blocks(self, blocks: list, norm_fn: Callable) -> None:
         """Hidden layers built elsewhere (user.Block: flat rows in and out, each with its
@@ -426,7 +447,7 @@ class LayerStack(nn.Module):
         """The spatial layers of `spatial` (LayerStack's argument), their output shapes and
         their normalisations (per position with norm_scope=position)."""
         kind = LAYERS[s["kind"]].layer
-        self.pool = s["pool"]
+        self.pools, self.pool_fn = s["pool"], POOLS[s["pooling"]]
         convs, self.shapes = zip(
             *spatial_shapes(
                 s["in_shape"], s["channels"], s["kernel"], s["stride"], s["padding"], s["pool"]
@@ -436,9 +457,9 @@ class LayerStack(nn.Module):
         passed = passed_channels(s["in_shape"][0], [c for c, _, _ in self.shapes], self.kinds)
         passed = [(c, h, w) for c, (_, h, w) in zip(passed, self.shapes, strict=True)]
         ins = [tuple(s["in_shape"]), *passed[:-1]]
+        sizes = (s["kernel"], s["stride"], s["padding"], s["groups"])
         self.layers = nn.ModuleList(
-            kind(a, b, s["kernel"], s["stride"], s["padding"], g)
-            for a, b, g in zip(ins, convs, s["groups"], strict=True)
+            kind(a, b, *each) for a, b, *each in zip(ins, convs, *sizes, strict=True)
         )
         self.out_features = [math.prod(shape) for shape in self.shapes]
         self.norms = [
@@ -471,12 +492,13 @@ class LayerStack(nn.Module):
         return self.layers[index](x)
 
     def pooled(self, index: int, a: torch.Tensor) -> torch.Tensor:
-        """Activities of a spatial layer max-pooled over `pool` x `pool` windows (model.pool):
-        the layer's output. After the activation, which need not be monotonic (GELU)."""
-        if self.pool == 1:
+        """Activities of a spatial layer pooled over its `pool` x `pool` windows (model.pool,
+        by model.pooling): the layer's output. After the activation, which need not be
+        monotonic (GELU)."""
+        if self.pools is None or self.pools[index] == 1:
             return a
         shape = self.layers[index].out_shape
-        return F.max_pool2d(a.view(len(a), *shape), self.pool).flatten(1)
+        return self.pool_fn(a.view(len(a), *shape), self.pools[index]).flatten(1)
 
     def output(self, index: int, u: torch.Tensor) -> torch.Tensor:
         """Hidden layer `index`'s output from its activities `u`: pooled (model.pool), then
@@ -487,7 +509,10 @@ class LayerStack(nn.Module):
 
     def layer(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Output of hidden layer `index` given that layer's (unnormalised) input."""
-        return self.output(index, self.activation(self.preactivation(index, x)))
+        a = self.activation(self.preactivation(index, x))
+        if self.dropout:  # model.dropout: in training only (nn.Module.train / eval)
+            a = F.dropout(a, self.dropout, self.training)
+        return self.output(index, a)
 
     def outputs(self, x: torch.Tensor):
         """Outputs of every hidden layer, bottom to top (before shortcuts), one at a time."""
@@ -515,7 +540,13 @@ class Layers:
     blocks: Callable | None = None
 
 
-SPATIAL_SIZES = ("channels", "kernel", "stride", "padding", "pool", "groups", "norm_scope")
+SPATIAL_SIZES = (
+    *("channels", "kernel", "stride", "padding", "pool", "pooling", "groups", "norm_scope"),
+)
+POOLS = {  # model.pooling: how a window of model.pool x model.pool positions becomes one
+    "max": F.max_pool2d,  # its largest activity (CwComp, the conv presets)
+    "avg": F.avg_pool2d,  # its mean (DeeperForward's TinyCNN): the mean goodness it keeps
+}
 LAYERS = {
     "mlp": Layers(nn.Linear, spatial=False, sized_by=("width",)),
     "conv": Layers(Conv, spatial=True, sized_by=SPATIAL_SIZES),
@@ -649,10 +680,8 @@ def make_stack(
             "in_shape": image_chw(image_shape, features),
             "channels": layer_channels(m.channels, m.depth),
             "groups": layer_groups(m, layer_channels(m.channels, m.depth), image_shape, features),
-            "kernel": m.kernel,
-            "stride": m.stride,
-            "padding": m.padding,
-            "pool": m.pool,
+            **layer_sizes(m),
+            "pooling": m.pooling,
             "norm_scope": m.norm_scope,
         }
     blackbox = None
@@ -676,6 +705,7 @@ def make_stack(
         classes=classes,
         shortcuts=shortcuts,
         batch_norm=m.batch_norm,
+        dropout=m.dropout,
     )
     if NORMALISATIONS[m.norm].class_groups:
         split_by_class(stack, classes, f"model.norm={m.norm}")

@@ -196,6 +196,69 @@ def test_cwcomps_grouped_layers_train_with_batch_norm_and_pooling(algo):
     assert 0.1 < metrics["test_accuracy"] <= 1.0
 
 
+# --- per-layer sizes, mean pooling, dropout ---------------------------------------------------
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_each_layer_takes_its_own_kernel_padding_and_pool(algo):
+    """DeeperForward's TinyCNN shape in small: kernels [5,3], paddings [2,1], pooled after
+    the first layer only, by the mean (model.pooling=avg)."""
+    sizes = ["model.kernel=[5,3]", "model.padding=[2,1]", "model.pool=[2,1]"]
+    overrides = [*ALGOS[algo], *CONV, "model.depth=2", "model.channels=[10,20]", *sizes]
+    job = digits_job([*overrides, "model.pooling=avg", "trainer.epochs=2"])
+    stack = job.learner.stack
+    assert [layer.kernel_size for layer in stack.layers] == [(5, 5), (3, 3)]
+    assert [layer.padding for layer in stack.layers] == [(2, 2), (1, 1)]
+    assert stack.shapes == ((10, 4, 4), (20, 4, 4))  # 8x8 -> conv 8x8 -> pool 4x4 -> conv 4x4
+    u = torch.rand(3, 10 * 8 * 8)
+    pooled = torch.nn.functional.avg_pool2d(u.view(3, 10, 8, 8), 2).flatten(1)
+    assert torch.equal(stack.pooled(0, u), pooled) and torch.equal(stack.pooled(1, u), u)
+    metrics = experiment.train(job, lambda step, metrics: None)
+    assert 0.1 < metrics["test_accuracy"] <= 1.0
+
+
+def test_a_list_of_equal_sizes_is_the_same_net_as_the_one_number():
+    overrides = [*CWC, *CONV, "model.depth=2", "model.channels=10", "trainer.epochs=1"]
+    listed = ["model.pool=[2,2]", "model.kernel=[3,3]", "model.stride=[1,1]", "model.padding=[1,1]"]
+    jobs, found = [], []
+    for sizes in (["model.pool=2"], listed):  # each built and trained in turn: one RNG stream
+        jobs.append(digits_job([*overrides, *sizes]))
+        found.append(experiment.train(jobs[-1], lambda step, metrics: None))
+    assert found[0]["test_accuracy"] == found[1]["test_accuracy"]
+    weights = [job.learner.stack.state_dict() for job in jobs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_sizes_that_are_not_one_per_layer_say_what_to_set():
+    base = [*CWC, *CONV, "model.depth=2", "model.channels=10"]
+    for override, words in (
+        ("model.kernel=[3]", "model.kernel=\\[3\\] is not one positive count per hidden layer"),
+        ("model.padding=[1,-1]", "is not one non-negative count per hidden layer"),
+        ("model.pool=[1,16]", "model.pool=16 is larger than the 8x8 map of hidden layer 2"),
+        ("model.dropout=1.0", "model.dropout=1.0 would zero every activity: set it below 1"),
+        ("model.pooling=median", "model.pooling"),
+    ):
+        with pytest.raises(FFBenchError, match=words):
+            digits_job([*base, override])
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_dropout_zeroes_activities_in_training_only(algo):
+    overrides = [*ALGOS[algo], *CONV, "model.depth=2", "model.channels=10", "trainer.epochs=2"]
+    job = digits_job([*overrides, "model.dropout=0.5"])
+    stack, x = job.learner.stack, job.data.x_train[:64]
+    with torch.no_grad():
+        stack.train()
+        trained = stack(x)[0]
+        stack.eval()
+        evaluated = stack(x)[0]
+    kept = trained != 0
+    assert 0.4 < 1 - kept.float().mean() / (evaluated != 0).float().mean() < 0.6
+    assert torch.allclose(trained[kept], 2 * evaluated[kept])  # the kept scaled by 1/(1-p)
+    metrics = experiment.train(job, lambda step, metrics: None)
+    assert 0.1 < metrics["test_accuracy"] <= 1.0
+
+
 # --- per-layer training windows --------------------------------------------------------------
 
 
@@ -253,6 +316,9 @@ FLOP_NETS = {
                    "model.pool=2", "trainer.epochs=1"],
     "windows": [*CONV, "model.depth=3", "model.channels=10", "trainer.epochs=3",
                 "algo.layer_windows=[[1,1],[1,2],[2,3]]"],
+    "per_layer": [*CONV, "model.depth=3", "model.channels=[10,20,20]", "model.kernel=[5,3,3]",
+                  "model.padding=[2,1,0]", "model.pool=[2,1,1]", "model.pooling=avg",
+                  "model.dropout=0.2", "trainer.epochs=1"],
 }  # fmt: skip
 
 
