@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, ListConfig, OmegaConf
 
 from ffbench.errors import FFBenchError
 
@@ -210,16 +210,19 @@ class ModelConfig:
     kernel: typing.Any = key(
         5,
         "conv, local: side of each layer's square receptive field, or a list of one per layer (e.g. [5,5,3,3]).",
+        bound="positive",
         ignored_by=NO_SPATIAL_LAYERS,
     )
     stride: typing.Any = key(
         2,
         "conv, local: step between neighbouring receptive fields, or a list of one per layer.",
+        bound="positive",
         ignored_by=NO_SPATIAL_LAYERS,
     )
     padding: typing.Any = key(
         2,
         "conv, local: zeros added on each side of each layer's input, or a list of one per layer.",
+        bound="non_negative",
         ignored_by=NO_SPATIAL_LAYERS,
     )
     groups: typing.Any = key(
@@ -229,6 +232,7 @@ class ModelConfig:
     pool: typing.Any = key(
         1,
         "conv, local: pool each hidden layer's output over pool x pool windows (1: none), or a list of one per layer (e.g. [1,2,1,2]: CwComp's).",
+        bound="positive",
     )
     pooling: str = key(
         "max",
@@ -703,7 +707,9 @@ def validate(cfg) -> None:
             )
         if f.metadata["bound"] and value is not None:
             holds, says, fix = BOUNDS[f.metadata["bound"]]
-            if not holds(value):
+            each = list(value) if isinstance(value, ListConfig) else [value]  # one per layer
+            numbers = [v for v in each if isinstance(v, int | float) and not isinstance(v, bool)]
+            if not all(holds(v) for v in numbers):
                 raise FFBenchError(f"{dotted} {says} (got {value}): {fix.format(key=dotted)}")
     # The checks below read the registries' facts: the training stack, loaded here, not when
     # the schema is imported.

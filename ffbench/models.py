@@ -98,10 +98,12 @@ def spatial_shapes(
     ]
     for index, (c, k, s, p, pool_) in enumerate(zip(channels, *each, strict=True)):
         if k > min(h, w) + 2 * p:
+            fits = f"model.kernel={min(h, w) + 2 * p}"  # one number for every layer, or its own
+            fits = fits if len(set(each[0])) == 1 else f"its kernel to {min(h, w) + 2 * p}"
             raise FFBenchError(
                 f"model.kernel={k} is larger than the {h}x{w} input of hidden layer "
-                f"{index + 1} (model.padding={p}): set its kernel to {min(h, w) + 2 * p}"
-                " or less, a larger model.padding, a smaller model.stride, model.pool or model.depth"
+                f"{index + 1} (model.padding={p}): set {fits} or less, a larger "
+                "model.padding, a smaller model.stride, model.pool or model.depth"
             )
         h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         conv = (c, h, w)

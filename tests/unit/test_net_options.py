@@ -233,7 +233,8 @@ def test_sizes_that_are_not_one_per_layer_say_what_to_set():
     base = [*CWC, *CONV, "model.depth=2", "model.channels=10"]
     for override, words in (
         ("model.kernel=[3]", "model.kernel=\\[3\\] is not one positive count per hidden layer"),
-        ("model.padding=[1,-1]", "is not one non-negative count per hidden layer"),
+        ("model.padding=[1,-1]", "model.padding must not be negative \\(got \\[1, -1\\]\\)"),
+        ("model.stride=[1,x]", "model.stride=\\[1, 'x'\\] is not one positive count"),
         ("model.pool=[1,16]", "model.pool=16 is larger than the 8x8 map of hidden layer 2"),
         ("model.dropout=1.0", "model.dropout=1.0 would zero every activity: set it below 1"),
         ("model.pooling=median", "model.pooling"),

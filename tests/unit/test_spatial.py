@@ -158,7 +158,7 @@ def test_the_black_box_has_no_gradient_unless_straight_through(kind):
         (["model.blackbox=sign", "model.blackbox_after=2"], "set model.blackbox_after between 1"),
         (["goodness.spatial=position"], "set model=conv or model=local"),
         (["model=local", "goodness.spatial=position"], "set model.norm_scope=position"),
-        (["model=conv", "model.kernel=0"], "model.kernel=0 is not one positive count"),
+        (["model=conv", "model.kernel=0"], "model.kernel must be positive"),
     ],
 )
 def test_impossible_settings_are_refused_before_training(overrides, message):
