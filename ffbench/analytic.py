@@ -5,9 +5,9 @@ The prediction mirrors the ops of the MLP's layers (models.LayerStack: normalise
 activation) as each learner runs them (ff.py; bp.py, with or without checkpointing), counting
 each distinct storage once and leaving out parameters, exactly as measure.SavedTensors counts;
 the spatial models (model=conv, local), batch norm (model.batch_norm), shortcuts
-(model.shortcuts) and dropout (model.dropout) are measured only (total_bytes refuses them). tests/unit/test_memory.py checks it
-byte for byte against the measurement, so a change to the layer code that changes memory shows
-up as a failing test.
+(model.shortcuts) and dropout (model.dropout) are measured only (total_bytes refuses them).
+tests/unit/test_memory.py checks it byte for byte against the measurement, so a change to the
+layer code that changes memory shows up as a failing test.
 
 total_bytes adds the other parts of a step's total memory that the shapes fix (parameters,
 optimizer state, gradients alive at once); tests/unit/test_total_memory.py checks parameters

@@ -66,7 +66,7 @@ def model_layers(cfg, features: int, image_shape: tuple | None = None):
     in_shape = image_chw(image_shape, features)
     channels = layer_channels(m.channels, m.depth)
     sizes = layer_sizes(m)
-    convs, outputs = zip(*spatial_shapes(in_shape, channels, *sizes.values()), strict=True)
+    convs, outputs = zip(*spatial_shapes(in_shape, channels, **sizes), strict=True)
     groups = layer_groups(m, channels, image_shape, features)
     # a grouped convolution's output channel sums over its group's input channels only
     ins = layer_inputs(m, in_shape[0], channels)  # what the layer below passes up

@@ -4,8 +4,8 @@ Every hidden layer is `activation(layer(normalise(input)))`, where `layer` is fu
 (`model=mlp`), convolutional (`model=conv`) or locally connected (`model=local`: a convolution
 without weight sharing, each output position with its own filters); a spatial layer's output
 may be pooled (`model.pool`, max or mean: `model.pooling`), and each layer may have its own
-channel count, kernel, stride, padding and pooling window (`model.channels=[20,80,240]`). FF trains each layer on
-its own; BP adds a linear output layer and trains everything end to end. Because both build on
+channel count, kernel, stride, padding and pooling window (`model.channels=[20,80,240]`). FF
+trains each layer on its own; BP adds a linear output layer and trains everything end to end. Because both build on
 `LayerStack`, a comparison changes the learning rule and nothing else.
 
 Activities travel between layers as flat rows (batch, units); a spatial layer's units are its
@@ -83,23 +83,26 @@ def layer_groups(m, channels: list[int], image_shape: tuple, features: int) -> l
 
 
 def spatial_shapes(
-    in_shape: tuple, channels: list[int], kernel, stride, padding, pool=1
+    in_shape: tuple,
+    channels: list[int],
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    pool: list[int],
 ) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
     """(channels, height, width) of every hidden layer's convolution output and of its output
     after `pool` x `pool` pooling (the same when pool is 1), for an input of `in_shape`
-    (channels, height, width); kernel, stride, padding and pool are each an int for every
-    layer or a list of one per layer. Raises FFBenchError, saying what to set, if a layer's
-    kernel or pooling window does not fit its input."""
+    (channels, height, width); kernel, stride, padding and pool hold one value per layer
+    (layer_sizes). Raises FFBenchError, saying what to set, if a layer's kernel or pooling
+    window does not fit its input."""
     shapes = []
     _, h, w = in_shape
-    each = [
-        v if isinstance(v, list | tuple) else [v] * len(channels)
-        for v in (kernel, stride, padding, pool)
-    ]
-    for index, (c, k, s, p, pool_) in enumerate(zip(channels, *each, strict=True)):
+    for index, (c, k, s, p, pool_) in enumerate(
+        zip(channels, kernel, stride, padding, pool, strict=True)
+    ):
         if k > min(h, w) + 2 * p:
             fits = f"model.kernel={min(h, w) + 2 * p}"  # one number for every layer, or its own
-            fits = fits if len(set(each[0])) == 1 else f"its kernel to {min(h, w) + 2 * p}"
+            fits = fits if len(set(kernel)) == 1 else f"its kernel to {min(h, w) + 2 * p}"
             raise FFBenchError(
                 f"model.kernel={k} is larger than the {h}x{w} input of hidden layer "
                 f"{index + 1} (model.padding={p}): set {fits} or less, a larger "
@@ -542,9 +545,7 @@ class Layers:
     blocks: Callable | None = None
 
 
-SPATIAL_SIZES = (
-    *("channels", "kernel", "stride", "padding", "pool", "pooling", "groups", "norm_scope"),
-)
+SPATIAL_SIZES = ("channels", "kernel", "stride", "padding", "pool", "groups", "norm_scope")
 POOLS = {  # model.pooling: how a window of model.pool x model.pool positions becomes one
     "max": F.max_pool2d,  # its largest activity (CwComp, the conv presets)
     "avg": F.avg_pool2d,  # its mean (DeeperForward's TinyCNN): the mean goodness it keeps
