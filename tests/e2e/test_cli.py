@@ -60,6 +60,7 @@ def test_non_editable_install_finds_its_configs(workdir, tmp_path):
     assert run.info.status == "FINISHED"
 
 
+@pytest.mark.slow  # 19 s: `make test-slow` and CI; make test serves a sweep in tests/e2e/test_ui.py
 def test_make_ui_serves_the_recorded_runs(workdir):
     """`make ui` starts a real MLflow server on 127.0.0.1 that shows what ffbench recorded."""
     assert ffbench_here(workdir, *QUICK).returncode == 0
@@ -73,7 +74,10 @@ def test_make_ui_serves_the_recorded_runs(workdir):
     assert runs[0]["info"]["run_name"] == "ff-sumsq-relu-digits"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+# SIGTERM (a scheduler's stop) is `make test-slow` and CI, 8 s; SIGINT is in make test
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)]
+)
 def test_interrupted_run_is_killed_with_its_epochs_kept(workdir, signum):
     """Ctrl-C or SIGTERM in mid-training: the run ends KILLED, never RUNNING."""
     process = subprocess.Popen(

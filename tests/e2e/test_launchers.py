@@ -84,6 +84,7 @@ def worker_pids(runs) -> set[int]:
     return {int(run.data.tags["ffbench.process"].rsplit(":", 1)[1]) for run in runs}
 
 
+@pytest.mark.slow  # 19 s of CPU: `make test-slow` and CI
 def test_joblib_workers_write_every_job_to_one_sqlite_store(workdir):
     """4 jobs over 2 loky worker processes: 4 children of the one parent, none lost."""
     seeds = list(range(4))
