@@ -8,10 +8,11 @@ BP's, at an equal training budget and at equal accuracy.
 Every figure comes from the records (`ffbench-records export docs/records/frontier
 --tracking-uri sqlite:///outputs/frontier/mlflow.db --experiment frontier`), as
 docs/results.md's do (benchmarks/results.py, whose provenance rules apply: a record of an
-uncommitted tree stops the page). Each run is one of six variants, read from its params:
-FF, FF at its floor (algo.step_each_layer), BP, BP checkpointed (bp_ckpt), BP accumulated
-(trainer.grad_accum_steps > 1) and BP checkpointed and accumulated; each net and batch is a
-cell of the grid. The leanest BP of a cell is the BP variant of least total peak there.
+uncommitted tree stops the page). Each run is one of seven variants, read from its params:
+FF, FF at its floor (algo.step_each_layer), FF at its floor over micro-batches
+(trainer.grad_accum_steps > 1), BP, BP checkpointed (bp_ckpt), BP accumulated and BP
+checkpointed and accumulated; each net and batch is a cell of the grid. The leanest FF and the
+leanest BP of a cell are the FF and the BP variant of least total peak there.
 """
 
 import argparse
@@ -49,7 +50,7 @@ STUDIES = (  # cheapest first: the records of a study under way fill the grid fr
 COMMANDS = tuple(
     f"ffbench -m +study={s} hydra/launcher=joblib hydra.launcher.n_jobs=2 {STORE}" for s in STUDIES
 )
-FF_VARIANTS = ("FF", "FF floor")
+FF_VARIANTS = ("FF", "FF floor", "FF floor accum")
 BP_VARIANTS = ("BP", "BP ckpt", "BP accum", "BP ckpt+accum")
 VARIANTS = FF_VARIANTS + BP_VARIANTS
 TARGETS = (0.7, 0.8, 0.85, 0.9)  # validation accuracies for memory at equal accuracy
@@ -58,9 +59,10 @@ PARTS = ("param", "grad", "optimizer_state", "saved_activations", "other")
 
 def variant(params: dict) -> str:
     """Which of VARIANTS a run is, from its recorded params."""
-    if params["algo"] == "ff":
-        return "FF floor" if params.get("algo.step_each_layer") == "True" else "FF"
     accumulated = int(params.get("trainer.grad_accum_steps", "1")) > 1
+    if params["algo"] == "ff":
+        floor = params.get("algo.step_each_layer") == "True"
+        return "FF floor" + " accum" * accumulated if floor else "FF"
     name = {"bp": "BP", "bp_ckpt": "BP ckpt"}[params["algo"]]
     return f"{name}+accum" if accumulated and name == "BP ckpt" else name + " accum" * accumulated
 
@@ -111,9 +113,16 @@ def cells(runs: list[Run]) -> dict[tuple, dict[str, Run]]:
     return found
 
 
-def leanest_bp(cell: dict[str, Run]) -> Run | None:
-    bp = [cell[v] for v in BP_VARIANTS if v in cell]
-    return min(bp, key=lambda r: r.total_mb) if bp else None
+def leanest(cell: dict[str, Run], variants: tuple) -> Run | None:
+    """The run of least total peak among those of `variants` in the cell."""
+    found = [cell[v] for v in variants if v in cell]
+    return min(found, key=lambda r: r.total_mb) if found else None
+
+
+def ratio(cell: dict[str, Run]) -> tuple[float, Run, Run] | None:
+    """(the leanest FF's total peak / the leanest BP's, the two runs) of a cell that has both."""
+    ff, bp = leanest(cell, FF_VARIANTS), leanest(cell, BP_VARIANTS)
+    return (ff.total_mb / bp.total_mb, ff, bp) if ff and bp else None
 
 
 def net_of(cell: dict[str, Run]) -> str:
@@ -121,19 +130,17 @@ def net_of(cell: dict[str, Run]) -> str:
 
 
 def budget_table(grid: dict) -> list[str]:
-    """Total peak (MiB) and validation accuracy of every variant in every cell, with FF at its
-    floor against the leanest BP."""
-    head = ["net", "batch", *VARIANTS, "FF floor / leanest BP"]
+    """Total peak (MiB) and validation accuracy of every variant in every cell, with the
+    leanest FF against the leanest BP."""
+    head = ["net", "batch", *VARIANTS, "leanest FF / leanest BP"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(VARIANTS) + 1)]
     for (family, _, batch), cell in grid.items():
         shown = [
             f"{cell[v].total_mb:.0f} / {cell[v].val:.3f}" if v in cell else "-" for v in VARIANTS
         ]
-        lean = leanest_bp(cell)
-        ratio = "-"
-        if lean is not None and "FF floor" in cell:
-            ratio = f"{cell['FF floor'].total_mb / lean.total_mb:.2f} ({lean.variant})"
-        lines.append(f"| {family} {net_of(cell)} | {batch} | {' | '.join(shown)} | {ratio} |")
+        both = ratio(cell)
+        ff_bp = f"{both[0]:.2f} ({both[1].variant} / {both[2].variant})" if both else "-"
+        lines.append(f"| {family} {net_of(cell)} | {batch} | {' | '.join(shown)} | {ff_bp} |")
     return lines
 
 
@@ -160,8 +167,8 @@ def equal_accuracy(runs: list[Run]) -> tuple[list[str], list[str]]:
                 )
             ff = least_at([r for r in mine if r.variant in FF_VARIANTS], target)
             bp = least_at([r for r in mine if r.variant in BP_VARIANTS], target)
-            ratio = f"{ff.total_mb / bp.total_mb:.2f}" if ff and bp else "-"
-            lines.append(f"| {family} | {target} | {' | '.join(shown)} | {ratio} |")
+            ff_bp = f"{ff.total_mb / bp.total_mb:.2f}" if ff and bp else "-"
+            lines.append(f"| {family} | {target} | {' | '.join(shown)} | {ff_bp} |")
             verdicts.append(verdict(family, target, ff, bp))
     return lines, verdicts
 
@@ -185,20 +192,20 @@ def verdict(family: str, target: float, ff: Run | None, bp: Run | None) -> str:
 
 
 def regime(grid: dict) -> list[str]:
-    """Where FF at its floor is below the leanest BP at the equal budget, and by how much."""
+    """Where the leanest FF is below the leanest BP at the equal budget, and by how much."""
     lines = []
     for family in sorted({k[0] for k in grid}, key=lambda f: f != "MLP"):
         ratios = [
-            (cell["FF floor"].total_mb / lean.total_mb, key)
+            (both[0], key)
             for key, cell in grid.items()
-            if key[0] == family and "FF floor" in cell and (lean := leanest_bp(cell)) is not None
+            if key[0] == family and (both := ratio(cell)) is not None
         ]
         if not ratios:
             continue
         below = [(r, k) for r, k in ratios if r < 1]
         low, high = min(ratios), max(ratios)
         lines.append(
-            f"- {family}: FF at its floor is below the leanest BP in {len(below)} of "
+            f"- {family}: the leanest FF is below the leanest BP in {len(below)} of "
             f"{len(ratios)} cells; from {low[0]:.2f}x ({net_of(grid[low[1]])}, batch "
             f"{low[1][2]}) to {high[0]:.2f}x ({net_of(grid[high[1]])}, batch "
             f"{high[1][2]})."
@@ -229,7 +236,7 @@ def _figure(columns: int, width: float = 11):
 
 
 COLOURS = {v: f"C{i}" for i, v in enumerate(VARIANTS)}
-MARKS = dict(zip(VARIANTS, "os^vD<", strict=True))
+MARKS = dict(zip(VARIANTS, "osp^vD<", strict=True))
 
 
 def draw_memory(runs: list[Run], family: str) -> str:
@@ -279,32 +286,30 @@ def draw_accuracy(runs: list[Run]) -> str:
 
 
 def draw_regime(grid: dict) -> str:
-    """FF at its floor / the leanest BP in every cell, on a log scale from 1/4 to 4: below 1
+    """The leanest FF / the leanest BP in every cell, on a log scale from 1/4 to 4: below 1
     (blue) FF holds less."""
     from matplotlib.colors import LogNorm
 
     families = sorted({k[0] for k in grid}, key=lambda f: f != "MLP")
     figure, panels = _figure(len(families), width=5.5 * len(families))
     for axes, family in zip(panels, families, strict=True):
-        keys = [k for k, c in grid.items() if k[0] == family and "FF floor" in c and leanest_bp(c)]
+        keys = [k for k, c in grid.items() if k[0] == family and ratio(c)]
         sizes = sorted({k[1] for k in keys})
         batches = sorted({k[2] for k in keys})
-        ratio = [[math.nan] * len(batches) for _ in sizes]
+        ratios = [[math.nan] * len(batches) for _ in sizes]
         for k in keys:
-            cell = grid[k]
-            value = cell["FF floor"].total_mb / leanest_bp(cell).total_mb
-            ratio[sizes.index(k[1])][batches.index(k[2])] = value
+            ratios[sizes.index(k[1])][batches.index(k[2])] = ratio(grid[k])[0]
         image = axes.imshow(
-            ratio, cmap="coolwarm", norm=LogNorm(0.25, 4.0), origin="lower", aspect="auto"
+            ratios, cmap="coolwarm", norm=LogNorm(0.25, 4.0), origin="lower", aspect="auto"
         )
-        for i, row in enumerate(ratio):
+        for i, row in enumerate(ratios):
             for j, value in enumerate(row):
                 if not math.isnan(value):
                     axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="small")
         axes.set_xticks(range(len(batches)), [str(b) for b in batches])
         names = {k[1]: net_of(grid[k]) for k in keys}
         axes.set_yticks(range(len(sizes)), [names[s] for s in sizes])
-        axes.set(xlabel="batch", title=f"{family}: FF floor / leanest BP, total peak")
+        axes.set(xlabel="batch", title=f"{family}: leanest FF / leanest BP, total peak")
         figure.colorbar(image, ax=axes)
     return _svg(figure)
 
@@ -323,7 +328,8 @@ def section(found: list[dict], root: Path) -> tuple[str, dict[str, str], str]:
         "cores with two jobs at a time: the batch-256 slice, `trainer.batch_size=256` added to "
         "each command, took 59 minutes of one core beside other work; FF at its floor on 16 "
         "layers is the longest job, about 20 minutes, as each layer's 20 passes run every layer "
-        "below it; a narrowed grid, e.g. `model.depth=2,4 trainer.batch_size=256`, in minutes):",
+        "below it; the floor's micro-batched half, added later, does the same passes again; a "
+        "narrowed grid, e.g. `model.depth=2,4 trainer.batch_size=256`, in minutes):",
         "",
         f"```bash\n{commands}\nffbench-records export docs/records/{EXPERIMENT} --tracking-uri "
         f"sqlite:///outputs/frontier/mlflow.db --experiment {EXPERIMENT}\nmake results\n```",
@@ -385,12 +391,13 @@ def section(found: list[dict], root: Path) -> tuple[str, dict[str, str], str]:
         "",
         *regime(grid),
         "",
-        f"![FF at its floor against the leanest BP]({relative[f'{PICTURES}/frontier-regime.svg']})",
+        f"![The leanest FF against the leanest BP]({relative[f'{PICTURES}/frontier-regime.svg']})",
     ]
     summary = [
         f"The frontier study ({done} jobs so far, {first['dataset']}, {first['trainer.epochs']} "
-        "passes per layer; [docs/memory.md](docs/memory.md#the-frontier)), FF at its floor "
-        "against the leanest of BP, BP checkpointed, accumulated and both, in total peak memory:",
+        "passes per layer; [docs/memory.md](docs/memory.md#the-frontier)), the leanest FF (at its "
+        "floor, with or without micro-batches) against the leanest of BP, BP checkpointed, "
+        "accumulated and both, in total peak memory:",
         "",
         *regime(grid),
         "",

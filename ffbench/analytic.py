@@ -141,8 +141,8 @@ def total_bytes(cfg, features: int, classes: int, batch: int, float_bytes: int =
         for s in stages
     ]
     state, grad = max(held)
-    if LEARNERS[cfg.algo.name].end_to_end:  # one backward per micro-batch (bp.Backprop)
-        batch = -(-batch // cfg.trainer.grad_accum_steps)  # tensor_split's largest part
+    # one backward per micro-batch (trainer.grad_accum_steps): tensor_split's largest part
+    batch = -(-batch // cfg.trainer.grad_accum_steps)
     saved = saved_activation_bytes(
         cfg.algo.name,
         batch,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ffbench.activations import make_activation
 from ffbench.data import minibatches
-from ffbench.learner import Learner, chunks, step
+from ffbench.learner import Learner, chunks, micro_batches, step
 from ffbench.models import Classifier, LayerStack, make_stack
 
 
@@ -56,10 +56,8 @@ class Backprop(Learner):
         total_loss, batches = 0.0, 0
         for idx in minibatches(len(x), batch_size, x.device):
             optimizer.zero_grad(set_to_none=True)
-            # Each micro-batch's loss is weighted by its share of the batch, so the summed
-            # gradient is the whole batch's while only one micro-batch's graph is held.
-            for part in idx.tensor_split(min(self.accum_steps, len(idx))):
-                loss = self.objective(x[part], y[part]) * (len(part) / len(idx))
+            for part, share in micro_batches(idx, self.accum_steps):
+                loss = self.objective(x[part], y[part]) * share
                 loss.backward()
                 total_loss = total_loss + loss.detach()
             step(optimizer)

@@ -68,6 +68,7 @@ def key(
     bound: str | None = None,
     *,
     ignored_by: dict | None = None,
+    ignored_at_default_by: dict | None = None,
     result: bool = True,
     shown_as: str | None = None,
 ):
@@ -75,7 +76,9 @@ def key(
     BOUNDS. What a run's result depends on (settings.py): the key counts,
     unless `result` is false (where things are kept, never what is computed) or the job's
     options are among those of `ignored_by` ({selector key: options that never read this
-    key}: any match drops it). A new option is in no such list, so every key counts for it:
+    key}: any match drops it), or among those of `ignored_at_default_by` while the key has
+    its default (options that came to read the key after their runs were recorded: those runs
+    keep their hashes). A new option is in no such list, so every key counts for it:
     a forgotten declaration costs a duplicate run, never a wrong reuse. `shown_as`: the type
     the option tables give a key whose type the schema cannot state (typing.Any)."""
     metadata = {
@@ -83,6 +86,7 @@ def key(
         "choices": choices,
         "bound": bound,
         "ignored_by": ignored_by or {},
+        "ignored_at_default_by": ignored_at_default_by or {},
         "result": result,
         "shown_as": shown_as,
     }
@@ -534,9 +538,9 @@ class TrainerConfig:
     )
     grad_accum_steps: int = key(
         1,
-        "BP: split each minibatch into this many micro-batches, one backward each, one step.",
+        "Split each minibatch into this many micro-batches, one backward each, one step: the gradient of the whole minibatch at one micro-batch's activations (FF: the same update where each example's loss is its own: not with batch norm, peer normalisation or negatives drawn at random).",
         bound="positive",
-        ignored_by=FORWARD_FORWARD,
+        ignored_at_default_by=FORWARD_FORWARD,  # FF reads it since 2026-12-06
     )
     checkpoint: bool = key(
         False,
@@ -648,16 +652,21 @@ def allowed(f) -> tuple:
     return tuple(f.metadata["choices"])
 
 
-def ignored(cfg, f) -> bool:
-    """Whether the result of the job `cfg` does not depend on the schema field `f` (a field
-    or its dotted key), as the field declares: settings.py leaves it out of the hash, and the
-    checks of validate() that concern it do not apply."""
-    if isinstance(f, str):
-        f = dict(schema_keys())[f]
+def ignored(cfg, dotted: str) -> bool:
+    """Whether the result of the job `cfg` does not depend on the schema key `dotted`, as its
+    field declares: settings.py leaves it out of the hash, and the checks of validate() that
+    concern it do not apply."""
+    f = dict(schema_keys())[dotted]
     if not f.metadata["result"]:
         return True
-    selected = f.metadata["ignored_by"].items()
-    return any(OmegaConf.select(cfg, selector) in options for selector, options in selected)
+
+    def any_of(selected: dict) -> bool:
+        return any(OmegaConf.select(cfg, key) in options for key, options in selected.items())
+
+    at_default = OmegaConf.select(cfg, dotted) == f.default
+    return any_of(f.metadata["ignored_by"]) or (
+        at_default and any_of(f.metadata["ignored_at_default_by"])
+    )
 
 
 def _has_yaml(group: str, name: str) -> bool:
@@ -729,6 +738,12 @@ def validate(cfg) -> None:
     if reads("algo.layer_windows") and reads("model.depth"):  # user blocks: once built
         windows.layer_windows(a.layer_windows, m.depth, cfg.trainer.epochs, a.schedule)
     sequential = reads("algo.schedule") and a.schedule == "sequential"
+    if reads("algo.step_each_layer") and cfg.trainer.grad_accum_steps > 1 and not sequential:
+        raise FFBenchError(
+            "algo.step_each_layer with trainer.grad_accum_steps > 1 holds every layer's gradient "
+            "until the micro-batches add up: set algo.schedule=sequential (one layer trains at "
+            "a time) or trainer.grad_accum_steps=1"
+        )
     mlp_shapes = "width" in models.LAYERS[m.name].sized_by  # what the reference times
     if cfg.trainer.matmul_reference and (not mlp_shapes or sequential):
         raise FFBenchError(

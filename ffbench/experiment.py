@@ -52,17 +52,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# optimizer.name -> (OptimizerConfig -> torch class and its options)
+# optimizer.name -> (OptimizerConfig -> torch class, its options, whether to use its fused
+# implementation where this torch has one)
 OPTIMIZERS = {
-    "adam": lambda cfg: (torch.optim.Adam, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}),
+    "adam": lambda cfg: (torch.optim.Adam, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}, True),
+    # Not fused with momentum: torch's fused SGD cannot step, in one call, tensors that have a
+    # momentum buffer and tensors that have none yet (FF's sequential schedule: a layer's first
+    # step beside the read-out's hundredth); foreach can.
     "sgd": lambda cfg: (
         torch.optim.SGD,
         {"lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay},
+        cfg.momentum == 0,
     ),
     # decoupled weight decay (ASGE, DeeperForward): w -= lr * weight_decay * w, not through
     # Adam's moments. Its state is per tensor, so one AdamW over every layer's tensors steps
     # each layer exactly as one AdamW per layer would (tests/unit/test_lr_schedule.py).
-    "adamw": lambda cfg: (torch.optim.AdamW, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}),
+    "adamw": lambda cfg: (
+        torch.optim.AdamW,
+        {"lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        True,
+    ),
 }
 
 
@@ -80,13 +89,15 @@ def merge_equal_groups(param_groups: list[dict], defaults: dict) -> list[dict]:
 
 def make_optimizer(param_groups: list[dict], cfg) -> torch.optim.Optimizer:
     """The optimizer an OptimizerConfig names; the fused implementation (one kernel for all
-    tensors) wherever this torch has one for the parameters' device."""
-    kind, options = OPTIMIZERS[cfg.name](cfg)
+    tensors) wherever this torch has one for the parameters' device and the entry allows it."""
+    kind, options, fused = OPTIMIZERS[cfg.name](cfg)
     param_groups = merge_equal_groups(param_groups, options)
-    try:
-        return kind(param_groups, fused=True, **options)
-    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
-        return kind(param_groups, **options)
+    if fused:
+        try:
+            return kind(param_groups, fused=True, **options)
+        except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
+            pass
+    return kind(param_groups, **options)
 
 
 def build_learner(cfg, num_features: int, num_classes: int, image_shape: tuple, device):

@@ -36,7 +36,7 @@ from ffbench.data import minibatches
 from ffbench.errors import FFBenchError
 from ffbench.ff_data import LABEL_INPUTS, NEGATIVES
 from ffbench.goodness import GOODNESS, LOSSES, default_theta, goodness_scale, make_goodness
-from ffbench.learner import Learner, chunks, step, weights_and_biases
+from ffbench.learner import Learner, chunks, micro_batches, step, weights_and_biases
 from ffbench.models import (
     INITS,
     LayerStack,
@@ -129,6 +129,12 @@ class PeerNorm(nn.Module):
         for index, n in enumerate(units):
             self.register_buffer(f"mean{index}", torch.full((n,), self.START))
 
+    @classmethod
+    def of(cls, stack: LayerStack, coefficient: float) -> "PeerNorm | None":
+        """The peer normalisation of `stack`'s layers (algo.peer_norm), or None at 0."""
+        units = [layer.out_features for layer in stack.layers]
+        return cls(units, coefficient) if coefficient > 0 else None
+
     def surrogate(self, index: int, z_pos: torch.Tensor, a_pos: torch.Tensor) -> torch.Tensor:
         """Update layer `index`'s running means with the positives' activities `a_pos`, and
         return a term whose gradient with respect to their pre-activations `z_pos` (N, units)
@@ -164,18 +170,21 @@ class Readout(nn.Linear):
         return head
 
     @torch.no_grad()
-    def set_gradient(self, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Set the cross-entropy gradient in closed form and return the loss: autograd would
-        keep `features` (every evaluated layer's activities) for a backward pass, which is
-        exactly the memory FF exists to avoid. Float32 throughout, even under bf16 autocast:
-        the gradient must match the parameter's dtype."""
+    def set_gradient(self, features: torch.Tensor, y: torch.Tensor, share: float = 1.0):
+        """Add the cross-entropy gradient, in closed form, to the gradients and return the
+        loss: autograd would keep `features` (every evaluated layer's activities) for a
+        backward pass, which is exactly the memory FF exists to avoid. `share`: this
+        micro-batch's part of the minibatch (trainer.grad_accum_steps). Float32 throughout,
+        even under bf16 autocast: the gradient must match the parameter's dtype."""
         with torch.autocast(features.device.type, enabled=False):
             logits = self(features)
             error = torch.softmax(logits, dim=1)
             error[torch.arange(len(y), device=y.device), y] -= 1.0
             error /= len(y)  # d(mean cross-entropy) / d(logits)
-            self.weight.grad = error.T @ features
-            self.bias.grad = error.sum(dim=0)
+            if share != 1.0:
+                error *= share
+            for p, grad in ((self.weight, error.T @ features), (self.bias, error.sum(dim=0))):
+                p.grad = grad if p.grad is None else p.grad.add_(grad)
             return F.cross_entropy(logits, y)
 
 
@@ -358,12 +367,10 @@ class ForwardForward(Predictions, Learner):
         self.sign = -1.0 if cfg.goodness.inverted else 1.0
         self.thetas = [self.sign * t for t in thetas]
         self.losses = layer_losses(cfg, stack, self.thetas)
-        self.peer = None
-        if cfg.algo.peer_norm > 0:
-            units = [layer.out_features for layer in stack.layers]
-            self.peer = PeerNorm(units, cfg.algo.peer_norm)
+        self.peer = PeerNorm.of(stack, cfg.algo.peer_norm)
         self.sequential = cfg.algo.schedule == "sequential"
         self.step_each_layer = cfg.algo.step_each_layer
+        self.accum_steps = cfg.trainer.grad_accum_steps  # micro-batches per minibatch
         # The first hidden layer mostly sees the label pixels themselves, so the paper leaves
         # it out of the evaluation (goodness sum and read-out) when there are layers above it.
         self.eval_from = 1 if cfg.algo.eval_skip_first and depth > 1 else 0
@@ -425,19 +432,16 @@ class ForwardForward(Predictions, Learner):
         g = self.sign * s  # the goodness itself, without computing it again
         theta = self.thetas[index]
         separation = ((s[:n] > theta).float().mean() + (s[n:] < theta).float().mean()) / 2
-        return {
-            "goodness_pos": g[:n].mean(),
-            "goodness_neg": g[n:].mean(),
-            "separation": separation,
-        }
+        pos, neg = g[:n].mean(), g[n:].mean()
+        return {"goodness_pos": pos, "goodness_neg": neg, "separation": separation}
 
-    def train_step(self, x, y, optimizer, layers: range) -> dict[str, torch.Tensor]:
-        """One minibatch; trains the `layers` given (all, or one in the sequential schedule).
-        Returns each trained layer's loss, mean goodness of positives and of negatives and
-        separation (the share of examples on the right side of theta), and the read-out's
-        loss, as tensors: reading them would wait for the device."""
+    def train_step(self, x, y, optimizer, layers: range, share: float = 1.0) -> dict:
+        """Adds the gradients of a minibatch, or of its micro-batch that is `share` of it, for
+        the `layers` given (all, or one in the sequential schedule). Returns each one's loss,
+        mean goodness of positives and of negatives and separation (the share of examples on
+        the right side of theta) and the read-out's loss, as tensors (no device sync)."""
         n = len(x)
-        optimizer.zero_grad(set_to_none=True)  # the last step's are dead: not held through it
+        step_now = self.step_each_layer and share == 1.0  # each layer's gradient is whole
         # The read-out's input for this step, before any update (None without a read-out).
         features = self.features(x) if self.readout is not None else None
         pos, neg = self.negatives(self, x, y, features)
@@ -445,9 +449,9 @@ class ForwardForward(Predictions, Learner):
         del pos, neg
         stats, kept = {}, {}  # kept: outputs a shortcut above reads (model.shortcuts)
         if self.readout is not None:  # its gradient first: its input is freed before the layers
-            stats["readout_loss"] = self.readout.set_gradient(features, y)
+            stats["readout_loss"] = self.readout.set_gradient(features, y, share)
             del features
-            if self.step_each_layer:
+            if step_now:
                 update(optimizer, free=True)
         for index in range(layers[-1] + 1):
             if index not in layers:  # a frozen lower layer (sequential schedule)
@@ -457,18 +461,14 @@ class ForwardForward(Predictions, Learner):
             a, s, loss, objective = self.layer_objective(index, h, n, y)
             h = self.stack.pass_up(index, a.detach(), kept)  # the next layer's input
             if self.head is not None and index == len(self.stack.layers) - 1:
-                stats["head_loss"] = self.head.set_gradient(s[:n].detach(), y)
+                stats["head_loss"] = self.head.set_gradient(s[:n].detach(), y, share)
             # Backward now frees this layer's graph before the next layer is computed.
-            objective.backward()
-            if self.step_each_layer:  # this layer's update, and its gradients gone, now
+            (objective if share == 1 else objective * share).backward()
+            if step_now:  # this layer's update, and its gradients gone, now
                 update(optimizer, free=True)
             stats[f"layer{index}_loss"] = loss.detach()
             for name, value in self.layer_stats(index, s, n, y).items():
                 stats[f"layer{index}_{name}"] = value
-        # Gradients of different layers never mix, so one step after all layers equals a
-        # step per layer (step_each_layer), and updates every tensor in one fused call.
-        if not self.step_each_layer:
-            step(optimizer)
         return stats
 
     def train_epoch(self, x, y, optimizer, batch_size: int, layer: int | None = None) -> dict:
@@ -478,8 +478,17 @@ class ForwardForward(Predictions, Learner):
             forget_state(optimizer, self.stack, keep=self.stack.layers[layer])
         totals, batches = {}, 0
         for idx in minibatches(len(x), batch_size, x.device):
-            for name, value in self.train_step(x[idx], y[idx], optimizer, layers).items():
-                totals[name] = totals.get(name, 0.0) + value
+            optimizer.zero_grad(set_to_none=True)  # the last step's are dead: not held on
+            parts = micro_batches(idx, self.accum_steps)
+            for part, share in parts:
+                for name, value in self.train_step(
+                    x[part], y[part], optimizer, layers, share
+                ).items():
+                    totals[name] = totals.get(name, 0.0) + (value * share if share < 1 else value)
+            # Gradients of different layers never mix: one step after all layers (in one fused
+            # call) equals step_each_layer's step per layer, taken unless micro-batches add up.
+            if not (self.step_each_layer and len(parts) == 1):
+                update(optimizer, free=self.step_each_layer)
             batches += 1
         means = (torch.stack(list(totals.values())) / batches).tolist()  # one host sync
         metrics = dict(zip(totals, means, strict=True))

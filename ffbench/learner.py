@@ -72,6 +72,13 @@ def step(optimizer: torch.optim.Optimizer) -> None:
     torch.clear_autocast_cache()
 
 
+def micro_batches(idx: torch.Tensor, steps: int) -> list[tuple[torch.Tensor, float]]:
+    """Up to `steps` parts of the minibatch `idx`, each with its share of it (gradient
+    accumulation, trainer.grad_accum_steps): each part's loss weighted by its share, the
+    gradients sum to the whole minibatch's while one part's graph is held at a time."""
+    return [(part, len(part) / len(idx)) for part in idx.tensor_split(min(steps, len(idx)))]
+
+
 def chunks(x: torch.Tensor, size: int):
     """The rows of `x`, `size` at a time: evaluation goes through this, in pieces that bound its
     memory, and a stop that arrived during a piece is acted on before the next (stops.py)."""

@@ -11,7 +11,9 @@ on:
   hashes stay as they were before the rename, so the FINISHED runs recorded before it are
   still found);
 - `ignored_by`: the options that never read the key (e.g. `goodness.*` and every `algo.*` key
-  but `name` for `algo=bp` and `bp_ckpt`, `model.width` for the spatial models).
+  but `name` for `algo=bp` and `bp_ckpt`, `model.width` for the spatial models);
+- `ignored_at_default_by`: the options that came to read the key later, at its default (FF's
+  `trainer.grad_accum_steps=1`): their earlier runs keep their hashes.
 
 A key counts unless it says otherwise, and an option counts as reading every key unless a
 key names it, so a new learner, model or data set gets every key hashed: a forgotten
@@ -43,8 +45,8 @@ def relevant_settings(cfg, device: str) -> dict:
     `device` is the resolved device type that replaces trainer.device."""
     settings = OmegaConf.to_container(cfg, resolve=True)
     settings.pop("hydra", None)  # present only in configs composed with return_hydra_config
-    for dotted, f in schema_keys():
-        if ignored(cfg, f):
+    for dotted, _ in schema_keys():
+        if ignored(cfg, dotted):
             _drop(settings, dotted)
     # a section none of whose keys counts (tracking) is left out, not hashed as {}
     settings = {k: v for k, v in settings.items() if v != {}}

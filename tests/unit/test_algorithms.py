@@ -48,13 +48,14 @@ def test_goodness_loss_and_normalisation_values():
 
 
 def _one_step(overrides, layers, lr=0.1):
-    """A fresh FF net after one train_step on fixed data: (net, weights before, lr)."""
+    """A fresh FF net after one train_step on fixed data and the step: (net, weights before)."""
     ff, _ = make_trainable([*SMALL_FF, "optimizer=sgd", "optimizer.momentum=0", *overrides])
     optimizer = torch.optim.SGD(ff.param_groups(), lr=lr)
     before = [p.detach().clone() for p in ff.stack.parameters()]
     torch.manual_seed(1)
     x, y = torch.rand(8, 20), torch.randint(0, 10, (8,))
-    ff.train_step(x, y, optimizer, layers)
+    ff.train_step(x, y, optimizer, layers)  # the gradients; train_epoch steps
+    optimizer.step()
     return ff, before
 
 

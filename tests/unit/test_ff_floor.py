@@ -4,7 +4,7 @@ state. The arithmetic is the normal mode's, so the results are the same to the b
 
 import pytest
 import torch
-from helpers import ONE_THREAD, digits_job, make_trainable
+from helpers import ONE_THREAD, SMALL_FF, digits_job, make_trainable
 
 from ffbench import experiment, ff
 
@@ -75,3 +75,19 @@ def test_sequential_floor_keeps_optimizer_state_of_the_layer_in_training_only():
             layers = [i for i, m in enumerate(learner.stack.layers) if m.weight in optimizer.state]
             assert layers == held[layer]
             assert learner.readout.weight in optimizer.state  # trained in every stage
+
+
+def test_a_layer_starts_beside_the_trained_read_out_under_sgd_with_momentum():
+    """Sequential: layer 1's first step comes with the read-out's third, one holding a momentum
+    buffer and one not yet, in one parameter group (the read-out's step size is the layers'):
+    torch's fused SGD cannot step the two together."""
+    sgd = ["optimizer=sgd", "optimizer.momentum=0.9"]
+    overrides = [*sgd, *SMALL_FF, "algo.readout=true", "algo.schedule=sequential"]
+    weights = []
+    for floor in ("false", "true"):
+        learner, optimizer = make_trainable([*overrides, f"algo.step_each_layer={floor}"])
+        x, y = torch.rand(32, 20), torch.randint(0, 10, (32,))
+        for layer in learner.stages():
+            learner.train_epoch(x, y, optimizer, 16, layer)
+        weights.append(torch.cat([p.detach().flatten() for p in learner.parameters()]))
+    torch.testing.assert_close(weights[1], weights[0], rtol=0, atol=0)

@@ -22,7 +22,8 @@ def test_each_run_is_the_variant_its_params_say():
         return {"algo": algo, "algo.step_each_layer": floor, "trainer.grad_accum_steps": accum}
 
     assert frontier.variant(params("ff")) == "FF"
-    assert frontier.variant(params("ff", floor="True", accum="4")) == "FF floor"
+    assert frontier.variant(params("ff", floor="True")) == "FF floor"
+    assert frontier.variant(params("ff", floor="True", accum="4")) == "FF floor accum"
     assert frontier.variant(params("bp")) == "BP"
     assert frontier.variant(params("bp", accum="4")) == "BP accum"
     assert frontier.variant(params("bp_ckpt")) == "BP ckpt"
@@ -51,25 +52,26 @@ def test_memory_at_equal_accuracy_is_the_least_total_that_reaches_the_target():
     assert "below" in at_80 and "0.50x" in at_80  # BP ckpt, the least BP, falls short of 0.8
 
 
-def test_the_regime_compares_the_floor_with_the_leanest_bp_of_each_cell():
+def test_the_regime_compares_the_leanest_ff_with_the_leanest_bp_of_each_cell():
     grid = frontier.cells(
         [
             run("FF floor", 90.0, 0.9),
+            run("FF floor accum", 95.0, 0.9),  # more than the floor: not the leanest FF here
             run("BP", 200.0, 0.9),
             run("BP ckpt+accum", 100.0, 0.9),
             run("FF floor", 300.0, 0.9, batch=1024),
+            run("FF floor accum", 250.0, 0.9, batch=1024),
             run("BP accum", 200.0, 0.9, batch=1024),
         ]
     )
     lines = frontier.regime(grid)
     assert lines == [
-        "- MLP: FF at its floor is below the leanest BP in 1 of 2 cells; from 0.90x (4 x 2000, "
-        "batch 256) to 1.50x (4 x 2000, batch 1024)."
+        "- MLP: the leanest FF is below the leanest BP in 1 of 2 cells; from 0.90x (4 x 2000, "
+        "batch 256) to 1.25x (4 x 2000, batch 1024)."
     ]
     table = frontier.budget_table(grid)
-    assert table[2].endswith("| 0.90 (BP ckpt+accum) |") and table[3].endswith(
-        "| 1.50 (BP accum) |"
-    )
+    assert table[2].endswith("| 0.90 (FF floor / BP ckpt+accum) |")
+    assert table[3].endswith("| 1.25 (FF floor accum / BP accum) |")
 
 
 def test_runs_of_an_uncommitted_tree_make_no_frontier(tmp_path, capsys):
@@ -87,7 +89,7 @@ def test_runs_of_an_uncommitted_tree_make_no_frontier(tmp_path, capsys):
 
 
 def test_the_studys_parts_train_the_variants_they_name_on_the_whole_grid():
-    from ffbench.config import compose
+    from ffbench.config import compose, validate
 
     named = {
         "frontier_mlp": "FF",
@@ -109,5 +111,10 @@ def test_the_studys_parts_train_the_variants_they_name_on_the_whole_grid():
             expected = named.get(study, "BP ckpt+accum" if overrides else "FF")
             assert frontier.variant(params) == expected, study
             assert cfg.measure.total and cfg.tracking.experiment == frontier.EXPERIMENT
-    # MLP: 4 depths x 3 batches x (FF, floor, 4 BPs); conv: 3 widths x 3 batches x 6
-    assert [frontier.results.planned(c) for c in frontier.COMMANDS] == [48, 36, 9, 9, 12, 12]
+    for study in ("frontier_mlp_floor", "frontier_conv_floor"):  # their micro-batched half
+        cfg = compose([f"+study={study}", "trainer.grad_accum_steps=4"])
+        validate(cfg)  # the floor over micro-batches: in the sequential schedule
+        params = {"algo": "ff", "algo.step_each_layer": "True", "trainer.grad_accum_steps": "4"}
+        assert frontier.variant(params) == "FF floor accum"
+    # MLP: 4 depths x 3 batches x (FF, floor, floor accum, 4 BPs); conv: 3 widths x 3 batches x 7
+    assert [frontier.results.planned(c) for c in frontier.COMMANDS] == [48, 36, 9, 18, 12, 24]

@@ -16,6 +16,13 @@ SETTINGS = {
     "ff": ["algo=ff"],
     "ff_floor": ["algo=ff", "algo.step_each_layer=true"],
     "ff_floor_sequential": ["algo=ff", "algo.step_each_layer=true", "algo.schedule=sequential"],
+    "ff_accum": ["algo=ff", "trainer.grad_accum_steps=4"],
+    "ff_floor_sequential_accum": [
+        "algo=ff",
+        "algo.step_each_layer=true",
+        "algo.schedule=sequential",
+        "trainer.grad_accum_steps=4",
+    ],
 }
 OPTIMIZERS = {"adam": ["optimizer=adam"], "sgd": ["optimizer=sgd", "optimizer.momentum=0.9"]}
 
