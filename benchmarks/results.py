@@ -65,6 +65,26 @@ class Source:
     contrast: tuple[str, str, str] = ()  # (key, value, against): their difference, by seed
 
 
+# The best-FF search's tries: (preset, the overrides beyond precision, threads and seed)
+CROP = "dataset.augment=crop dataset.crop_padding=2 "
+BEST_FF_TRIES = (
+    ("mnist_conv", CROP),
+    ("mnist_conv", CROP + "algo.predictor=layer_range "),
+    ("mnist_conv", "algo.predictor=layer_range "),
+    (
+        "mnist_conv",
+        CROP + "algo.predictor=layer_range model.depth=4 'model.channels=[20,80,240,480]' "
+        "'model.pool=[2,2,2,1]' ",
+    ),
+    ("mnist_conv", CROP + "algo.predictor=layer_range 'model.channels=[40,160,480]' "),
+    (
+        "fashion_mnist_conv",
+        "dataset.augment=crop_flip dataset.crop_padding=2 algo.predictor=layer_range ",
+    ),
+    ("fashion_mnist_conv", "algo.predictor=layer_range "),
+)
+
+
 def _study(name: str, halves: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f"ffbench -m +study={name}_{half} {STORE}" for half in halves)
 
@@ -130,6 +150,20 @@ SOURCES = [
         "The defaults of `ffbench` and `ffbench algo=bp`, not tuned for either: a smoke test "
         "of the two commands, not a comparison.",
         report=True,
+    ),
+    Source(
+        "Search for the best FF that fits 2 cores: one ingredient at a time (seed 1)",
+        "pilot-best-ff",
+        tuple(
+            f"ffbench +experiment={net} trainer.precision=bf16 trainer.num_threads=1 "
+            f"trainer.seed=1 {more}tracking.uri=sqlite:///outputs/pilot/mlflow.db "
+            "tracking.experiment=pilot-best-ff"
+            for net, more in BEST_FF_TRIES
+        ),
+        "Exploration toward issue 27's best FF (at most 40 minutes a run on 2 cores): the conv "
+        "FF of +experiment=mnist_conv and fashion_mnist_conv in bf16 with one ingredient "
+        "changed at a time, seed 1, one thread beside other work, read on validation. Not a "
+        "comparison (one seed, no BP twin): it chooses what the tuned, seeded study runs.",
     ),
     Source(
         "Precision: bf16 against fp32 on the paper's net (FF, 10 epochs)",
