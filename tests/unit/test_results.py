@@ -174,6 +174,12 @@ def test_a_study_short_of_seeds_says_the_command_that_completes_it():
     assert "FF - BP" not in readme  # no interval from one seed
 
 
+def test_the_reporting_seeds_follow_the_search_seeds():
+    assert results.report_seeds(("0",)) == ["1", "2", "3"]
+    assert results.report_seeds(("1",)) == ["2", "3", "4"]  # best_ff_mnist: FF searched on 1
+    assert results.report_seeds(()) == ["1", "2", "3"]
+
+
 def _store(tmp_path: Path, name: str) -> MlflowClient:
     return MlflowClient(f"sqlite:///{tmp_path / name}")
 
