@@ -57,6 +57,12 @@ TARGETS = (0.7, 0.8, 0.85, 0.9)  # validation accuracies for memory at equal acc
 PARTS = ("param", "grad", "optimizer_state", "saved_activations", "other")
 
 
+def mib(value: float) -> str:
+    """A total peak in MiB for the tables: whole MiB, or two decimals below 10 (the small conv
+    nets hold less than one)."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2f}"
+
+
 def variant(params: dict) -> str:
     """Which of VARIANTS a run is, from its recorded params."""
     accumulated = int(params.get("trainer.grad_accum_steps", "1")) > 1
@@ -136,7 +142,7 @@ def budget_table(grid: dict) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(VARIANTS) + 1)]
     for (family, _, batch), cell in grid.items():
         shown = [
-            f"{cell[v].total_mb:.0f} / {cell[v].val:.3f}" if v in cell else "-" for v in VARIANTS
+            f"{mib(cell[v].total_mb)} / {cell[v].val:.3f}" if v in cell else "-" for v in VARIANTS
         ]
         both = ratio(cell)
         ff_bp = f"{both[0]:.2f} ({both[1].variant} / {both[2].variant})" if both else "-"
@@ -163,7 +169,7 @@ def equal_accuracy(runs: list[Run]) -> tuple[list[str], list[str]]:
             for v in VARIANTS:
                 best = least_at([r for r in mine if r.variant == v], target)
                 shown.append(
-                    f"{best.total_mb:.0f} ({best.net}, {best.batch})" if best else "not reached"
+                    f"{mib(best.total_mb)} ({best.net}, {best.batch})" if best else "not reached"
                 )
             ff = least_at([r for r in mine if r.variant in FF_VARIANTS], target)
             bp = least_at([r for r in mine if r.variant in BP_VARIANTS], target)
@@ -180,13 +186,13 @@ def verdict(family: str, target: float, ff: Run | None, bp: Run | None) -> str:
         who, run = ("BP", bp) if ff is None else ("FF", ff)
         return (
             f"- {family}, {target}: only {who} reaches it ({run.variant}, "
-            f"{run.net}, batch {run.batch}: {run.total_mb:.0f} MiB)."
+            f"{run.net}, batch {run.batch}: {mib(run.total_mb)} MiB)."
         )
     side = "below" if ff.total_mb < bp.total_mb else "above"
     return (
-        f"- {family}, {target}: FF's least total peak is {side} BP's: {ff.total_mb:.0f} MiB "
+        f"- {family}, {target}: FF's least total peak is {side} BP's: {mib(ff.total_mb)} MiB "
         f"({ff.variant}, {ff.net}, batch {ff.batch}) against "
-        f"{bp.total_mb:.0f} MiB ({bp.variant}, {bp.net}, batch {bp.batch}), "
+        f"{mib(bp.total_mb)} MiB ({bp.variant}, {bp.net}, batch {bp.batch}), "
         f"{ff.total_mb / bp.total_mb:.2f}x."
     )
 
