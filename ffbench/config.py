@@ -647,6 +647,12 @@ def schema_keys() -> list:
     return keys + [(f.name, f) for f in fields(Config) if not is_dataclass(f.type)]
 
 
+@functools.cache
+def schema_field(dotted: str):
+    """The dataclass field of the schema key `dotted` (the schema is fixed: looked up once)."""
+    return dict(schema_keys())[dotted]
+
+
 def allowed(f) -> tuple:
     """The allowed values of the schema field `f` (empty: any value of its type)."""
     return tuple(f.metadata["choices"])
@@ -656,7 +662,7 @@ def ignored(cfg, dotted: str) -> bool:
     """Whether the result of the job `cfg` does not depend on the schema key `dotted`, as its
     field declares: settings.py leaves it out of the hash, and the checks of validate() that
     concern it do not apply."""
-    f = dict(schema_keys())[dotted]
+    f = schema_field(dotted)
     if not f.metadata["result"]:
         return True
 
@@ -780,7 +786,7 @@ def _validate_labels(a, losses: dict, negatives: dict, label_inputs: dict) -> No
             f"algo.loss={a.loss} with algo.negatives={a.negatives}: only the {without} loss "
             f"trains without negative data: set {fix}"
         )
-    default = dict(schema_keys())["algo.label_input"].default  # what nobody chose
+    default = schema_field("algo.label_input").default  # what nobody chose
     if negative.unsupervised and labelled and a.label_input != default:
         raise FFBenchError(
             f"algo.negatives={a.negatives} is unsupervised and writes no label: set "

@@ -181,8 +181,7 @@ class Readout(nn.Linear):
             error = torch.softmax(logits, dim=1)
             error[torch.arange(len(y), device=y.device), y] -= 1.0
             error /= len(y)  # d(mean cross-entropy) / d(logits)
-            if share != 1.0:
-                error *= share
+            error *= share
             for p, grad in ((self.weight, error.T @ features), (self.bias, error.sum(dim=0))):
                 p.grad = grad if p.grad is None else p.grad.add_(grad)
             return F.cross_entropy(logits, y)
@@ -463,7 +462,7 @@ class ForwardForward(Predictions, Learner):
             if self.head is not None and index == len(self.stack.layers) - 1:
                 stats["head_loss"] = self.head.set_gradient(s[:n].detach(), y, share)
             # Backward now frees this layer's graph before the next layer is computed.
-            (objective if share == 1 else objective * share).backward()
+            (objective * share).backward()
             if step_now:  # this layer's update, and its gradients gone, now
                 update(optimizer, free=True)
             stats[f"layer{index}_loss"] = loss.detach()
@@ -484,7 +483,7 @@ class ForwardForward(Predictions, Learner):
                 for name, value in self.train_step(
                     x[part], y[part], optimizer, layers, share
                 ).items():
-                    totals[name] = totals.get(name, 0.0) + (value * share if share < 1 else value)
+                    totals[name] = totals.get(name, 0.0) + value * share
             # Gradients of different layers never mix: one step after all layers (in one fused
             # call) equals step_each_layer's step per layer, taken unless micro-batches add up.
             if not (self.step_each_layer and len(parts) == 1):
