@@ -5,8 +5,9 @@
     python benchmarks/profile_step.py trainer.num_threads=1     # any other ffbench override
 
 Prints the operators by their own time, with input shapes, and the share of the step spent in
-matrix products (aten::mm, addmm, bmm, convolution), in casts between dtypes (copies of
-weights and activations), in the optimizer, and in everything else.
+matrix products (aten::mm, addmm, bmm, convolutions forward and backward), in pooling (a conv
+net's), in casts between dtypes (copies of weights and activations), in the optimizer, and in
+everything else.
 """
 
 import argparse
@@ -31,6 +32,11 @@ KINDS = {
     "aten::addmm": "matrix products",
     "aten::bmm": "matrix products",
     "aten::mkldnn_convolution": "matrix products",
+    "aten::convolution_backward": "matrix products",  # a conv net's weight and input gradients
+    "aten::max_pool2d_with_indices": "pooling",
+    "aten::max_pool2d_with_indices_backward": "pooling",
+    "aten::avg_pool2d": "pooling",
+    "aten::avg_pool2d_backward": "pooling",
     "aten::copy_": "casts and copies",
     "aten::_fused_adam_": "optimizer",
     "aten::_fused_sgd_": "optimizer",

@@ -17,6 +17,7 @@ and optimizer state at the measured peak (measure.LiveTensors) to the byte.
 import torch
 
 from ffbench.activations import ACTIVATIONS, NORMALISATIONS
+from ffbench.goodness import LOSSES
 from ffbench.learners import LEARNERS
 from ffbench.models import LAYERS, SHORTCUTS, layer_shortcuts
 
@@ -33,6 +34,7 @@ def saved_activation_bytes(
     float_bytes: int = 4,
     model: str = "mlp",
     blackbox: str = "none",
+    loss: str = "threshold",
 ) -> int:
     """Peak bytes held for backward by one step of `algo` (`ff`, `bp` or `bp_ckpt`) on an MLP.
 
@@ -60,11 +62,15 @@ def saved_activation_bytes(
     # saves the input itself.
     normed = not NORMALISATIONS[norm].identity
     if not learner.end_to_end:
-        # One layer at a time, positives and negatives together (2 x batch rows); the input
-        # of layer 0 needs no gradient, so only its normalised copy is saved, and the loss
-        # keeps one number per row (softplus input). The widest layer input sets the peak.
+        # One layer at a time; its input needs no gradient, so only its normalised copy is
+        # saved. The widest layer input sets the peak.
         widest_input = max(features, width) if depth > 1 else features
-        return float_bytes * 2 * batch * (widest_input + per_layer * width + 1)
+        if LOSSES[loss].negatives:  # positives and negatives, a softplus input per row
+            return float_bytes * 2 * batch * (widest_input + per_layer * width + 1)
+        # cwc: the positives alone; cross-entropy over the class goodness keeps its
+        # log-softmax (classes a row), the int64 targets and one float total weight
+        rows = widest_input + per_layer * width + classes
+        return float_bytes * batch * rows + 8 * batch + float_bytes
     if not learner.checkpoint:
         # layer 0: normalised input; every layer: its activation(s); layers above 0 and the
         # head: the per-row norm and the normalised input (the activation below is shared)
@@ -153,6 +159,9 @@ def total_bytes(cfg, features: int, classes: int, batch: int, float_bytes: int =
         cfg.activation.name,
         cfg.model.norm,
         float_bytes,
+        cfg.model.name,  # a conv or locally connected net: ValueError, as for its saved bytes
+        cfg.model.blackbox,
+        cfg.algo.loss,
     )
     parts = {"param": float_bytes * sum(every), "optimizer_state": state, "grad": grad}
     parts["saved_activations"] = saved

@@ -107,7 +107,7 @@ def app(cfg: DictConfig) -> float:
     # training step or evaluation chunk; the run then ends KILLED, or is requeued (stops.py).
     stops.install()
     try:
-        return run(cfg)
+        result = run(cfg)
     except FFBenchError as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # Hydra records the job as failed, runs the others, then exits non-zero,
@@ -115,6 +115,8 @@ def app(cfg: DictConfig) -> float:
             raise CompactHydraException(str(err)) from None
         print(f"ffbench: error: {err}", file=sys.stderr)
         sys.exit(1)
+    stops.after_job()  # a stop that came after the last step: the sweep goes no further
+    return result
 
 
 def _reuse(cfg: DictConfig, done, tags: dict, passes: int, data) -> float:
@@ -182,8 +184,9 @@ def run(cfg: DictConfig) -> float:
     # A fresh meter per job: its peaks start at zero even when a sweep shares the process.
     memory = None
     if cfg.measure.memory:
-        params, total = job.learner.parameters(), cfg.measure.total
-        memory = PeakMemory(device, params, job.optimizer, total)
+        # the total, counted in the first pass of each stage, or in every pass (measure.total)
+        params, every = job.learner.parameters(), cfg.measure.total
+        memory = PeakMemory(device, params, job.optimizer, total=True, every_pass=every)
     earlier, start_from = _resumable(cfg, job, tags[SETTINGS_HASH])
     with tracking.job_run(cfg, tags, earlier) as run, _progress() as progress:
         if earlier is None:

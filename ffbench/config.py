@@ -558,7 +558,7 @@ class MeasureConfig:
     # Off it is what every run did before the key existed: their settings hashes stand.
     total: bool = key(
         False,
-        "With memory: also count every tensor training holds, op by op: peak_total_mb and its breakdown at the peak (parameters, gradients, optimizer state, saved activations, other). Slows a digits net about 3x.",
+        "With memory, every run counts every tensor training holds, op by op, in the first pass of each stage (peak_total_mb and its breakdown at the peak: parameters, gradients, optimizer state, saved activations, other); true counts in every pass (the same peak, tested; slows a digits net about 3x).",
         ignored_by={"measure.total": (False,), "measure.memory": (False,)},
     )
 

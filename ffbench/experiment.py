@@ -285,7 +285,8 @@ def train(
     for step, (layer, _) in enumerate(plan, start=1):
         if step <= done:
             continue
-        with memory or nullcontext(), stopwatch, autocast(cfg, job.device):
+        meter = nullcontext() if memory is None else memory.stage(layer)  # layer: its stage
+        with meter, stopwatch, autocast(cfg, job.device):
             x = training_images(job)
             metrics = learner.train_epoch(x, d.y_train, job.optimizer, cfg.batch_size, layer)
             del x

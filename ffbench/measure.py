@@ -305,14 +305,31 @@ class PeakMemory:
     allocated before the first block apart from the parameters, their gradients and the
     optimizer's state (the data set; a few bytes of the CUDA context); with `total`, the count
     gives the breakdown and its own total (peak_total_counted_mb).
+
+    The count costs a Python call per op (3x the time of a digits net, little on large ones).
+    A block entered through `stage(key)` counts only if it is the first of its stage (one per
+    key: the layer a sequential pass trains, None for every pass of a simultaneous run), unless
+    `every_pass`: every later pass of a stage repeats the first's allocations (the same
+    shapes; the optimizer's state made in its first step), so its peak is the first's
+    (tests/unit/test_total_memory.py checks it to the byte). A block entered directly counts.
     """
 
-    def __init__(self, device: torch.device, params=(), optimizer=None, total: bool = False):
+    def __init__(
+        self,
+        device: torch.device,
+        params=(),
+        optimizer=None,
+        total: bool = False,
+        every_pass: bool = True,
+    ):
         _return_free_memory()
         self.device = device
         params = list(params)
         self.saved = SavedTensors(params)
         self.tensors = LiveTensors(params, optimizer, self.saved) if total else None
+        self.every_pass = every_pass
+        self._stages: set = set()  # the stages whose first pass was counted
+        self._counting = True  # whether the next block counts (stage() says)
         self.method = None
         self.rss_before_mb = None
         self.peak_rss_mb = float("nan")
@@ -354,8 +371,15 @@ class PeakMemory:
                 self.cuda_before = allocated - _training_bytes(self.params, self.optimizer)
             torch.cuda.reset_peak_memory_stats(self.device)
         self.saved.__enter__()
-        if self.tensors is not None:
+        if self.tensors is not None and self._counting:
             self.tensors.__enter__()
+        return self
+
+    def stage(self, key) -> "PeakMemory":
+        """Self, to enter for a pass of stage `key`: the count runs in it if it is the stage's
+        first pass (or with every_pass)."""
+        self._counting = self.every_pass or key not in self._stages
+        self._stages.add(key)
         return self
 
     def read(self) -> None:
@@ -378,8 +402,9 @@ class PeakMemory:
             self.peak_cuda_total_bytes = max(self.peak_cuda_total_bytes or 0, total)
 
     def __exit__(self, *exc):
-        if self.tensors is not None:
+        if self.tensors is not None and self._counting:
             self.tensors.__exit__(*exc)
+        self._counting = True
         self.saved.__exit__(*exc)
         self.read()
         return False

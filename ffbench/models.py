@@ -196,6 +196,34 @@ class _ContiguousGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
+class _MaxPool(torch.autograd.Function):
+    """F.max_pool2d(a, k) (k x k windows, stride k), its output and gradient bit for bit, but
+    pooled in channels-last order: on the CPU torch pools an NCHW map 3-4x slower than the same
+    map laid out channels-last, a quarter of the conv FF's step (docs/performance.md). Saves the
+    argmax indices for backward, as torch does (which also keeps the input)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, k: int) -> torch.Tensor:
+        last = a.contiguous(memory_format=torch.channels_last)  # a copy, freed on return
+        out, argmax = torch.ops.aten.max_pool2d_with_indices(last, [k, k], [k, k])
+        ctx.save_for_backward(argmax)  # each output's position in its input plane (h * W + w)
+        ctx.shape = a.shape
+        return out.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (argmax,) = ctx.saved_tensors
+        n, c, h, w = ctx.shape
+        planes = grad.new_zeros(n, c, h * w)  # windows do not overlap: one gradient per input
+        planes.scatter_(2, argmax.contiguous().flatten(2), grad.contiguous().flatten(2))
+        return planes.view(n, c, h, w), None
+
+
+def max_pool(a: torch.Tensor, k: int) -> torch.Tensor:
+    """model.pooling=max: F.max_pool2d, pooled channels-last on the CPU (_MaxPool)."""
+    return F.max_pool2d(a, k) if a.is_cuda else _MaxPool.apply(a, k)
+
+
 def positions(x: torch.Tensor, channels: int) -> torch.Tensor:
     """Flat channel-major rows (N, channels * positions) seen as (N, positions, channels):
     each position's channel vector last, where norms and goodness functions reduce."""
@@ -547,7 +575,7 @@ class Layers:
 
 SPATIAL_SIZES = ("channels", "kernel", "stride", "padding", "pool", "groups", "norm_scope")
 POOLS = {  # model.pooling: how a window of model.pool x model.pool positions becomes one
-    "max": F.max_pool2d,  # its largest activity (CwComp, the conv presets)
+    "max": max_pool,  # its largest activity (CwComp, the conv presets)
     "avg": F.avg_pool2d,  # its mean (DeeperForward's TinyCNN): the mean goodness it keeps
 }
 LAYERS = {

@@ -8,7 +8,9 @@ once and tracking.job_run closes its run KILLED with the epochs it finished. But
 and drops an exception raised while a weakref finalizer runs (measure.py's saved-tensor meter
 has one per saved tensor), or a `__del__` method: the stop is therefore also remembered, and
 `check()` raises it again from ordinary code. Every training step (learner.step) and every
-evaluation chunk (learner.chunks) calls it.
+evaluation chunk (learner.chunks) calls it; and `after_job()` at the end of each job, for a stop
+dropped after the last of those (in the final test's last chunk): the job's run is complete and
+stays FINISHED, and the process stops there instead of starting a sweep's next job.
 
 A handler that was there before for SIGUSR2 (submitit's, in a SLURM job) is not run inside the
 signal handler but by the next `check()`, where its exception (SystemExit once it has requeued
@@ -59,6 +61,18 @@ def check() -> None:
     if signum in _deferred:
         _deferred[signum](signum, None)
         return
+    raise _interrupt(signum)
+
+
+def after_job() -> None:
+    """Act on a SIGINT or SIGTERM that arrived after the job's last check: raise its
+    KeyboardInterrupt, so that no further job of a sweep starts in this process. A pending
+    time-limit warning is left alone: its job is done, so there is nothing to requeue."""
+    global _pending
+    signum = _pending
+    if signum is None or signum in _deferred:
+        return
+    _pending = None
     raise _interrupt(signum)
 
 

@@ -4,12 +4,15 @@ launcher's documented settings, composed. Launchers in real processes (joblib, s
 real tracking servers and two sweeps at once are in tests/e2e/test_launchers.py."""
 
 import shlex
+import signal
 import socket
 import threading
 
 import pytest
 import yaml
-from helpers import QUICK, REPO, all_runs, ffbench_here
+from helpers import QUICK, REPO, all_runs, ffbench_here, in_a_finalizer
+
+from ffbench import experiment
 
 
 def sweep_runs(runs) -> tuple[list, dict]:
@@ -126,3 +129,26 @@ def test_optuna_sweeper_maximises_the_validation_accuracy(launch):
     assert best["best_value"] == pytest.approx(max(accuracy.values()))
     [lr] = [lr for lr in accuracy if lr == pytest.approx(best["best_params"]["optimizer.lr"])]
     assert accuracy[lr] == pytest.approx(best["best_value"])
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_stop_dropped_after_a_jobs_last_step_ends_the_sweep_with_that_job(launch, monkeypatch):
+    """A SIGTERM that Python dropped after the job's last check (in a finalizer, during the
+    final test) is acted on when the job ends: its run, complete, stays FINISHED, and the
+    sweep's next job never starts; the parent counts the job it lacks."""
+    final_metrics = experiment.final_metrics
+
+    def stopped_in_the_final_test(*args):
+        metrics = final_metrics(*args)
+        in_a_finalizer(signal.SIGTERM)  # printed and dropped: no step or chunk checks again
+        return metrics
+
+    monkeypatch.setattr(experiment, "final_metrics", stopped_in_the_final_test)
+    with pytest.raises(KeyboardInterrupt, match="stopped by signal SIGTERM"):
+        ffbench_here(launch, "-m", "trainer.seed=0,1", *QUICK)
+    [parent], children = sweep_runs(all_runs(launch))
+    [job] = children[parent.info.run_id]
+    assert job.info.status == "FINISHED"
+    assert job.data.params["trainer.seed"] == "0" and "test_accuracy" in job.data.metrics
+    assert parent.info.status == "FAILED"
+    assert parent.data.metrics["jobs_missing"] == 1

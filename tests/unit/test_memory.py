@@ -78,6 +78,20 @@ def test_measured_saved_activations_equal_the_prediction_to_the_byte(algo, activ
         assert measured == predicted, (batch, width, features)
 
 
+@pytest.mark.parametrize("depth", [1, 3])
+def test_channelwise_competitive_ff_saves_the_positives_alone_as_predicted(depth):
+    """algo.loss=cwc has no negatives: one row per example, and cross-entropy over the class
+    goodness in place of the threshold loss's number per row."""
+    cwc = ["algo.loss=cwc", "algo.label_input=none", "algo.negatives=none", "algo.readout=false"]
+    for batch, width, features in ((8, 20, 30), (5, 40, 12)):
+        learner, optimizer = make_trainable([*net("ff", width, depth), *cwc], features)
+        x, y = torch.rand(batch, features), torch.randint(0, 10, (batch,))
+        with PeakMemory(CPU, learner.parameters()) as memory:
+            learner.train_epoch(x, y, optimizer, batch)
+        predicted = saved_activation_bytes("ff", batch, width, depth, features, loss="cwc")
+        assert memory.saved.peak_bytes == predicted, (batch, width, features)
+
+
 def test_bp_grows_linearly_with_depth_while_ff_stays_flat():
     """MNIST-like: the input (784) is wider than the hidden layers, as in the paper's nets."""
     depths = (1, 2, 4, 8)

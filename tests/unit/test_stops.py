@@ -16,11 +16,10 @@ import copy
 import os
 import signal
 import sys
-import weakref
 
 import pytest
 import torch
-from helpers import CPU, digits_job
+from helpers import CPU, digits_job, in_a_finalizer
 from torch import nn
 
 from ffbench import experiment, stops
@@ -55,17 +54,6 @@ def own_handlers(monkeypatch):
 def at_once(signum: int) -> None:
     """The signal, handled in ordinary code: its KeyboardInterrupt unwinds from here."""
     os.kill(os.getpid(), signum)
-
-
-def in_a_finalizer(signum: int) -> None:
-    """The signal, handled while a weakref finalizer runs: Python drops its exception."""
-
-    class Doomed:
-        pass
-
-    doomed = Doomed()
-    weakref.finalize(doomed, os.kill, os.getpid(), signum)
-    del doomed  # the finalizer runs now
 
 
 class Submitit:
