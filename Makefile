@@ -91,9 +91,10 @@ bench: install  ## training speed against matmul throughput (minutes): JSON in o
 bench-memory: install  ## FF against BP / checkpointed BP in memory at depth 16, width 2000 (minutes)
 	$(BIN)/python benchmarks/memory.py
 
-results: install  ## docs/results.md, its pictures and the README's result blocks, and docs/memory.md's frontier, from the run records in docs/records/ (seconds)
+results: install  ## docs/results.md, its pictures and the README's result blocks, and docs/memory.md's frontier and headline nets, from the records in docs/records/ (seconds)
 	$(BIN)/python benchmarks/results.py
 	$(BIN)/python benchmarks/frontier.py
+	$(BIN)/python benchmarks/total_memory.py --docs
 
 docs: install  ## regenerate docs/options.md from the schema (a unit test fails when it is stale)
 	$(BIN)/python -c 'import pathlib, ffbench.config as c; pathlib.Path("docs/options.md").write_text(c.options_markdown())'

@@ -172,6 +172,10 @@ def test_a_study_short_of_seeds_says_the_command_that_completes_it():
     assert "Not complete yet: bp: `algo=bp optimizer.lr=0.003` chosen on validation" in readme
     assert "ffbench -m algo=bp optimizer.lr=0.003 trainer.seed=1,2,3" in readme
     assert "FF - BP" not in readme  # no interval from one seed
+    # the README shows no row of the comparison until both sides have their seeds: FF's
+    # three-seed row waits for BP's, and stays on the page
+    assert "| ff |" not in readme and "| ff |" in page
+    assert "[docs/results.md](docs/results.md)" in readme
 
 
 def test_the_reporting_seeds_follow_the_search_seeds():

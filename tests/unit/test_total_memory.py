@@ -2,14 +2,19 @@
 allocates, counted once while it lives, and the breakdown at the peak, against what
 analytic.total_bytes predicts from the shapes."""
 
+import sys
+
 import pytest
 import torch
-from helpers import CPU, make_trainable
+from helpers import CPU, REPO, digits_job, make_trainable
 
 from ffbench import experiment
 from ffbench.analytic import total_bytes
 from ffbench.config import compose
 from ffbench.measure import MB, LiveTensors, PeakMemory, SavedTensors
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import total_memory  # noqa: E402  benchmarks/total_memory.py
 
 SETTINGS = {
     "bp": ["algo=bp"],
@@ -140,3 +145,57 @@ def test_the_floor_is_predicted_under_half_of_bp_on_the_papers_net():
     bp = total_bytes(compose([*net, *SETTINGS["bp"]]), 784, 10, 100)
     assert (floor["total"], bp["total"]) == (106248936, 224256204)
     assert floor["total"] / bp["total"] < 0.5
+
+
+@pytest.mark.parametrize("model", ["conv", "local"])
+def test_the_prediction_refuses_a_spatial_net_rather_than_price_it_as_an_mlp(model):
+    """Only the MLP is modelled: a conv net's total is measured (measure.total), never given
+    the figures of an MLP of the default width."""
+    with pytest.raises(ValueError, match=f"cover model=mlp only, not {model}"):
+        total_bytes(compose([f"model={model}", "model.channels=[4,8]", "model.depth=2"]), 64, 10, 8)
+
+
+def test_the_memory_page_is_what_the_headline_nets_records_give():
+    assert total_memory.main(["--docs", "--check", "--root", str(REPO)]) == 0
+
+
+def test_a_variant_keeps_the_nets_results_where_its_arithmetic_is_the_same():
+    def keeps(preset, *variant):
+        return total_memory.keeps_results(compose(preset), compose([*preset, *variant]))
+
+    cwc = ["+experiment=best_ff_mnist"]
+    assert keeps(cwc, "algo.step_each_layer=true")  # bit for bit
+    assert keeps(cwc, "trainer.grad_accum_steps=4")  # each example's loss is its own
+    assert keeps(cwc, "algo=bp_ckpt", "trainer.grad_accum_steps=4")
+    assert not keeps(cwc, "algo.step_each_layer=true", "algo.schedule=sequential")
+    assert not keeps(cwc, "trainer.grad_accum_steps=4", "model.batch_norm=true")
+    assert not keeps(["+experiment=hinton_mnist"], "trainer.grad_accum_steps=4")  # negatives
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["algo=ff"],  # read-out, hard negatives
+        ["algo=ff", "algo.step_each_layer=true", "algo.schedule=sequential"],  # a stage a layer
+        ["algo=bp", "trainer.grad_accum_steps=4"],
+        ["algo=ff", "algo.layer_windows=[[1,2],[1,3]]"],  # stages (0, 1), then (1,)
+        ["+experiment=mnist_conv", "dataset=digits", "model.channels=[10,20]", "model.depth=2"],
+    ],
+    ids=["ff", "ff_floor_sequential", "bp_accum", "ff_windows", "ff_cwc_conv"],
+)
+def test_the_first_pass_of_each_stage_holds_the_peak_of_every_pass(overrides, monkeypatch):
+    """Every run counts its total in the first pass of each stage only (the count is slow):
+    training counted in every pass reaches the same peak, part for part, to the byte."""
+    found, counted = [], []
+    enter = LiveTensors.__enter__
+    monkeypatch.setattr(LiveTensors, "__enter__", lambda self: counted.append(1) or enter(self))
+    for every_pass in (True, False):
+        job = digits_job([*overrides, "trainer.epochs=3", "trainer.batch_size=256"])
+        params = job.learner.parameters()
+        memory = PeakMemory(CPU, params, job.optimizer, total=True, every_pass=every_pass)
+        experiment.train(job, lambda step, metrics: None, memory)
+        found.append((memory.tensors.peak_bytes, memory.tensors.at_peak, len(counted)))
+        counted.clear()
+    (every, every_parts, passes), (first, first_parts, stages) = found
+    assert (first, first_parts) == (every, every_parts)
+    assert stages == len({layer for layer, _ in experiment.training_plan(job)}) < passes
