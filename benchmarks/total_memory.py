@@ -97,12 +97,16 @@ def measure(cfg, image_shape: tuple, steps: int) -> PeakMemory:
     return memory
 
 
-def predicted(cfg, features: int) -> str:
-    """analytic.total_bytes' total in MiB, or "-" where it models no such net (conv)."""
+def predicted(cfg, features: int) -> int | None:
+    """analytic.total_bytes' total, or None where it models no such net (conv)."""
     try:
-        return f"{total_bytes(cfg, features, 10, cfg.trainer.batch_size)['total'] / MB:.2f}"
+        return total_bytes(cfg, features, 10, cfg.trainer.batch_size)["total"]
     except ValueError:
-        return "-"
+        return None
+
+
+def mib(count: int | None) -> str:
+    return "-" if count is None else f"{count / MB:.2f}"
 
 
 def rss(algo: str, evaluate: bool, width: int, depth: int) -> None:
@@ -145,10 +149,11 @@ def measure_all(net: list[str], image_shape: tuple, batch: int, steps: int) -> d
             "overrides": overrides,
             "keeps_results": keeps_results(preset, cfg),
             "total_bytes": int(memory.tensors.peak_bytes),
+            "predicted_bytes": predicted(cfg, math.prod(image_shape)),
             "parts_bytes": at_peak,
         }
         parts = "".join(f"{at_peak[p] / MB:10.2f}" for p in PARTS)
-        total = f"{memory.tensors.peak_bytes / MB:9.2f}{predicted(cfg, math.prod(image_shape)):>10}"
+        total = f"{memory.tensors.peak_bytes / MB:9.2f}{mib(found[name]['predicted_bytes']):>10}"
         print(f"{name:26}{total}{parts}   rss added {memory.metrics()['rss_added_mb']:.1f}")
     for line in verdicts(found):
         print(line)
@@ -218,14 +223,18 @@ def section(found_records: list[dict]) -> str:
             f"**+experiment={r['preset']}**, batch {r['batch']}, {r['precision']}, Adam "
             f"(`{r['command']}`, at `{r['commit'][:12]}`; MiB):",
             "",
-            "| variant | total peak | / BP | " + " | ".join(PARTS) + " | the net's results |",
-            "|---|---:|---:|" + "---:|" * len(PARTS) + "---|",
+            "| variant | total peak | predicted | / BP | "
+            + " | ".join(PARTS)
+            + " | the net's results |",
+            "|---|---:|---:|---:|" + "---:|" * len(PARTS) + "---|",
         ]
         for name, v in found.items():
             parts = " | ".join(f"{v['parts_bytes'][p] / MB:.2f}" for p in PARTS)
             same = "yes" if v["keeps_results"] else "no: trains differently"
-            total = v["total_bytes"]
-            lines.append(f"| {name} | {total / MB:.2f} | {total / bp:.3f} | {parts} | {same} |")
+            total, guess = v["total_bytes"], mib(v.get("predicted_bytes"))
+            lines.append(
+                f"| {name} | {total / MB:.2f} | {guess} | {total / bp:.3f} | {parts} | {same} |"
+            )
         lines += ["", *verdicts(found), ""]
     return "\n".join(lines) if lines else NOT_MEASURED
 
