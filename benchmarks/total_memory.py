@@ -9,7 +9,7 @@ analytic.total_bytes' prediction beside it (MLPs only).
     python benchmarks/total_memory.py --width 500 --steps 2
     python benchmarks/total_memory.py --experiment best_ff_mnist   # a preset's net and batch
     python benchmarks/total_memory.py --rss ff [--no-eval]   # one algorithm per process: RSS
-    python benchmarks/total_memory.py --record best_ff_mnist  # into docs/records/total-memory/
+    python benchmarks/total_memory.py --record best_ff_mnist mnist_conv  # docs/records/
     python benchmarks/total_memory.py --docs [--check]        # docs/memory.md from those records
 
 Ends with the leanest FF against the leanest BP among the variants that keep the preset's
@@ -50,8 +50,8 @@ README_MARKERS = (
 
 # what both blocks say before the first record: the command that makes one
 NOT_MEASURED = (
-    "Not measured yet: `python benchmarks/total_memory.py --record PRESET` on a clean tree "
-    "(best_ff_mnist, hinton_mnist, mnist_conv).\n"
+    "Not measured yet: `python benchmarks/total_memory.py --record best_ff_mnist hinton_mnist "
+    "mnist_conv` on a clean tree.\n"
 )
 
 ACCUM = "trainer.grad_accum_steps=4"
@@ -178,33 +178,35 @@ def verdicts(found: dict) -> list[str]:
     return lines
 
 
-def record(preset: str, steps: int) -> int:
-    """Measure `preset`'s net (28 x 28 images, its own batch and precision) and write its
-    record; a tree with uncommitted changes measures nothing."""
+def record(presets: list[str], steps: int) -> int:
+    """Measure each preset's net (28 x 28 images, its own batch and precision) and write its
+    record; a tree with uncommitted changes measures nothing (checked once, before the first
+    record is written, so that one call records several)."""
     commit = git_commit(ROOT / "ffbench")
     if commit.endswith("-dirty") or commit == "unknown":
         print(f"total_memory.py: error: commit first (the code is at {commit})", file=sys.stderr)
         return 1
-    net = [f"+experiment={preset}"]
-    cfg = compose(net)
-    batch = cfg.trainer.batch_size
-    print(f"+experiment={preset}, batch {batch}, {cfg.trainer.precision}, Adam; MiB")
-    found = measure_all(net, (28, 28), batch, steps)
-    text = {
-        "preset": preset,
-        "command": f"python benchmarks/total_memory.py --record {preset}",
-        "batch": batch,
-        "precision": cfg.trainer.precision,
-        "optimizer": "adam",
-        "steps": steps,
-        "commit": commit,
-        "torch": torch.__version__,
-        "variants": found,
-    }
-    path = ROOT / RECORDS / f"{preset}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(text, indent=1) + "\n")
-    print(f"wrote {path}")
+    for preset in presets:
+        net = [f"+experiment={preset}"]
+        cfg = compose(net)
+        batch = cfg.trainer.batch_size
+        print(f"+experiment={preset}, batch {batch}, {cfg.trainer.precision}, Adam; MiB")
+        found = measure_all(net, (28, 28), batch, steps)
+        text = {
+            "preset": preset,
+            "command": f"python benchmarks/total_memory.py --record {preset}",
+            "batch": batch,
+            "precision": cfg.trainer.precision,
+            "optimizer": "adam",
+            "steps": steps,
+            "commit": commit,
+            "torch": torch.__version__,
+            "variants": found,
+        }
+        path = ROOT / RECORDS / f"{preset}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(text, indent=1) + "\n")
+        print(f"wrote {path}")
     return 0
 
 
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rss", choices=["ff", "bp"], help="the RSS of one algorithm instead")
     parser.add_argument("--no-eval", action="store_true", help="--rss without evaluations")
-    parser.add_argument("--record", metavar="PRESET", help=f"measure a preset into {RECORDS}/")
+    parser.add_argument("--record", nargs="+", metavar="PRESET", help=f"measure into {RECORDS}/")
     parser.add_argument("--docs", action="store_true", help=f"{PAGE}'s section from the records")
     parser.add_argument("--check", action="store_true", help="with --docs: only say if it differs")
     parser.add_argument("--root", type=Path, default=ROOT, help="with --docs: the repository")
