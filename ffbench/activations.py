@@ -102,14 +102,16 @@ def class_groups(x: torch.Tensor, groups: int = 1) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Normalisation:
-    """A normalisation of each layer's input; `theta_per_unit` is the threshold per unit of a
-    squared goodness that fits it (goodness.default_theta); `identity`, whether it leaves the
+    """A normalisation of each layer's input; `mean_square(n)`, the mean square of each
+    element of a vector of n elements it has normalised: with the reference init, the variance
+    of every pre-activation of the layer that reads it, so what the defaults of theta scale
+    with (goodness.default_theta); `identity`, whether it leaves the
     input as it is (then it saves nothing for backward: analytic.py); `class_groups`, whether
     between layers it acts within each class's group of units (called with groups=classes:
     between_layers). Called, it normalises (the data: one vector)."""
 
     fn: Callable
-    theta_per_unit: float = 1.0
+    mean_square: Callable[[int], float] = lambda n: 1.0
     identity: bool = False
     class_groups: bool = False
 
@@ -124,12 +126,12 @@ class Normalisation:
 
 # Normalisation removes the goodness (the vector's length) before the next layer sees the
 # vector, so that layer must find structure in the direction alone. Mean-square normalisation
-# (the reference code) hands each layer an input of mean square 1, and theta asks the layer's
-# units for mean square 1 too; unit-length normalisation goes with theta 2 (per unit, squared)
-# in the popular PyTorch scripts.
+# (the reference code) hands each layer an input of mean square 1 at every width; unit length
+# (the popular PyTorch scripts) one of mean square 1/n over n elements, so that a layer's
+# pre-activations start sqrt(n) times smaller (`none`: the data's own scale, taken as 1).
 NORMALISATIONS = {
     "mean_square": Normalisation(mean_square),
-    "unit_length": Normalisation(unit_length, theta_per_unit=2.0),
+    "unit_length": Normalisation(unit_length, mean_square=lambda n: 1.0 / n),
     "standard": Normalisation(standard),
     "class_groups": Normalisation(class_groups, class_groups=True),
     "none": Normalisation(lambda x: x, identity=True),

@@ -95,12 +95,14 @@ def label_input(cfg, num_features: int, num_classes: int, image_shape):
 
 def thresholds(cfg, stack: LayerStack) -> list[float]:
     """Each layer's theta, in goodness units: algo.theta, else the goodness's default for the
-    layer's units (per layer: a spatial layer's units depend on its position)."""
+    layer's units and the size of its normalised input (per layer: a spatial layer's units
+    depend on its position)."""
     if cfg.algo.theta is not None:
         return [cfg.algo.theta] * len(stack.layers)
     units = goodness_units(stack, cfg.goodness)
-    g = cfg.goodness.name
-    return [default_theta(g, u, cfg.model.norm, cfg.activation.name) for u in units]
+    g, norm, activation = cfg.goodness.name, cfg.model.norm, cfg.activation.name
+    sizes = zip(units, stack.norm_sizes, strict=True)
+    return [default_theta(g, u, norm, activation, inputs=n) for u, n in sizes]
 
 
 def layer_losses(cfg, stack: LayerStack, thetas: list[float]) -> list:

@@ -103,25 +103,32 @@ def goodness_scale(goodness: str, units: int) -> float:
     return 1.0 if GOODNESS[goodness].mean else float(units)
 
 
-def initial_level(activation: str, power: int) -> float:
-    """E|f(z)|^power for z ~ N(0, 1): what one unit of activation f gives, on average, at
-    initialisation (reference init and mean-square normalisation make pre-activations
-    standard normal). By quadrature, so that no constant is typed by hand."""
+def initial_level(activation: str, power: int, variance: float = 1.0) -> float:
+    """E|f(z)|^power for z ~ N(0, variance): what one unit of activation f gives, on average,
+    at initialisation (the reference init makes a pre-activation's variance the mean square of
+    the normalised input: 1 under mean-square normalisation). By quadrature, so that no
+    constant is typed by hand."""
     z = torch.linspace(-10.0, 10.0, 20001, dtype=torch.float64)
     density = torch.exp(-z.pow(2) / 2) / math.sqrt(2 * math.pi)
-    values = ACTIVATIONS[activation](z).abs().pow(power)
+    values = ACTIVATIONS[activation](z * math.sqrt(variance)).abs().pow(power)
     return float((values * density).sum() * (z[1] - z[0]))
 
 
-def default_theta(goodness: str, units: int, norm: str, activation: str = "relu") -> float:
+def default_theta(
+    goodness: str, units: int, norm: str, activation: str = "relu", *, inputs: int
+) -> float:
     """The threshold that fits a goodness, the normalisation between layers and the range of
-    the activation, for a layer (or position) of `units` units.
+    the activation, for a layer (or position) of `units` units whose input the normalisation
+    takes `inputs` elements at a time.
 
-    Mean-square normalisation (the reference code) hands each layer an input of mean square 1,
-    and theta asks the layer's units for mean square 1 too: sumsq -> units, meansq -> 1.
-    Unit-length normalisation goes with meansq and theta 2 in the popular scripts, so there
-    the squared thresholds are doubled. sumabs asks for mean absolute activity 1 (theta =
-    units). split balances feature and constraint detectors around 0.
+    The normalisation hands the layer an input of mean square m per element (mean-square
+    normalisation, the reference code: 1; unit length: 1/inputs), and theta asks the layer's
+    units for mean square m too: sumsq -> m x units, meansq -> m; for ReLU twice what a unit
+    gives at initialisation, whatever the normalisation. (The popular scripts pair unit length
+    with meansq and theta 2: with Adam at 0.03 for a thousand steps per layer; at ffbench's
+    budgets a ReLU layer's goodness never reaches it, and FF learns nothing.) sumabs asks for
+    mean absolute activity sqrt(m) (theta = units under mean-square normalisation). split
+    balances feature and constraint detectors around 0.
 
     A bounded unit (tanh, sigmoid) cannot reach those, or only saturated, where it stops
     learning: theta is then what its units give at initialisation (initial_level), so that
@@ -130,10 +137,11 @@ def default_theta(goodness: str, units: int, norm: str, activation: str = "relu"
     g = GOODNESS[goodness]
     if g.balanced:
         return 0.0
+    m = NORMALISATIONS[norm].mean_square(inputs)
     if ACTIVATIONS[activation].bounded:
-        per_unit = initial_level(activation, g.power)
+        per_unit = initial_level(activation, g.power, variance=m)
     else:
-        per_unit = NORMALISATIONS[norm].theta_per_unit if g.power == 2 else 1.0
+        per_unit = m ** (g.power / 2)
     return per_unit * goodness_scale(goodness, units)
 
 

@@ -465,6 +465,10 @@ class LayerStack(nn.Module):
             self._build_spatial(spatial, norm_fn)
         self._pass_up(batch_norm)
         self.blackbox_at, self.blackbox = place_blackbox(blackbox, self.passed)
+        # how many elements each layer's input is normalised over (the data: one vector)
+        by_position = spatial is not None and spatial["norm_scope"] == "position"
+        below = [p[0] if by_position else math.prod(p) for p in self.passed[:-1]]
+        self.norm_sizes = [in_features, *below]
 
     def _use_blocks(self, blocks: list, norm_fn: Callable) -> None:
         """Hidden layers built elsewhere (user.Block: flat rows in and out, each with its

@@ -42,8 +42,8 @@ def test_goodness_loss_and_normalisation_values():
     assert torch.allclose(NORMALISATIONS["unit_length"](a).norm(), torch.tensor(1.0))
     loss = threshold_loss(torch.tensor([3.0]), torch.tensor([1.0]), theta=2.0)
     assert torch.allclose(loss, F.softplus(torch.tensor(-1.0)))  # both terms equal here
-    assert default_theta("sumsq", 500, "mean_square") == 500.0
-    assert default_theta("sumsq", 500, "unit_length") == 1000.0
+    assert default_theta("sumsq", 500, "mean_square", inputs=784) == 500.0
+    assert default_theta("sumsq", 500, "unit_length", inputs=784) == 500 / 784
     assert ACTIVATIONS["relu"](torch.tensor([-1.0, 2.0])).tolist() == [0.0, 2.0]
 
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from helpers import SMALL_FF, make_learner, make_trainable
 
-from ffbench import experiment, ff_data
-from ffbench.activations import ACTIVATIONS, tdist
+from ffbench import experiment, ff, ff_data, models
+from ffbench.activations import ACTIVATIONS, NORMALISATIONS, tdist
 from ffbench.config import compose, validate
 from ffbench.errors import FFBenchError
 from ffbench.ff_data import (
@@ -45,26 +45,70 @@ def test_split_goodness_respects_the_feature_fraction():
 
 
 def test_default_thetas_fit_goodness_and_normalisation():
-    assert default_theta("sumsq", 2000, "mean_square") == 2000
-    assert default_theta("meansq", 2000, "mean_square") == 1
-    assert default_theta("meansq", 2000, "unit_length") == 2  # the popular scripts' pairing
-    assert default_theta("sumabs", 100, "mean_square") == 100
-    assert default_theta("split", 100, "mean_square") == 0
+    """theta asks a unit for the mean square m of each element of the layer's normalised input
+    (1 under mean-square normalisation at any size; 1/n for unit length over n elements)."""
+    assert default_theta("sumsq", 2000, "mean_square", inputs=784) == 2000
+    assert default_theta("meansq", 2000, "mean_square", inputs=784) == 1
+    assert default_theta("sumsq", 2000, "unit_length", inputs=500) == 2000 / 500
+    assert default_theta("meansq", 2000, "unit_length", inputs=500) == 1 / 500
+    assert default_theta("sumabs", 100, "mean_square", inputs=64) == 100
+    assert default_theta("sumabs", 100, "unit_length", inputs=64) == 100 / 8  # sqrt(1/64)
+    assert default_theta("split", 100, "unit_length", inputs=64) == 0
+
+
+@pytest.mark.parametrize("norm", ["mean_square", "unit_length"])
+def test_a_relu_units_default_theta_is_twice_what_it_gives_at_initialisation(norm):
+    """With the reference init, whatever the normalisation's scale: the layer's goodness on
+    its first, normalised inputs is half the default theta (within sampling)."""
+    torch.manual_seed(0)
+    x = NORMALISATIONS[norm](torch.rand(4000, 300))
+    layer = torch.nn.Linear(300, 200)
+    models.reference_init(layer)
+    goodness = torch.relu(layer(x)).pow(2).sum(dim=1).mean().item()
+    assert default_theta("sumsq", 200, norm, inputs=300) == pytest.approx(2 * goodness, rel=0.05)
 
 
 def test_default_thetas_fit_a_bounded_activation():
     """tanh and sigmoid: theta is the goodness their units give at initialisation, E f(z)^2
-    (or E|f(z)|) for standard normal z, checked here by sampling."""
+    (or E|f(z)|) for z ~ N(0, m), m the mean square of the normalised input, checked here by
+    sampling."""
     z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for name, f in (("tanh", torch.tanh), ("sigmoid", torch.sigmoid)):
         square, absolute = f(z).pow(2).mean().item(), f(z).abs().mean().item()
-        assert default_theta("sumsq", 100, "mean_square", name) == pytest.approx(100 * square, 1e-2)
-        assert default_theta("meansq", 100, "unit_length", name) == pytest.approx(square, 1e-2)
-        assert default_theta("sumabs", 100, "mean_square", name) == pytest.approx(
+        at_25 = f(z / 5).pow(2).mean().item()  # unit length over 25 elements: m = 1/25
+        theta = default_theta("sumsq", 100, "mean_square", name, inputs=25)
+        assert theta == pytest.approx(100 * square, 1e-2)
+        assert default_theta("meansq", 100, "unit_length", name, inputs=25) == pytest.approx(
+            at_25, 1e-2
+        )
+        assert default_theta("sumabs", 100, "mean_square", name, inputs=25) == pytest.approx(
             100 * absolute, 1e-2
         )
-    assert default_theta("sumsq", 100, "mean_square", "sigmoid") < 30  # a sigmoid's max is 100
-    assert default_theta("sumsq", 100, "mean_square", "gelu") == 100  # unbounded: as before
+    assert default_theta("sumsq", 100, "mean_square", "sigmoid", inputs=9) < 30  # max is 100
+    assert default_theta("sumsq", 100, "mean_square", "gelu", inputs=9) == 100  # unbounded
+
+
+def test_each_layers_theta_takes_the_size_of_its_normalised_input():
+    """ff.thresholds: a layer's input is the data (one vector), then the layer below's output
+    as passed up (concatenated shortcuts included), or one position's channels
+    (model.norm_scope=position)."""
+    mlp = ["model.norm=unit_length", "model.width=40", "model.depth=3"]
+    assert _thetas(mlp) == pytest.approx([40 / 64, 40 / 40, 40 / 40])
+    concat = [*mlp, "model.depth=4", "model.shortcuts=[none,none,concat,none]"]
+    assert _thetas(concat) == pytest.approx([40 / 64, 40 / 40, 40 / 40, 40 / 80])
+    conv = ["model=conv", "model.channels=[4,6]", "model.norm=unit_length", "model.pool=1"]
+    (c0, h0, w0), (c1, h1, w1) = _stack(conv).shapes  # 8 x 8 images
+    assert _thetas(conv) == pytest.approx([c0 * h0 * w0 / 64, c1 * h1 * w1 / (c0 * h0 * w0)])
+    by_position = [*conv, "model.norm_scope=position", "goodness.spatial=position"]
+    assert _thetas(by_position) == pytest.approx([c0 / 64, c1 / c0])
+
+
+def _stack(overrides: list[str]):
+    return experiment.build_learner(compose(overrides), 64, 10, (8, 8), torch.device("cpu")).stack
+
+
+def _thetas(overrides: list[str]) -> list[float]:
+    return ff.thresholds(compose(overrides), _stack(overrides))
 
 
 def test_losses_known_values():
