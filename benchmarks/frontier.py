@@ -55,9 +55,9 @@ FF_VARIANTS = ("FF", "FF floor", "FF floor accum")
 BP_VARIANTS = ("BP", "BP ckpt", "BP accum", "BP ckpt+accum")
 VARIANTS = FF_VARIANTS + BP_VARIANTS
 TARGETS = (0.9, 0.95, 0.97, 0.98, 0.99)  # validation accuracies for memory at equal accuracy: up
-
-
 # to where one algorithm stops reaching them (the digits, 180 validation images)
+
+
 def mib(value: float) -> str:
     """A total peak in MiB for the tables: whole MiB, or two decimals below 10 (the small conv
     nets hold less than one)."""
